@@ -1,0 +1,1 @@
+"""The OCR side of pagewire: planner, worker, recorder, engines and adapters."""

@@ -1,0 +1,1 @@
+"""The client side of pagewire: submit, status, results, the CLI."""

@@ -1,0 +1,69 @@
+"""Error codes and the one exception tree of pagewire.
+
+Every failure a user can see carries a stable :class:`ErrorCode`. The class of
+the exception alone decides what a consumer does with the message it holds::
+
+    PagewireError            (code, message)
+    ├── PermanentError       bad input: record the failure, ack, never retry
+    └── RetryableError       a passing fault: hand the message back, retry
+                             with backoff, dead-letter after the delivery limit
+
+The codes are a contract: they appear in the ``jobs``/``pages`` tables, in
+``JobFailed``/``PageFailed`` events and in the README. Add codes, never rename.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Stable error codes, stored in tables and sent in events."""
+
+    # Input (permanent)
+    NOT_A_PDF = "not_a_pdf"
+    EMPTY_FILE = "empty_file"
+    TRUNCATED_PDF = "truncated_pdf"
+    ENCRYPTED_PDF = "encrypted_pdf"
+    NO_PAGES = "no_pages"
+    TOO_MANY_PAGES = "too_many_pages"
+    FILE_TOO_LARGE = "file_too_large"
+    PAGE_TOO_LARGE = "page_too_large"
+    SOURCE_MISSING = "source_missing"
+    INVALID_KEY = "invalid_key"
+    BUCKET_NOT_ALLOWED = "bucket_not_allowed"
+    INVALID_OPTIONS = "invalid_options"
+    # Messages (permanent)
+    MALFORMED_MESSAGE = "malformed_message"
+    UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
+    MESSAGE_TOO_LARGE = "message_too_large"
+    # Processing
+    RENDER_FAILED = "render_failed"
+    OCR_FAILED = "ocr_failed"
+    ENGINE_UNAVAILABLE = "engine_unavailable"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    INTERNAL_ERROR = "internal_error"
+
+
+class PagewireError(Exception):
+    """Base of every pagewire failure; carries a stable error code."""
+
+    retryable: bool = False
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class PermanentError(PagewireError):
+    """Bad input or a bad request: retrying cannot help."""
+
+    retryable = False
+
+
+class RetryableError(PagewireError):
+    """A passing fault (storage down, engine hiccup): try the message again."""
+
+    retryable = True

@@ -1,0 +1,302 @@
+"""The messages pagewire carries: job requests, page tasks and events.
+
+JSON on the wire, ``content_type=application/json``; every body has a ``type``
+and a ``schema_version``. ``schemas/json/`` holds the JSON Schema generated
+from these models (``python -m schemas.generate``), for producers written in
+other languages; a test fails when it drifts.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from schemas.errors import ErrorCode, PermanentError
+
+T = TypeVar("T", bound=BaseModel)
+
+SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+
+
+class Engine(StrEnum):
+    """Which engine reads a page. ``auto`` picks per page."""
+
+    AUTO = "auto"
+    TEXT = "text"
+    RAPIDOCR = "rapidocr"
+    NEMOTRON = "nemotron"
+
+
+class OutputFormat(StrEnum):
+    """Assembled result files the recorder writes to S3."""
+
+    MD = "md"
+    JSON = "json"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+class Source(_Model):
+    """Where the PDF lies in S3."""
+
+    bucket: str = Field(min_length=3, max_length=63)
+    key: str = Field(min_length=1, max_length=1024)
+    etag: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
+class JobOptions(_Model):
+    """How to read the document."""
+
+    engine: Engine = Engine.AUTO
+    dpi: int = Field(default=150, ge=36, le=600)
+    first_page: int | None = Field(default=None, ge=1, description="1-based, inclusive")
+    last_page: int | None = Field(default=None, ge=1, description="1-based, inclusive")
+    output_formats: list[OutputFormat] = Field(default_factory=lambda: [OutputFormat.MD, OutputFormat.JSON])
+
+    @model_validator(mode="after")
+    def _range_ordered(self) -> JobOptions:
+        if self.first_page and self.last_page and self.first_page > self.last_page:
+            raise ValueError("first_page is after last_page")
+        return self
+
+
+class JobRequest(_Model):
+    """A request to read one PDF already stored in S3. Published to ``{prefix}.jobs``."""
+
+    type: Literal["JobRequest"] = "JobRequest"
+    schema_version: int = SCHEMA_VERSION
+    job_id: str = Field(default_factory=_new_id, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    source: Source
+    options: JobOptions = Field(default_factory=JobOptions)
+    priority: int = Field(default=0, ge=0, le=9)
+    idempotency_key: str | None = Field(default=None, max_length=256)
+    submitted_by: str | None = Field(default=None, max_length=256)
+    submitted_at: datetime = Field(default_factory=_now)
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=32)
+
+
+class PageTask(_Model):
+    """A run of pages of one job for one OCR consumer. Published to ``{prefix}.tasks``."""
+
+    type: Literal["PageTask"] = "PageTask"
+    schema_version: int = SCHEMA_VERSION
+    task_id: str = Field(default_factory=_new_id)
+    job_id: str
+    source: Source
+    first_page: int = Field(ge=1)
+    last_page: int = Field(ge=1)
+    options: JobOptions
+
+
+# --- events (fanout exchange ``{prefix}.events``) ---------------------------
+
+
+class _Event(_Model):
+    schema_version: int = SCHEMA_VERSION
+    event_id: str = Field(default_factory=_new_id)
+    job_id: str
+    occurred_at: datetime = Field(default_factory=_now)
+
+
+class JobQueued(_Event):
+    """The producer stored the PDF and its request was confirmed by the broker."""
+
+    type: Literal["JobQueued"] = "JobQueued"
+    source: Source
+    options: JobOptions
+    priority: int = 0
+    submitted_by: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class JobStarted(_Event):
+    """The planner opened the PDF and queued its page tasks."""
+
+    type: Literal["JobStarted"] = "JobStarted"
+    source: Source
+    options: JobOptions
+    total_pages: int = Field(ge=1, description="pages to read (after the page range)")
+    first_page: int = Field(ge=1)
+    last_page: int = Field(ge=1)
+    tasks: int = Field(ge=1)
+
+
+class Block(_Model):
+    """A piece of text on the page with its box, in page fractions (0..1, origin top-left)."""
+
+    text: str
+    bbox: tuple[float, float, float, float] = Field(description="x0, y0, x1, y1 as fractions of the page")
+    confidence: float = Field(ge=0.0, le=1.0)
+
+
+class PageCompleted(_Event):
+    """One page was read."""
+
+    type: Literal["PageCompleted"] = "PageCompleted"
+    page_no: int = Field(ge=1)
+    text: str
+    blocks: list[Block] = Field(default_factory=list)
+    confidence: float = Field(ge=0.0, le=1.0)
+    engine: Engine
+    duration_ms: float = Field(ge=0)
+    render_ms: float = Field(default=0, ge=0)
+    worker: str
+    attempt: int = Field(default=1, ge=1)
+
+
+class PageFailed(_Event):
+    """One page could not be read. ``final`` is false while it will be tried again."""
+
+    type: Literal["PageFailed"] = "PageFailed"
+    page_no: int = Field(ge=1)
+    error_code: ErrorCode
+    message: str
+    attempt: int = Field(ge=1)
+    final: bool
+    worker: str
+
+
+class JobCompleted(_Event):
+    """Every page has a final result; the assembled files are in S3."""
+
+    type: Literal["JobCompleted"] = "JobCompleted"
+    pages_ok: int = Field(ge=0)
+    pages_failed: int = Field(ge=0)
+    result_keys: dict[str, str] = Field(default_factory=dict, description="format -> S3 key")
+    bucket: str
+
+
+class JobFailed(_Event):
+    """The job as a whole failed (bad input, limits)."""
+
+    type: Literal["JobFailed"] = "JobFailed"
+    error_code: ErrorCode
+    message: str
+
+
+class JobCancelled(_Event):
+    """The job was cancelled; remaining pages are skipped."""
+
+    type: Literal["JobCancelled"] = "JobCancelled"
+    reason: str = ""
+
+
+Event = Annotated[
+    JobQueued | JobStarted | PageCompleted | PageFailed | JobCompleted | JobFailed | JobCancelled,
+    Field(discriminator="type"),
+]
+Message = Annotated[
+    JobRequest
+    | PageTask
+    | JobQueued
+    | JobStarted
+    | PageCompleted
+    | PageFailed
+    | JobCompleted
+    | JobFailed
+    | JobCancelled,
+    Field(discriminator="type"),
+]
+EVENT_TYPES: tuple[type[BaseModel], ...] = (
+    JobQueued,
+    JobStarted,
+    PageCompleted,
+    PageFailed,
+    JobCompleted,
+    JobFailed,
+    JobCancelled,
+)
+ALL_MESSAGE_TYPES: tuple[type[BaseModel], ...] = (JobRequest, PageTask, *EVENT_TYPES)
+
+_message_adapter: TypeAdapter[Message] = TypeAdapter(Message)
+_event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def _load(body: bytes, max_bytes: int) -> dict[str, Any]:
+    if len(body) > max_bytes:
+        raise PermanentError(ErrorCode.MESSAGE_TOO_LARGE, f"message of {len(body)} bytes exceeds {max_bytes}")
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PermanentError(ErrorCode.MALFORMED_MESSAGE, f"body is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PermanentError(ErrorCode.MALFORMED_MESSAGE, "body is not a JSON object")
+    version = data.get("schema_version")
+    if version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise PermanentError(
+            ErrorCode.UNSUPPORTED_SCHEMA_VERSION,
+            f"schema_version {version!r} is not one of {sorted(SUPPORTED_SCHEMA_VERSIONS)}",
+        )
+    return data
+
+
+def _validation_message(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return f"{where}: {first['msg']} ({exc.error_count()} error(s))"
+
+
+def parse_message(body: bytes, max_bytes: int = 16 * 1024 * 1024) -> Message:
+    """Parse any pagewire message, raising :class:`PermanentError` with a clear code."""
+    data = _load(body, max_bytes)
+    try:
+        return _message_adapter.validate_python(data)
+    except ValidationError as exc:
+        raise PermanentError(ErrorCode.MALFORMED_MESSAGE, _validation_message(exc)) from exc
+
+
+def parse_event(body: bytes, max_bytes: int = 16 * 1024 * 1024) -> Event:
+    """Parse an event from the fanout exchange."""
+    data = _load(body, max_bytes)
+    try:
+        return _event_adapter.validate_python(data)
+    except ValidationError as exc:
+        raise PermanentError(ErrorCode.MALFORMED_MESSAGE, _validation_message(exc)) from exc
+
+
+def parse_as(model: type[T], body: bytes, max_bytes: int = 16 * 1024 * 1024) -> T:
+    """Parse a body that must be one message type (``JobRequest`` on the jobs queue, say)."""
+    data = _load(body, max_bytes)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise PermanentError(ErrorCode.MALFORMED_MESSAGE, _validation_message(exc)) from exc
+
+
+def job_id_of(body: bytes) -> str | None:
+    """Best effort: the job id of a body that failed to parse, so its failure can be recorded."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    job_id = data.get("job_id") if isinstance(data, dict) else None
+    if isinstance(job_id, str) and 0 < len(job_id) <= 64 and job_id.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        return job_id
+    return None
+
+
+def completion_event_id(job_id: str, kind: str) -> str:
+    """A deterministic event id for a job's terminal event, so a re-sent one dedupes."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"pagewire:{job_id}:{kind}"))
+
+
+def to_body(message: BaseModel) -> bytes:
+    """Serialise a message for the wire."""
+    return message.model_dump_json().encode()

@@ -1,0 +1,75 @@
+"""Names of exchanges, queues and headers, and the queue arguments they carry.
+
+Every process declares this topology idempotently at start. All names hang off
+one prefix (``PAGEWIRE_PREFIX``) so two deployments can share a broker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+JOB_ROUTING_KEY = "job"
+TASK_ROUTING_KEY = "task"
+CONTENT_TYPE = "application/json"
+
+# Headers pagewire sets or reads.
+HEADER_TYPE = "x-pagewire-type"
+HEADER_JOB_ID = "x-pagewire-job-id"
+HEADER_ERROR_CODE = "x-pagewire-error-code"
+HEADER_ERROR = "x-pagewire-error"
+HEADER_DELIVERY_COUNT = "x-delivery-count"  # set by quorum queues on redelivery
+HEADER_DEATH = "x-death"
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Exchange and queue names for one prefix."""
+
+    prefix: str = "pagewire"
+    delivery_limit: int = 4
+
+    @property
+    def jobs_exchange(self) -> str:
+        return f"{self.prefix}.jobs"
+
+    @property
+    def jobs_queue(self) -> str:
+        return f"{self.prefix}.jobs"
+
+    @property
+    def tasks_exchange(self) -> str:
+        return f"{self.prefix}.tasks"
+
+    @property
+    def tasks_queue(self) -> str:
+        return f"{self.prefix}.tasks"
+
+    @property
+    def events_exchange(self) -> str:
+        return f"{self.prefix}.events"
+
+    @property
+    def recorder_queue(self) -> str:
+        return f"{self.prefix}.recorder"
+
+    @property
+    def dead_exchange(self) -> str:
+        return f"{self.prefix}.dlx"
+
+    @property
+    def dead_queue(self) -> str:
+        return f"{self.prefix}.dead"
+
+    def work_queue_arguments(self) -> dict[str, Any]:
+        """Quorum queue with a delivery limit that dead-letters, at least once."""
+        return {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": self.delivery_limit,
+            "x-dead-letter-exchange": self.dead_exchange,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+
+    def dead_queue_arguments(self) -> dict[str, Any]:
+        return {"x-queue-type": "quorum"}

@@ -1,0 +1,39 @@
+"""The S3 key layout and the checks every key and bucket passes."""
+
+from __future__ import annotations
+
+from schemas.errors import ErrorCode, PermanentError
+
+MAX_KEY_BYTES = 1024
+
+
+def source_key(job_id: str) -> str:
+    """Where ``pagewire submit`` stores a job's PDF."""
+    return f"jobs/{job_id}/source.pdf"
+
+
+def result_key(job_id: str, fmt: str) -> str:
+    """Where the recorder writes the assembled result (``md`` or ``json``)."""
+    return f"jobs/{job_id}/result.{fmt}"
+
+
+def validate_key(key: str) -> str:
+    """Reject keys that could escape the layout or break tools: ``..``, absolute, NUL, too long."""
+    if not key:
+        raise PermanentError(ErrorCode.INVALID_KEY, "empty key")
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise PermanentError(ErrorCode.INVALID_KEY, f"key longer than {MAX_KEY_BYTES} bytes")
+    if "\x00" in key or any(ord(c) < 0x20 for c in key):
+        raise PermanentError(ErrorCode.INVALID_KEY, "key holds a control character")
+    if key.startswith("/") or "\\" in key:
+        raise PermanentError(ErrorCode.INVALID_KEY, "key is absolute or holds a backslash")
+    if any(part in ("..", ".") for part in key.split("/")):
+        raise PermanentError(ErrorCode.INVALID_KEY, "key holds a '.' or '..' segment")
+    return key
+
+
+def validate_bucket(bucket: str, allowed: frozenset[str]) -> str:
+    """Only buckets on the allowlist may be read."""
+    if bucket not in allowed:
+        raise PermanentError(ErrorCode.BUCKET_NOT_ALLOWED, f"bucket {bucket!r} is not on the allowlist")
+    return bucket

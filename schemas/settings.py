@@ -1,0 +1,90 @@
+"""Configuration from ``PAGEWIRE_*`` environment variables, one class per role.
+
+Built once at each entry point and passed down; nothing else reads
+``os.environ``. The defaults point at the local development stack
+(``pagewire dev up``), so a shell with no variables set talks to it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.messages import Engine
+from schemas.names import Topology
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class Settings(BaseSettings):
+    """What every role needs: where the broker, database and S3 are, and the names."""
+
+    model_config = SettingsConfigDict(env_prefix="PAGEWIRE_", extra="ignore", frozen=True)
+
+    amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    database_url: SecretStr = SecretStr("postgresql+asyncpg://postgres@127.0.0.1:5432/pagewire")
+    s3_endpoint_url: str | None = "http://127.0.0.1:8333"
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "pagewire"
+    s3_access_key_id: str = "pagewire"
+    s3_secret_access_key: SecretStr = SecretStr("pagewire-secret")
+    s3_allowed_buckets: list[str] = Field(default_factory=list, description="buckets jobs may read; empty: s3_bucket only")
+    prefix: str = Field(default="pagewire", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    delivery_limit: int = Field(default=4, ge=0, description="redeliveries before a message is dead-lettered")
+    log_format: LogFormat = LogFormat.TEXT
+    log_level: str = "INFO"
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+
+    @property
+    def topology(self) -> Topology:
+        return Topology(prefix=self.prefix, delivery_limit=self.delivery_limit)
+
+    @property
+    def allowed_buckets(self) -> frozenset[str]:
+        return frozenset(self.s3_allowed_buckets or [self.s3_bucket])
+
+
+class PlannerSettings(Settings):
+    """The planner: opens each PDF, checks limits, splits it into page tasks."""
+
+    max_pdf_bytes: int = Field(default=256 * 1024 * 1024, ge=1, description="larger sources fail with file_too_large")
+    max_pages: int = Field(default=5000, ge=1, description="longer documents fail with too_many_pages")
+    text_pages_per_task: int = Field(default=32, ge=1, description="pages per task where the text layer suffices")
+    ocr_pages_per_task: int = Field(default=1, ge=1, description="pages per task that need OCR")
+    cache_dir: Path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pagewire" / "planner"
+
+
+class WorkerSettings(Settings):
+    """An OCR consumer: renders and reads pages, one task at a time."""
+
+    engine: Engine = Field(default=Engine.RAPIDOCR, description="the OCR engine behind auto on this worker")
+    max_pdf_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    max_megapixels: float = Field(default=50.0, gt=0, description="pages larger at the job's DPI fail with page_too_large")
+    ocr_threads: int = Field(default=0, ge=0, description="onnxruntime intra-op threads; 0: the cores this process may use")
+    cache_dir: Path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pagewire" / "worker"
+    cache_max_bytes: int = Field(default=2 * 1024**3, ge=0)
+    worker_name: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    retry_backoff_s: float = Field(default=1.0, ge=0)
+    nemotron_ocr_model_dir: Path | None = Field(
+        default=None, validation_alias="NEMOTRON_OCR_MODEL_DIR", description="nemotron-ocr weights"
+    )
+
+
+class RecorderSettings(Settings):
+    """The recorder: applies events to PostgreSQL and assembles results."""
+
+    batch_size: int = Field(default=500, ge=1, description="events applied in one transaction at most")
+    batch_wait_ms: int = Field(default=20, ge=0, description="how long to gather a batch")
+    db_retry_max_s: float = Field(default=30.0, gt=0, description="longest wait between database retries")
+
+
+class ClientSettings(Settings):
+    """``pagewire submit`` and the other user commands."""

@@ -1,0 +1,104 @@
+"""The PostgreSQL status tables, as SQLAlchemy Core.
+
+The DDL itself lives in the Alembic migrations (``alembic/versions``); these
+definitions are what the code queries with. A test checks the two agree.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    COMPLETED_WITH_ERRORS = "completed_with_errors"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_JOB_STATUSES = frozenset(
+    {JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_ERRORS, JobStatus.FAILED, JobStatus.CANCELLED}
+)
+
+
+class PageStatus(StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    RETRYING = "retrying"
+
+
+metadata = MetaData()
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("job_id", Text, primary_key=True),
+    Column("status", Text, nullable=False),
+    Column("source_bucket", Text),
+    Column("source_key", Text),
+    Column("source_etag", Text),
+    Column("options", JSONB),
+    Column("priority", Integer, nullable=False, server_default="0"),
+    Column("submitted_by", Text),
+    Column("metadata", JSONB),
+    Column("total_pages", Integer),
+    Column("first_page", Integer),
+    Column("last_page", Integer),
+    Column("tasks", Integer),
+    Column("pages_ok", Integer, nullable=False, server_default="0"),
+    Column("pages_failed", Integer, nullable=False, server_default="0"),
+    Column("error_code", Text),
+    Column("error_message", Text),
+    Column("result_bucket", Text),
+    Column("result_keys", JSONB),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True)),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("completion_published_at", DateTime(timezone=True)),
+)
+
+pages = Table(
+    "pages",
+    metadata,
+    Column("job_id", Text, ForeignKey("jobs.job_id", ondelete="CASCADE"), nullable=False),
+    Column("page_no", Integer, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("engine", Text),
+    Column("text", Text),
+    Column("blocks", JSONB),
+    Column("confidence", Float),
+    Column("duration_ms", Float),
+    Column("render_ms", Float),
+    Column("worker", Text),
+    Column("attempts", Integer, nullable=False, server_default="1"),
+    Column("error_code", Text),
+    Column("error_message", Text),
+    Column("event_id", Text),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("job_id", "page_no"),
+)
+
+applied_events = Table(
+    "applied_events",
+    metadata,
+    Column("event_id", Text, primary_key=True),
+    Column("job_id", Text, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("applied_at", DateTime(timezone=True), nullable=False),
+)
