@@ -1,0 +1,162 @@
+"""The S3 adapter and the worker's on-disk PDF cache.
+
+boto3 is blocking: every call here is meant to run through ``asyncio.to_thread``.
+S3 failures are sorted into the error tree: a missing object is permanent
+(``source_missing``), an unreachable endpoint is retryable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from schemas.errors import ErrorCode, PermanentError, RetryableError
+from schemas.messages import Source
+from schemas.s3keys import validate_bucket, validate_key
+from schemas.settings import Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger(__name__)
+
+_MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    size: int
+    etag: str
+
+
+def _translate(exc: Exception, bucket: str, key: str) -> Exception:
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in _MISSING:
+            return PermanentError(ErrorCode.SOURCE_MISSING, f"s3://{bucket}/{key} does not exist")
+        if code in {"403", "AccessDenied"}:
+            return PermanentError(ErrorCode.SOURCE_MISSING, f"s3://{bucket}/{key} is not readable (access denied)")
+    return RetryableError(ErrorCode.STORAGE_UNAVAILABLE, f"S3 error on s3://{bucket}/{key}: {exc}")
+
+
+class Storage:
+    """A thin, typed face of the S3 calls pagewire makes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client: S3Client = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
+            aws_access_key_id=settings.s3_access_key_id,
+            aws_secret_access_key=settings.s3_secret_access_key.get_secret_value(),
+            config=Config(
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=60,
+                s3={"addressing_style": "path"},
+            ),
+        )
+
+    def check_source(self, source: Source) -> None:
+        """Key and bucket checks every job passes before anything is fetched."""
+        validate_bucket(source.bucket, self.settings.allowed_buckets)
+        validate_key(source.key)
+
+    def head(self, bucket: str, key: str) -> ObjectInfo:
+        try:
+            response = self.client.head_object(Bucket=bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise _translate(exc, bucket, key) from exc
+        return ObjectInfo(size=int(response["ContentLength"]), etag=str(response.get("ETag", "")).strip('"'))
+
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except (ClientError, BotoCoreError) as exc:
+            raise _translate(exc, bucket, key) from exc
+
+    def download(self, bucket: str, key: str, target: Path) -> None:
+        try:
+            self.client.download_file(bucket, key, str(target))
+        except (ClientError, BotoCoreError) as exc:
+            raise _translate(exc, bucket, key) from exc
+
+    def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str) -> str:
+        """Store ``data``; returns the new object's etag."""
+        try:
+            response = self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+        except (ClientError, BotoCoreError) as exc:
+            raise RetryableError(ErrorCode.STORAGE_UNAVAILABLE, f"cannot write s3://{bucket}/{key}: {exc}") from exc
+        return str(response.get("ETag", "")).strip('"')
+
+    def ensure_bucket(self, bucket: str) -> None:
+        try:
+            self.client.head_bucket(Bucket=bucket)
+        except ClientError:
+            self.client.create_bucket(Bucket=bucket)
+
+
+class PdfCache:
+    """Source PDFs on local disk, keyed by bucket, key and etag.
+
+    A worker takes one page task at a time, and a job's tasks usually land on
+    the same few workers, so each PDF is fetched once per worker rather than
+    once per task. The etag in the cache key means a replaced object is never
+    served stale. Eviction is oldest-first by size.
+    """
+
+    def __init__(self, storage: Storage, directory: Path, max_bytes: int, max_pdf_bytes: int) -> None:
+        self.storage = storage
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.max_pdf_bytes = max_pdf_bytes
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, bucket: str, key: str, etag: str) -> Path:
+        digest = hashlib.sha256(f"{bucket}\0{key}\0{etag}".encode()).hexdigest()
+        return self.directory / f"{digest}.pdf"
+
+    def fetch(self, source: Source) -> Path:
+        """The local path of ``source``, downloaded if not cached. Blocking."""
+        self.storage.check_source(source)
+        info = self.storage.head(source.bucket, source.key)
+        if info.size > self.max_pdf_bytes:
+            raise PermanentError(
+                ErrorCode.FILE_TOO_LARGE, f"source is {info.size} bytes, over the limit of {self.max_pdf_bytes}"
+            )
+        if info.size == 0:
+            raise PermanentError(ErrorCode.EMPTY_FILE, "source object is empty (0 bytes)")
+        path = self._path(source.bucket, source.key, info.etag)
+        if path.exists():
+            os.utime(path)
+            return path
+        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".part")
+        os.close(fd)
+        try:
+            self.storage.download(source.bucket, source.key, Path(tmp))
+            os.replace(tmp, path)  # atomic: a reader never sees half a file
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        self._evict(keep=path)
+        return path
+
+    def _evict(self, keep: Path) -> None:
+        files = sorted(self.directory.glob("*.pdf"), key=lambda p: p.stat().st_mtime)
+        total = sum(p.stat().st_size for p in files)
+        for old in files:
+            if total <= self.max_bytes:
+                break
+            if old != keep:
+                total -= old.stat().st_size
+                old.unlink(missing_ok=True)
