@@ -1,0 +1,161 @@
+"""Helpers for the unit tests of the pdfium adapter, the engines and the layout.
+
+Small PDFs are made in the test itself (pdfium can write them), so a test
+shows its input; the shared corpus is used where real files matter.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import io
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pypdfium2 as pdfium
+import pypdfium2.raw as pdfium_c
+import pytest
+
+from consumer.pdf import PDFIUM_LOCK
+
+
+def corpus_dir() -> Path:
+    """The shared test corpus: ``PAGEWIRE_CORPUS_DIR`` or ``/work/shared/corpus`` beside the checkout."""
+    return Path(os.environ.get("PAGEWIRE_CORPUS_DIR") or Path(__file__).resolve().parents[3] / "shared" / "corpus")
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    """The corpus directory; skips the test when it is not there."""
+    path = corpus_dir()
+    if not (path / "manifest.json").is_file():
+        pytest.skip(f"no test corpus at {path} (set PAGEWIRE_CORPUS_DIR)")
+    return path
+
+
+TextRun = tuple[float, float, str]
+"""x, y of the baseline start in points from the top-left corner, and the text."""
+
+
+def make_pdf(
+    pages: list[list[TextRun]],
+    *,
+    size: tuple[float, float] = (612.0, 792.0),
+    font_size: float = 12.0,
+    rotation: int = 0,
+) -> bytes:
+    """A born-digital PDF with Helvetica text runs placed on each page (``rotation``: the page's /Rotate)."""
+    width, height = size
+    with PDFIUM_LOCK:
+        doc = pdfium.PdfDocument.new()
+        try:
+            for runs in pages:
+                page = doc.new_page(width, height)
+                for x, y, text in runs:
+                    obj = pdfium_c.FPDFPageObj_NewTextObj(doc.raw, b"Helvetica", ctypes.c_float(font_size))
+                    encoded = (text + "\0").encode("utf-16-le")
+                    buffer = ctypes.create_string_buffer(encoded, len(encoded))
+                    pdfium_c.FPDFText_SetText(obj, ctypes.cast(buffer, ctypes.POINTER(pdfium_c.FPDF_WCHAR)))
+                    pdfium_c.FPDFPageObj_Transform(obj, 1, 0, 0, 1, x, height - y)
+                    pdfium_c.FPDFPage_InsertObject(page.raw, obj)
+                pdfium_c.FPDFPage_GenerateContent(page.raw)
+                if rotation:
+                    pdfium_c.FPDFPage_SetRotation(page.raw, rotation // 90)
+                page.close()
+            out = io.BytesIO()
+            doc.save(out)
+        finally:
+            doc.close()
+    return out.getvalue()
+
+
+def zero_page_pdf() -> bytes:
+    """A valid PDF with an empty page tree, as pdfium itself writes one."""
+    with PDFIUM_LOCK:
+        doc = pdfium.PdfDocument.new()
+        out = io.BytesIO()
+        doc.save(out)
+        doc.close()
+    return out.getvalue()
+
+
+# --- an encrypted PDF, written by hand ---------------------------------------
+# pdfium cannot write encrypted files, so this writes the smallest one the
+# standard security handler allows (revision 2, 40-bit RC4, PDF 1.7 spec
+# 7.6.3.3, algorithms 2, 3 and 4) with a non-empty user password. The page
+# holds no strings or streams, so nothing else needs encrypting.
+
+_PAD = bytes.fromhex("28BF4E5E4E758A4164004E56FFFA01082E2E00B6D0683E802F0CA9FE6453697A")
+
+
+def _rc4(key: bytes, data: bytes) -> bytes:
+    s = list(range(256))
+    j = 0
+    for i in range(256):
+        j = (j + s[i] + key[i % len(key)]) % 256
+        s[i], s[j] = s[j], s[i]
+    out = bytearray()
+    i = j = 0
+    for byte in data:
+        i = (i + 1) % 256
+        j = (j + s[i]) % 256
+        s[i], s[j] = s[j], s[i]
+        out.append(byte ^ s[(s[i] + s[j]) % 256])
+    return bytes(out)
+
+
+def encrypted_pdf(user_password: bytes = b"secret", owner_password: bytes = b"owner") -> bytes:
+    """A one-page PDF that opens only with ``user_password``."""
+    file_id = hashlib.md5(b"pagewire-test").digest()
+    permissions = -4  # every permission bit set; the value does not matter here
+    owner_key = hashlib.md5((owner_password + _PAD)[:32]).digest()[:5]
+    o_entry = _rc4(owner_key, (user_password + _PAD)[:32])
+    key = hashlib.md5((user_password + _PAD)[:32] + o_entry + permissions.to_bytes(4, "little", signed=True) + file_id)
+    u_entry = _rc4(key.digest()[:5], _PAD)
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>",
+        b"<< /Filter /Standard /V 1 /R 2 /O <%s> /U <%s> /P %d >>"
+        % (o_entry.hex().encode(), u_entry.hex().encode(), permissions),
+    ]
+    body = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, obj in enumerate(objects, start=1):
+        offsets.append(len(body))
+        body += b"%d 0 obj\n%s\nendobj\n" % (number, obj)
+    xref = len(body)
+    body += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    body += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    body += b"trailer\n<< /Size %d /Root 1 0 R /Encrypt 4 0 R /ID [<%s> <%s>] >>\n" % (
+        len(objects) + 1,
+        file_id.hex().encode(),
+        file_id.hex().encode(),
+    )
+    body += b"startxref\n%d\n%%%%EOF\n" % xref
+    return bytes(body)
+
+
+# Fixtures hand the helpers to tests: test modules do not import conftest
+# (tests/ is not a package, and two conftest modules would clash by name).
+
+MakePdf = Callable[..., bytes]
+
+
+@pytest.fixture(name="make_pdf")
+def make_pdf_fixture() -> MakePdf:
+    """:func:`make_pdf`: ``make_pdf(pages, size=..., font_size=..., rotation=...) -> bytes``."""
+    return make_pdf
+
+
+@pytest.fixture(name="encrypted_pdf")
+def encrypted_pdf_fixture() -> bytes:
+    """A one-page PDF that needs the user password ``secret``."""
+    return encrypted_pdf()
+
+
+@pytest.fixture(name="zero_page_pdf")
+def zero_page_pdf_fixture() -> bytes:
+    """A valid PDF with no pages."""
+    return zero_page_pdf()

@@ -1,0 +1,241 @@
+"""The pdfium adapter: bad input gets its error code, text layers match the corpus, rendering is bounded."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pypdfium2
+import pytest
+
+from consumer.pdf import PdfDocument, has_real_text, inspect_pdf
+from schemas.errors import ErrorCode, PermanentError
+
+MakePdf = Callable[..., bytes]
+TWO_LINES = [[(72.0, 72.0, "Hello world from pagewire"), (72.0, 100.0, "A second line of text")]]
+
+
+def _manifest(corpus: Path) -> list[dict[str, object]]:
+    entries: list[dict[str, object]] = json.loads((corpus / "manifest.json").read_text())
+    return entries
+
+
+# --- bad input --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"", ErrorCode.EMPTY_FILE),
+        (b"PK\x03\x04 this is a zip file, not a PDF" * 10, ErrorCode.NOT_A_PDF),
+        (b"%PDF-1.7\n" + b"\x00garbage" * 100, ErrorCode.TRUNCATED_PDF),
+    ],
+    ids=["empty", "not-a-pdf", "header-then-garbage"],
+)
+def test_bad_bytes_get_their_code(data: bytes, code: ErrorCode) -> None:
+    with pytest.raises(PermanentError) as info:
+        inspect_pdf(data, max_pages=10)
+    assert info.value.code == code
+    with pytest.raises(PermanentError) as info:
+        PdfDocument(data)
+    assert info.value.code == code
+
+
+def test_truncated_real_file_is_truncated_pdf(corpus: Path) -> None:
+    data = (corpus / "real" / "pdflatex-4-pages.pdf").read_bytes()
+    with pytest.raises(PermanentError) as info:
+        inspect_pdf(data[: len(data) // 2], max_pages=10)
+    assert info.value.code == ErrorCode.TRUNCATED_PDF
+
+
+def test_encrypted_pdf_is_encrypted_pdf(encrypted_pdf: bytes) -> None:
+    with pytest.raises(PermanentError) as info:
+        inspect_pdf(encrypted_pdf, max_pages=10)
+    assert info.value.code == ErrorCode.ENCRYPTED_PDF
+
+
+def test_zero_pages_is_no_pages(zero_page_pdf: bytes) -> None:
+    with pytest.raises(PermanentError) as info:
+        inspect_pdf(zero_page_pdf, max_pages=10)
+    assert info.value.code == ErrorCode.NO_PAGES
+
+
+def test_no_pages_is_reported_even_after_another_failure(encrypted_pdf: bytes, zero_page_pdf: bytes) -> None:
+    # pdfium keeps its last error in a global; a stale "password" must not leak into the next file.
+    with pytest.raises(PermanentError):
+        inspect_pdf(encrypted_pdf, max_pages=10)
+    with pytest.raises(PermanentError) as info:
+        PdfDocument(zero_page_pdf)
+    assert info.value.code == ErrorCode.NO_PAGES
+
+
+def test_too_many_pages(make_pdf: MakePdf) -> None:
+    data = make_pdf([[(72.0, 72.0, f"Page number {n} of three")] for n in range(3)])
+    assert inspect_pdf(data, max_pages=3).page_count == 3
+    with pytest.raises(PermanentError) as info:
+        inspect_pdf(data, max_pages=2)
+    assert info.value.code == ErrorCode.TOO_MANY_PAGES
+
+
+def test_empty_file_on_disk(tmp_path: Path) -> None:
+    path = tmp_path / "empty.pdf"
+    path.write_bytes(b"")
+    with pytest.raises(PermanentError) as info:
+        PdfDocument(path)
+    assert info.value.code == ErrorCode.EMPTY_FILE
+
+
+# --- inspect_pdf: which pages have real text ---------------------------------
+
+
+def test_text_pages_follow_the_corpus_classes(corpus: Path) -> None:
+    for entry in _manifest(corpus):
+        cls, name = str(entry["class"]), str(entry["file"])
+        info = inspect_pdf((corpus / name).read_bytes(), max_pages=5000)
+        assert info.page_count == entry["pages"], name
+        if cls.startswith("born-digital"):
+            assert all(info.text_pages), name
+        elif cls in ("scanned", "image-no-text"):
+            assert not any(info.text_pages), name
+
+
+def test_text_pages_mixed_document(make_pdf: MakePdf) -> None:
+    data = make_pdf([TWO_LINES[0], [], [(300.0, 400.0, "7")]])
+    assert inspect_pdf(data, max_pages=10).text_pages == (True, False, False)
+
+
+# --- text layer ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name", ["real/pdflatex-4-pages.pdf", "real/google-doc-document.pdf", "real/issue7454.pdf", "real/habibi.pdf"]
+)
+def test_text_layer_equals_expected_text(corpus: Path, name: str) -> None:
+    expected: list[str] = json.loads((corpus / f"{name}.expected.json").read_text())
+    with PdfDocument(corpus / name) as doc:
+        assert doc.page_count == len(expected)
+        for page_no, want in enumerate(expected, start=1):
+            layer = doc.text_layer(page_no)
+            assert layer.text == want, f"{name} page {page_no}"
+            assert layer.chars >= len(want.replace("\n", ""))
+
+
+def test_text_layer_blocks_are_lines_in_page_fractions(make_pdf: MakePdf) -> None:
+    with PdfDocument(make_pdf(TWO_LINES, size=(600.0, 800.0))) as doc:
+        layer = doc.text_layer(1)
+    assert layer.text == "Hello world from pagewire\nA second line of text"
+    assert [b.text for b in layer.blocks] == ["Hello world from pagewire", "A second line of text"]
+    first = layer.blocks[0].bbox
+    # The baseline starts at 72 pt from the left and 72 pt from the top; the glyphs sit just above it.
+    assert first[0] == pytest.approx(72 / 600, abs=0.01)
+    assert first[1] < 72 / 800 < first[3] + 0.01
+    assert all(0.0 <= v <= 1.0 for b in layer.blocks for v in b.bbox)
+    assert layer.blocks[0].bbox[1] < layer.blocks[1].bbox[1]
+
+
+def test_text_layer_boxes_follow_page_rotation(make_pdf: MakePdf) -> None:
+    # /Rotate 90 turns the page clockwise: a line at the top left ends up on the right, running down.
+    with PdfDocument(make_pdf(TWO_LINES, size=(600.0, 800.0), rotation=90)) as doc:
+        assert doc.page_size(1) == pytest.approx((800.0, 600.0))
+        x0, y0, x1, y1 = doc.text_layer(1).blocks[0].bbox
+    assert x0 > 0.85 and x1 - x0 < 0.05
+    assert y1 - y0 > 0.15
+
+
+def test_text_layer_of_an_image_page_is_empty(corpus: Path) -> None:
+    with PdfDocument(corpus / "real" / "cmyk-image.pdf") as doc:
+        layer = doc.text_layer(1)
+    assert (layer.text, layer.blocks, layer.chars) == ("", [], 0)
+
+
+# --- rendering ------------------------------------------------------------------
+
+
+def test_render_size_at_dpi(make_pdf: MakePdf) -> None:
+    with PdfDocument(make_pdf(TWO_LINES, size=(612.0, 792.0))) as doc:
+        image = doc.render(1, dpi=150, max_megapixels=50)
+    # 612 x 792 pt at 150/72 px per pt, rounded up like pdfium does (1650.0000000000002 -> 1651).
+    assert image.shape == (1651, 1275, 3)
+    assert image.dtype == np.uint8
+    # White page, black text: the text rows are darker than the margin.
+    assert image[0:50].min() == 255
+    assert image.min() < 100
+
+
+def test_render_page_too_large_is_checked_before_rendering(monkeypatch: pytest.MonkeyPatch, make_pdf: MakePdf) -> None:
+    with PdfDocument(make_pdf(TWO_LINES, size=(612.0, 792.0))) as doc:
+        rendered: list[int] = []
+        monkeypatch.setattr(pypdfium2.PdfPage, "render", lambda *a, **k: rendered.append(1))
+        with pytest.raises(PermanentError) as info:
+            doc.render(1, dpi=150, max_megapixels=1.0)  # 1275 x 1650 = 2.1 MP
+    assert info.value.code == ErrorCode.PAGE_TOO_LARGE
+    assert rendered == []
+
+
+def test_render_scanned_page_is_rgb(corpus: Path) -> None:
+    with PdfDocument(corpus / "scanned" / "google-doc-document-scan.pdf") as doc:
+        width, height = doc.page_size(1)
+        image = doc.render(1, dpi=72, max_megapixels=50)
+    assert image.shape == (math.ceil(height), math.ceil(width), 3)
+
+
+def test_closed_document_and_bad_page_numbers(make_pdf: MakePdf) -> None:
+    doc = PdfDocument(make_pdf(TWO_LINES))
+    with pytest.raises(ValueError):
+        doc.text_layer(2)
+    doc.close()
+    doc.close()
+    with pytest.raises(ValueError):
+        doc.page_size(1)
+
+
+def test_documents_can_be_used_from_many_threads(corpus: Path) -> None:
+    # pdfium crashes or garbles text when called concurrently; the lock makes this safe.
+    path = corpus / "real" / "pdflatex-4-pages.pdf"
+    expected: list[str] = json.loads(path.with_name(path.name + ".expected.json").read_text())
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(5):
+                with PdfDocument(path) as doc:
+                    for page_no in range(1, 5):
+                        assert doc.text_layer(page_no).text == expected[page_no - 1]
+                        doc.render(page_no, dpi=36, max_megapixels=50)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+# --- has_real_text ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "real"),
+    [
+        ("", False),
+        ("   \r\n\t ", False),
+        ("x", False),  # one stray glyph
+        ("12", False),  # a lone page number
+        ("\x01\x02\x03\x04\x05\x06\x07\x08\x0e\x0f" * 20 + "abcdefghij", False),  # no usable character map
+        ("\ue001\ue002\ue003" * 30 + " ab cd ef gh ij", False),  # private-use glyph codes
+        ("\ufffd" * 50 + " Hello world", False),
+        ("- . , ; : ! ? * / " * 20 + "abcdefghij", False),  # punctuation only, nearly
+        ("Hello world, this is a page.", True),
+        ("Inhaltsverzeichnis 1 Topologische Grundbegriffe . . . . . . . . . . 2", True),
+        ("يبيبَح habibi يبيبَح", True),
+        ("Matrix \uf8eb a b \uf8f6 " * 5 + "with some real words around it", True),
+    ],
+)
+def test_has_real_text(text: str, real: bool) -> None:
+    assert has_real_text(text) is real
