@@ -22,7 +22,7 @@ from aio_pika.abc import (
 )
 from pydantic import BaseModel
 
-from schemas.errors import ErrorCode, PagewireError
+from schemas.errors import PagewireError
 from schemas.messages import to_body
 from schemas.names import (
     CONTENT_TYPE,
@@ -95,7 +95,9 @@ def build_message(message: BaseModel, *, headers: dict[str, Any] | None = None) 
     """A persistent JSON message with the pagewire properties set."""
     body = to_body(message)
     msg_type = getattr(message, "type", type(message).__name__)
-    message_id = getattr(message, "event_id", None) or getattr(message, "task_id", None) or getattr(message, "job_id", "")
+    message_id = (
+        getattr(message, "event_id", None) or getattr(message, "task_id", None) or getattr(message, "job_id", "")
+    )
     all_headers: dict[str, Any] = {HEADER_TYPE: msg_type}
     job_id = getattr(message, "job_id", None)
     if job_id:
@@ -187,16 +189,3 @@ async def queue_depth(amqp_url: str, queue_name: str) -> tuple[int, int]:
     finally:
         await connection.close()
 
-
-__all__ = [
-    "ErrorCode",
-    "Exchanges",
-    "Publisher",
-    "attempt_of",
-    "build_message",
-    "connect",
-    "declare_topology",
-    "get_queue",
-    "is_last_attempt",
-    "queue_depth",
-]

@@ -287,7 +287,11 @@ def job_id_of(body: bytes) -> str | None:
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     job_id = data.get("job_id") if isinstance(data, dict) else None
-    if isinstance(job_id, str) and 0 < len(job_id) <= 64 and job_id.replace("-", "").replace("_", "").replace(".", "").isalnum():
+    if (
+        isinstance(job_id, str)
+        and 0 < len(job_id) <= 64
+        and job_id.replace("-", "").replace("_", "").replace(".", "").isalnum()
+    ):
         return job_id
     return None
 

@@ -36,7 +36,9 @@ class Settings(BaseSettings):
     s3_bucket: str = "pagewire"
     s3_access_key_id: str = "pagewire"
     s3_secret_access_key: SecretStr = SecretStr("pagewire-secret")
-    s3_allowed_buckets: list[str] = Field(default_factory=list, description="buckets jobs may read; empty: s3_bucket only")
+    s3_allowed_buckets: list[str] = Field(
+        default_factory=list, description="buckets jobs may read; empty: s3_bucket only"
+    )
     prefix: str = Field(default="pagewire", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     delivery_limit: int = Field(default=4, ge=0, description="redeliveries before a message is dead-lettered")
     log_format: LogFormat = LogFormat.TEXT
@@ -67,8 +69,12 @@ class WorkerSettings(Settings):
 
     engine: Engine = Field(default=Engine.RAPIDOCR, description="the OCR engine behind auto on this worker")
     max_pdf_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
-    max_megapixels: float = Field(default=50.0, gt=0, description="pages larger at the job's DPI fail with page_too_large")
-    ocr_threads: int = Field(default=0, ge=0, description="onnxruntime intra-op threads; 0: the cores this process may use")
+    max_megapixels: float = Field(
+        default=50.0, gt=0, description="pages larger at the job's DPI fail with page_too_large"
+    )
+    ocr_threads: int = Field(
+        default=0, ge=0, description="onnxruntime intra-op threads; 0: the cores this process may use"
+    )
     cache_dir: Path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pagewire" / "worker"
     cache_max_bytes: int = Field(default=2 * 1024**3, ge=0)
     worker_name: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")

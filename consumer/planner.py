@@ -1,0 +1,170 @@
+"""The planner: one ``JobRequest`` in, ``JobStarted`` and a run of ``PageTask`` out.
+
+It opens the PDF only to count pages, check the limits and see which pages
+carry a real text layer (about a millisecond a page), so it stays cheap. Text
+pages are packed many to a task, pages that need OCR few to a task: a task is
+the unit of redelivery, and an OCR page costs seconds. Bad input ends here as
+``JobFailed`` with an error code, never as a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from consumer.amqp import Publisher
+from consumer.pdf import inspect_pdf
+from consumer.service import Handler, run_consumer, settle_failure
+from consumer.storage import PdfCache, Storage
+from schemas.errors import ErrorCode, PagewireError, PermanentError
+from schemas.messages import (
+    Engine,
+    JobFailed,
+    JobRequest,
+    JobStarted,
+    PageTask,
+    job_id_of,
+    parse_as,
+)
+from schemas.settings import PlannerSettings
+
+log = logging.getLogger(__name__)
+
+
+def page_range(options_first: int | None, options_last: int | None, page_count: int) -> tuple[int, int]:
+    """The 1-based inclusive pages to read, clipped to the document."""
+    first = options_first or 1
+    last = min(options_last or page_count, page_count)
+    if first > page_count:
+        raise PermanentError(
+            ErrorCode.INVALID_OPTIONS, f"first_page {first} is beyond the document's {page_count} pages"
+        )
+    return first, last
+
+
+def plan_tasks(
+    first: int,
+    last: int,
+    text_pages: Sequence[bool],
+    engine: Engine,
+    *,
+    text_per_task: int,
+    ocr_per_task: int,
+) -> list[tuple[int, int]]:
+    """Split pages ``first..last`` into (first, last) task ranges.
+
+    ``text_pages[i]`` says whether page ``i + 1`` has a real text layer. With
+    ``text`` every page is cheap; with an OCR engine every page is dear; with
+    ``auto`` each run of like pages is cut to its own size.
+    """
+    ranges: list[tuple[int, int]] = []
+
+    def cut(start: int, end: int, size: int) -> None:
+        for a in range(start, end + 1, size):
+            ranges.append((a, min(a + size - 1, end)))
+
+    if engine == Engine.TEXT:
+        cut(first, last, text_per_task)
+        return ranges
+    if engine != Engine.AUTO:
+        cut(first, last, ocr_per_task)
+        return ranges
+    run_start = first
+    for page in range(first + 1, last + 2):
+        if page > last or text_pages[page - 1] != text_pages[run_start - 1]:
+            cut(run_start, page - 1, text_per_task if text_pages[run_start - 1] else ocr_per_task)
+            run_start = page
+    return ranges
+
+
+class Planner:
+    """Handles ``JobRequest`` messages from the jobs queue."""
+
+    def __init__(self, settings: PlannerSettings, publisher: Publisher, cache: PdfCache) -> None:
+        self.settings = settings
+        self.publisher = publisher
+        self.cache = cache
+
+    async def handle(self, message: AbstractIncomingMessage) -> None:
+        job_id = job_id_of(message.body)
+        try:
+            request = parse_as(JobRequest, message.body, self.settings.max_message_bytes)
+            job_id = request.job_id
+            await self.plan(request)
+            await message.ack()
+        except Exception as exc:  # settle_failure sorts it by class
+            if isinstance(exc, PermanentError) and exc.code in {
+                ErrorCode.MALFORMED_MESSAGE,
+                ErrorCode.UNSUPPORTED_SCHEMA_VERSION,
+                ErrorCode.MESSAGE_TOO_LARGE,
+            }:
+                # Poison: keep the body for inspection, whether or not it named a job.
+                await self.publisher.dead_letter(message, exc, self.settings.topology.jobs_queue)
+            await settle_failure(
+                message,
+                exc,
+                publisher=self.publisher,
+                settings=self.settings,
+                queue_name=self.settings.topology.jobs_queue,
+                on_final=(lambda err: self.fail(job_id, err)) if job_id else None,
+                backoff_s=1.0,
+            )
+
+    async def fail(self, job_id: str, error: PagewireError) -> None:
+        log.info("job %s failed: %s", job_id, error)
+        await self.publisher.publish_event(JobFailed(job_id=job_id, error_code=error.code, message=error.message))
+
+    async def plan(self, request: JobRequest) -> None:
+        path = await asyncio.to_thread(self.cache.fetch, request.source)
+        data = await asyncio.to_thread(path.read_bytes)
+        info = await asyncio.to_thread(inspect_pdf, data, max_pages=self.settings.max_pages)
+        first, last = page_range(request.options.first_page, request.options.last_page, info.page_count)
+        ranges = plan_tasks(
+            first,
+            last,
+            info.text_pages,
+            request.options.engine,
+            text_per_task=self.settings.text_pages_per_task,
+            ocr_per_task=self.settings.ocr_pages_per_task,
+        )
+        await self.publisher.publish_event(
+            JobStarted(
+                job_id=request.job_id,
+                source=request.source,
+                options=request.options,
+                total_pages=last - first + 1,
+                first_page=first,
+                last_page=last,
+                tasks=len(ranges),
+            )
+        )
+        for a, b in ranges:
+            await self.publisher.publish_task(
+                PageTask(
+                    job_id=request.job_id, source=request.source, first_page=a, last_page=b, options=request.options
+                )
+            )
+        log.info("job %s planned: pages %s-%s in %s tasks", request.job_id, first, last, len(ranges))
+
+
+async def run(settings: PlannerSettings, grace_s: float = 30.0) -> None:
+    """``pagewire planner``: plan jobs until SIGTERM."""
+    storage = Storage(settings)
+    cache = PdfCache(
+        storage, settings.cache_dir, max_bytes=4 * settings.max_pdf_bytes, max_pdf_bytes=settings.max_pdf_bytes
+    )
+
+    async def make_handler(_: AbstractRobustConnection, publisher: Publisher) -> Handler:
+        return Planner(settings, publisher, cache).handle
+
+    await run_consumer(
+        settings=settings,
+        role="planner",
+        queue_name=settings.topology.jobs_queue,
+        prefetch=4,
+        make_handler=make_handler,
+        grace_s=grace_s,
+    )

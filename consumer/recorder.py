@@ -1,0 +1,485 @@
+"""The recorder: every event into PostgreSQL, exactly once in effect.
+
+It consumes its own durable queue bound to the events exchange, gathers
+events into batches, applies each batch in one transaction and acks only
+after the commit. Applying is idempotent:
+
+- each ``event_id`` is inserted into ``applied_events`` first; an id already
+  there is skipped, so a redelivered event changes nothing;
+- page rows are keyed by ``(job_id, page_no)`` and only move up the ranks
+  retrying < failed < completed, so order of arrival does not matter;
+- a job's counters are recomputed from its page rows, never incremented.
+
+When a job's last page lands, the same transaction marks it finished; after
+the commit the recorder writes ``result.md``/``result.json`` to S3 and emits
+``JobCompleted`` with an event id derived from the job id, so a completion
+sent twice (a crash between publish and bookkeeping) dedupes downstream. A
+sweep at start and every few seconds finishes any job whose completion was not
+published (the recorder died between commit and publish).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from consumer.amqp import Publisher, connect, get_queue
+from consumer.results import PageRow, assemble_json, assemble_markdown
+from consumer.service import Stopper
+from consumer.storage import Storage
+from schemas.errors import PermanentError
+from schemas.messages import (
+    Event,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    JobQueued,
+    JobStarted,
+    OutputFormat,
+    PageCompleted,
+    PageFailed,
+    completion_event_id,
+    parse_event,
+)
+from schemas.s3keys import result_key
+from schemas.settings import RecorderSettings
+from schemas.tables import JobStatus, PageStatus, applied_events, jobs, pages
+
+log = logging.getLogger(__name__)
+
+PageEvent = PageCompleted | PageFailed
+_PAGE_RANK = {PageStatus.RETRYING: 1, PageStatus.FAILED: 2, PageStatus.COMPLETED: 3}
+_ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+def page_status(event: PageEvent) -> PageStatus:
+    if isinstance(event, PageCompleted):
+        return PageStatus.COMPLETED
+    return PageStatus.FAILED if event.final else PageStatus.RETRYING
+
+
+def merge_page_events(events: Sequence[PageEvent]) -> list[PageEvent]:
+    """One event per page from a batch: the highest rank wins, the first of equals stays.
+
+    PostgreSQL refuses to update one row twice in one ``INSERT ... ON CONFLICT``,
+    and this is the same rule the upsert applies against rows already stored.
+    """
+    best: dict[tuple[str, int], PageEvent] = {}
+    for event in events:
+        key = (event.job_id, event.page_no)
+        held = best.get(key)
+        if held is None or _PAGE_RANK[page_status(event)] > _PAGE_RANK[page_status(held)]:
+            best[key] = event
+    return list(best.values())
+
+
+def _page_row(event: PageEvent, now: datetime) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "job_id": event.job_id,
+        "page_no": event.page_no,
+        "status": str(page_status(event)),
+        "attempts": event.attempt,
+        "worker": event.worker,
+        "event_id": event.event_id,
+        "updated_at": now,
+        "engine": None,
+        "text": None,
+        "blocks": None,
+        "confidence": None,
+        "duration_ms": None,
+        "render_ms": None,
+        "error_code": None,
+        "error_message": None,
+    }
+    if isinstance(event, PageCompleted):
+        row.update(
+            engine=str(event.engine),
+            text=event.text,
+            blocks=[b.model_dump(mode="json") for b in event.blocks],
+            confidence=event.confidence,
+            duration_ms=event.duration_ms,
+            render_ms=event.render_ms,
+        )
+    else:
+        row.update(error_code=str(event.error_code), error_message=event.message)
+    return row
+
+
+def _rank(column: Any) -> Any:
+    return case((column == PageStatus.COMPLETED, 3), (column == PageStatus.FAILED, 2), else_=1)
+
+
+async def _upsert_pages(conn: AsyncConnection, events: Sequence[PageEvent], now: datetime) -> None:
+    merged = merge_page_events(events)
+    job_ids = sorted({e.job_id for e in merged})
+    # A page may arrive before its job's first event: give it a row to hang on.
+    await conn.execute(
+        pg_insert(jobs)
+        .values([{"job_id": j, "status": JobStatus.RUNNING, "created_at": now, "updated_at": now} for j in job_ids])
+        .on_conflict_do_nothing()
+    )
+    stmt = pg_insert(pages).values([_page_row(e, now) for e in merged])
+    new = stmt.excluded
+    keep = {"job_id", "page_no", "attempts"}
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[pages.c.job_id, pages.c.page_no],
+        set_={c.name: new[c.name] for c in pages.columns if c.name not in keep}
+        | {"attempts": func.greatest(pages.c.attempts, new.attempts)},
+        where=or_(
+            _rank(new.status) > _rank(pages.c.status),
+            and_(pages.c.status == PageStatus.RETRYING, new.status == PageStatus.RETRYING),
+        ),
+    )
+    await conn.execute(stmt)
+
+
+async def _apply_job_event(conn: AsyncConnection, event: Event, now: datetime) -> None:
+    if isinstance(event, JobQueued | JobStarted):
+        values: dict[str, Any] = {
+            "job_id": event.job_id,
+            "status": JobStatus.QUEUED if isinstance(event, JobQueued) else JobStatus.RUNNING,
+            "source_bucket": event.source.bucket,
+            "source_key": event.source.key,
+            "source_etag": event.source.etag,
+            "options": event.options.model_dump(mode="json"),
+            "created_at": event.occurred_at,
+            "updated_at": now,
+        }
+        if isinstance(event, JobQueued):
+            values.update(priority=event.priority, submitted_by=event.submitted_by, metadata=event.metadata)
+        else:
+            values.update(
+                total_pages=event.total_pages,
+                first_page=event.first_page,
+                last_page=event.last_page,
+                tasks=event.tasks,
+                started_at=event.occurred_at,
+            )
+        stmt = pg_insert(jobs).values(values)
+        new = stmt.excluded
+        fill = {
+            name: func.coalesce(jobs.c[name], new[name])
+            for name in ("source_bucket", "source_key", "source_etag", "options", "submitted_by", "metadata")
+        }
+        sets: dict[str, Any] = fill | {
+            "created_at": func.least(jobs.c.created_at, new.created_at),
+            "updated_at": now,
+        }
+        if isinstance(event, JobQueued):
+            sets["priority"] = new.priority
+        else:
+            sets |= {
+                "total_pages": new.total_pages,
+                "first_page": new.first_page,
+                "last_page": new.last_page,
+                "tasks": new.tasks,
+                "started_at": func.coalesce(jobs.c.started_at, new.started_at),
+                "status": case((jobs.c.status == JobStatus.QUEUED, JobStatus.RUNNING), else_=jobs.c.status),
+            }
+        await conn.execute(stmt.on_conflict_do_update(index_elements=[jobs.c.job_id], set_=sets))
+    elif isinstance(event, JobFailed | JobCancelled):
+        status = JobStatus.FAILED if isinstance(event, JobFailed) else JobStatus.CANCELLED
+        error_code = str(event.error_code) if isinstance(event, JobFailed) else None
+        message = event.message if isinstance(event, JobFailed) else event.reason
+        stmt = pg_insert(jobs).values(
+            job_id=event.job_id,
+            status=status,
+            error_code=error_code,
+            error_message=message,
+            created_at=event.occurred_at,
+            updated_at=now,
+            finished_at=event.occurred_at,
+            completion_published_at=now,
+        )
+        await conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[jobs.c.job_id],
+                set_={
+                    "status": status,
+                    "error_code": error_code,
+                    "error_message": message,
+                    "finished_at": stmt.excluded.finished_at,
+                    "completion_published_at": now,
+                    "updated_at": now,
+                },
+                where=jobs.c.status.in_(_ACTIVE),
+            )
+        )
+    elif isinstance(event, JobCompleted):
+        await conn.execute(
+            update(jobs)
+            .where(jobs.c.job_id == event.job_id)
+            .values(
+                result_bucket=event.bucket,
+                result_keys=event.result_keys,
+                completion_published_at=func.coalesce(jobs.c.completion_published_at, now),
+                updated_at=now,
+            )
+        )
+
+
+async def apply_batch(conn: AsyncConnection, events: Sequence[Event]) -> list[str]:
+    """Apply events in one transaction (the caller's); returns the jobs this batch finished."""
+    now = datetime.now(UTC)
+    unique: dict[str, Event] = {}
+    for event in events:
+        unique.setdefault(event.event_id, event)
+    if not unique:
+        return []
+    fresh = set(
+        (
+            await conn.execute(
+                pg_insert(applied_events)
+                .values(
+                    [
+                        {"event_id": e.event_id, "job_id": e.job_id, "type": e.type, "applied_at": now}
+                        for e in unique.values()
+                    ]
+                )
+                .on_conflict_do_nothing()
+                .returning(applied_events.c.event_id)
+            )
+        ).scalars()
+    )
+    todo = [e for e in unique.values() if e.event_id in fresh]
+    page_events = [e for e in todo if isinstance(e, PageCompleted | PageFailed)]
+    for event in sorted(
+        (e for e in todo if not isinstance(e, PageCompleted | PageFailed)), key=lambda e: e.occurred_at
+    ):
+        await _apply_job_event(conn, event, now)
+    if page_events:
+        await _upsert_pages(conn, page_events, now)
+    touched = sorted({e.job_id for e in todo})
+    if not touched:
+        return []
+    counts = (
+        select(
+            pages.c.job_id,
+            func.count().filter(pages.c.status == PageStatus.COMPLETED).label("ok"),
+            func.count().filter(pages.c.status == PageStatus.FAILED).label("failed"),
+        )
+        .where(pages.c.job_id.in_(touched))
+        .group_by(pages.c.job_id)
+        .subquery()
+    )
+    await conn.execute(
+        update(jobs)
+        .where(jobs.c.job_id == counts.c.job_id)
+        .values(pages_ok=counts.c.ok, pages_failed=counts.c.failed, updated_at=now)
+    )
+    finished = await conn.execute(
+        update(jobs)
+        .where(
+            jobs.c.job_id.in_(touched),
+            jobs.c.status.in_(_ACTIVE),
+            jobs.c.total_pages.is_not(None),
+            jobs.c.pages_ok + jobs.c.pages_failed >= jobs.c.total_pages,
+        )
+        .values(
+            status=case((jobs.c.pages_failed > 0, JobStatus.COMPLETED_WITH_ERRORS), else_=JobStatus.COMPLETED),
+            finished_at=now,
+            updated_at=now,
+        )
+        .returning(jobs.c.job_id)
+    )
+    return list(finished.scalars())
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, OperationalError | InterfaceError | OSError | ConnectionError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+class Recorder:
+    """Batches events from the recorder queue into PostgreSQL and finishes jobs."""
+
+    def __init__(self, settings: RecorderSettings, db: AsyncEngine, publisher: Publisher, storage: Storage) -> None:
+        self.settings = settings
+        self.db = db
+        self.publisher = publisher
+        self.storage = storage
+        self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self.finishing: set[str] = set()
+        self.background: set[asyncio.Task[None]] = set()
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        await self.inbox.put(message)
+
+    async def _gather(self) -> list[AbstractIncomingMessage]:
+        batch = [await self.inbox.get()]
+        deadline = asyncio.get_running_loop().time() + self.settings.batch_wait_ms / 1000
+        while len(batch) < self.settings.batch_size:
+            timeout = deadline - asyncio.get_running_loop().time()
+            if timeout <= 0 and self.inbox.empty():
+                break
+            try:
+                batch.append(await asyncio.wait_for(self.inbox.get(), max(timeout, 0)))
+            except TimeoutError:
+                break
+        return batch
+
+    async def process(self, batch: list[AbstractIncomingMessage]) -> None:
+        """Apply one batch (retrying the database until it answers), then ack it."""
+        events: list[Event] = []
+        for message in batch:
+            try:
+                events.append(parse_event(message.body, self.settings.max_message_bytes))
+            except PermanentError as exc:
+                await self.publisher.dead_letter(message, exc, self.settings.topology.recorder_queue)
+                await message.ack()
+        delay = 0.2
+        while True:
+            try:
+                async with self.db.begin() as conn:
+                    finished = await apply_batch(conn, events)
+                break
+            except Exception as exc:
+                if not _is_transient(exc):
+                    raise
+                log.warning("database unavailable (%s); retrying in %.1f s", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.db_retry_max_s)
+        for message in batch:
+            if not message.processed:
+                await message.ack()
+        log.debug("applied %s events", len(events))
+        for job_id in finished:
+            self._finish_later(job_id)
+
+    def _finish_later(self, job_id: str) -> None:
+        if job_id in self.finishing:
+            return
+        self.finishing.add(job_id)
+        task = asyncio.create_task(self._finish(job_id))
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def _finish(self, job_id: str) -> None:
+        try:
+            await self.finish(job_id)
+        except Exception:
+            log.exception("job %s: could not publish its completion yet; the sweep will retry", job_id)
+        finally:
+            self.finishing.discard(job_id)
+
+    async def finish(self, job_id: str) -> None:
+        """Write the assembled result to S3 and emit ``JobCompleted`` for a finished job."""
+        async with self.db.connect() as conn:
+            job = (await conn.execute(select(jobs).where(jobs.c.job_id == job_id))).mappings().one()
+            rows = (
+                await conn.execute(select(pages).where(pages.c.job_id == job_id).order_by(pages.c.page_no))
+            ).mappings()
+            page_rows = [
+                PageRow(
+                    page_no=r["page_no"],
+                    status=r["status"],
+                    engine=r["engine"],
+                    text=r["text"],
+                    blocks=r["blocks"],
+                    confidence=r["confidence"],
+                    error_code=r["error_code"],
+                    error_message=r["error_message"],
+                )
+                for r in rows
+            ]
+        formats = (job["options"] or {}).get("output_formats") or [OutputFormat.MD, OutputFormat.JSON]
+        bucket = self.settings.s3_bucket
+        keys: dict[str, str] = {}
+        for fmt in formats:
+            key = result_key(job_id, str(fmt))
+            if fmt == OutputFormat.MD:
+                body, content_type = assemble_markdown(page_rows).encode(), "text/markdown; charset=utf-8"
+            else:
+                body, content_type = assemble_json(dict(job), page_rows).encode(), "application/json"
+            await asyncio.to_thread(self.storage.put_bytes, bucket, key, body, content_type)
+            keys[str(fmt)] = key
+        event = JobCompleted(
+            event_id=completion_event_id(job_id, "completed"),
+            job_id=job_id,
+            pages_ok=job["pages_ok"],
+            pages_failed=job["pages_failed"],
+            result_keys=keys,
+            bucket=bucket,
+        )
+        await self.publisher.publish_event(event)
+        async with self.db.begin() as conn:
+            await conn.execute(
+                update(jobs)
+                .where(jobs.c.job_id == job_id)
+                .values(
+                    completion_published_at=func.coalesce(jobs.c.completion_published_at, func.now()),
+                    result_bucket=bucket,
+                    result_keys=keys,
+                )
+            )
+        log.info("job %s %s: %s ok, %s failed", job_id, job["status"], job["pages_ok"], job["pages_failed"])
+
+    async def sweep(self) -> None:
+        """Finish jobs whose completion was never published (a crash after commit)."""
+        async with self.db.connect() as conn:
+            stuck = (
+                await conn.execute(
+                    select(jobs.c.job_id).where(
+                        jobs.c.status.in_([JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_ERRORS]),
+                        jobs.c.completion_published_at.is_(None),
+                    )
+                )
+            ).scalars()
+            for job_id in stuck:
+                self._finish_later(job_id)
+
+    async def sweep_forever(self, every_s: float = 5.0) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception as exc:
+                log.warning("sweep failed (%s); next in %s s", exc, every_s)
+            await asyncio.sleep(every_s)
+
+    async def batches_forever(self) -> None:
+        while True:
+            await self.process(await self._gather())
+
+
+async def run(settings: RecorderSettings, grace_s: float = 30.0, stopper: Stopper | None = None) -> None:
+    """``pagewire recorder``: record events until SIGTERM."""
+    stopper = stopper or Stopper()
+    stopper.install()
+    db = create_async_engine(settings.database_url.get_secret_value(), pool_pre_ping=True, pool_size=4)
+    connection = await connect(settings, "recorder")
+    try:
+        publisher = await Publisher.open(connection, settings.topology)
+        recorder = Recorder(settings, db, publisher, Storage(settings))
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=settings.batch_size)
+        queue = await get_queue(channel, settings.topology.recorder_queue)
+        batcher = asyncio.create_task(recorder.batches_forever())
+        sweeper = asyncio.create_task(recorder.sweep_forever())
+        tag = await queue.consume(recorder.on_message)
+        log.info("recorder consuming %s (batch %s)", settings.topology.recorder_queue, settings.batch_size)
+        stop = asyncio.create_task(stopper.event.wait())
+        await asyncio.wait({stop, batcher}, return_when=asyncio.FIRST_COMPLETED)
+        if batcher.done():
+            batcher.result()  # a fatal error: raise it
+        await queue.cancel(tag)
+        # Messages already delivered but not applied go back to the queue when the channel closes.
+        batcher.cancel()
+        sweeper.cancel()
+        if recorder.background:
+            await asyncio.wait(set(recorder.background), timeout=grace_s)
+    finally:
+        await connection.close()
+        await db.dispose()
+    log.info("recorder stopped")
+
+
