@@ -1,0 +1,127 @@
+"""The local-stack building blocks against the real servers: SeaweedFS, PostgreSQL, RabbitMQ."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from consumer import devstack
+from schemas.names import Topology
+
+
+def test_seaweedfs_serves_objects_and_stops(tmp_path: Path) -> None:
+    # Given SeaweedFS started on a free port
+    port = devstack.free_port()
+    pid = devstack.start_seaweedfs(tmp_path / "weed", port, "ak-test", "sk-test", "bucket-test")
+    try:
+        assert devstack.pid_alive(pid)
+        assert port in devstack.listening_ports(pid)
+        client = devstack.s3_client(f"http://127.0.0.1:{port}", "ak-test", "sk-test")
+
+        # When an object is put and read back
+        client.put_object(Bucket="bucket-test", Key="jobs/x/source.pdf", Body=b"%PDF-1.7 hello")
+        body = client.get_object(Bucket="bucket-test", Key="jobs/x/source.pdf")["Body"].read()
+
+        # Then it comes back unchanged, and the bucket was made at start
+        assert body == b"%PDF-1.7 hello"
+        assert "bucket-test" in [b["Name"] for b in client.list_buckets()["Buckets"]]
+    finally:
+        # When it is stopped, then the process is gone and the port is free again
+        assert devstack.stop_pid(pid)
+    assert not devstack.pid_alive(pid)
+    assert not devstack.port_open("127.0.0.1", port)
+
+
+def test_seaweedfs_rejects_other_keys(tmp_path: Path) -> None:
+    port = devstack.free_port()
+    pid = devstack.start_seaweedfs(tmp_path / "weed", port, "ak-test", "sk-test", "bucket-test")
+    try:
+        wrong = devstack.s3_client(f"http://127.0.0.1:{port}", "ak-test", "not-the-secret")
+        try:
+            wrong.list_buckets()
+        except Exception as exc:
+            assert "SignatureDoesNotMatch" in str(exc) or "AccessDenied" in str(exc)
+        else:
+            raise AssertionError("a wrong secret key was accepted")
+    finally:
+        devstack.stop_pid(pid)
+
+
+def test_ensure_database_creates_then_finds(servers) -> None:
+    # Given a database name nobody uses
+    url = make_url(servers.postgres_url).set(database=f"pagewire_devstack_{secrets.token_hex(4)}")
+    database_url = url.render_as_string(hide_password=False)
+    try:
+        # When it is ensured twice, then it is created once and found the second time
+        assert devstack.ensure_database(database_url) is True
+        assert devstack.ensure_database(database_url) is False
+    finally:
+        assert devstack.drop_database(database_url) is True
+    assert devstack.drop_database(database_url) is False
+
+
+def test_consumer_counts_and_delete_topology(servers) -> None:
+    # Given a prefix whose jobs queue exists (with no consumer) and whose tasks queue does not
+    topology = Topology(prefix=f"t{secrets.token_hex(6)}")
+    _declare_queue(servers.amqp_url, topology.jobs_queue)
+    try:
+        # Then the counts tell the two apart
+        counts = devstack.consumer_counts(servers.amqp_url, [topology.jobs_queue, topology.tasks_queue])
+        assert counts == {topology.jobs_queue: 0, topology.tasks_queue: None}
+    finally:
+        # When the topology is deleted (missing parts included), then the queue is gone
+        devstack.delete_topology(servers.amqp_url, topology)
+    assert devstack.consumer_counts(servers.amqp_url, [topology.jobs_queue]) == {topology.jobs_queue: None}
+
+
+def _declare_queue(amqp_url: str, name: str) -> None:
+    import asyncio
+
+    import aio_pika
+
+    async def declare() -> None:
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            await channel.declare_queue(name, durable=True)
+
+    asyncio.run(declare())
+
+
+def test_dev_env_without_state_comes_from_settings(tmp_path: Path) -> None:
+    from schemas.settings import Settings
+
+    env = devstack.dev_env(tmp_path, settings=Settings(prefix="devtest", s3_endpoint_url="http://127.0.0.1:1"))
+    assert env["PAGEWIRE_PREFIX"] == "devtest"
+    assert env["PAGEWIRE_S3_ENDPOINT_URL"] == "http://127.0.0.1:1"
+    assert env["PAGEWIRE_DATABASE_URL"].startswith("postgresql+asyncpg://")
+
+
+def test_fixtures_give_a_migrated_database_a_bucket_and_a_prefix(services, pagewire_env, pagewire_settings) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    # The session database is migrated: the status tables exist
+    dsn = make_url(services.database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+    async def tables() -> set[str]:
+        conn = await asyncpg.connect(dsn)
+        try:
+            rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            return {row["tablename"] for row in rows}
+        finally:
+            await conn.close()
+
+    import asyncio
+
+    assert {"jobs", "pages"} <= asyncio.run(tables())
+
+    # The bucket answers with the test keys
+    client = devstack.s3_client(services.s3_endpoint_url, services.access_key, services.secret_key)
+    client.head_bucket(Bucket=services.bucket)
+
+    # This test has its own prefix, and settings built from the same variables
+    assert pagewire_env["PAGEWIRE_PREFIX"].startswith("t")
+    assert pagewire_settings.prefix == pagewire_env["PAGEWIRE_PREFIX"]
+    assert pagewire_settings.database_url.get_secret_value() == services.database_url
