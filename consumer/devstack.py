@@ -107,7 +107,12 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return True  # no /proc: trust kill(0)
     # The state field follows the parenthesised command name, which may hold spaces.
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+    if stat.rsplit(")", 1)[-1].split()[0] != "Z":
+        return True
+    # It died after the waitpid above: reap it now if it is ours, or it lingers as a zombie.
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+    return False
 
 
 def pid_cmdline(pid: int) -> list[str]:
