@@ -44,6 +44,9 @@ class ErrorCode(StrEnum):
     STORAGE_UNAVAILABLE = "storage_unavailable"
     RETRIES_EXHAUSTED = "retries_exhausted"
     INTERNAL_ERROR = "internal_error"
+    # Queries (client side)
+    JOB_NOT_FOUND = "job_not_found"
+    RESULT_NOT_READY = "result_not_ready"
 
 
 class PagewireError(Exception):

@@ -11,6 +11,7 @@ import os
 import socket
 from enum import StrEnum
 from pathlib import Path
+from typing import Self
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +45,12 @@ class Settings(BaseSettings):
     log_format: LogFormat = LogFormat.TEXT
     log_level: str = "INFO"
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+
+    @classmethod
+    def from_variables(cls, variables: dict[str, str]) -> Self:
+        """Settings from a map of ``PAGEWIRE_*`` variables (a stack's env), ignoring this process's environment."""
+        fields = {key.removeprefix("PAGEWIRE_").lower(): value for key, value in variables.items()}
+        return cls.model_validate(fields)
 
     @property
     def topology(self) -> Topology:

@@ -1,0 +1,210 @@
+"""The Python API of pagewire: submit PDFs, follow their events, read status and results.
+
+::
+
+    async with Client(ClientSettings()) as client:
+        async with client.subscribe() as events:      # bind first: no event is missed
+            request = await client.submit(Path("scan.pdf"))
+            async for event in events.for_jobs({request.job_id}):
+                ...
+        print(await client.status(request.job_id))
+
+Publishing is confirmed and mandatory: ``submit`` returns only once the broker
+has taken the request, and raises if it did not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractRobustConnection
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from consumer.amqp import Publisher, connect
+from consumer.storage import Storage
+from schemas.errors import ErrorCode, PermanentError
+from schemas.messages import (
+    Event,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    JobOptions,
+    JobQueued,
+    JobRequest,
+    Source,
+    parse_event,
+)
+from schemas.s3keys import source_key
+from schemas.settings import ClientSettings
+from schemas.tables import jobs
+
+TERMINAL_EVENTS = (JobCompleted, JobFailed, JobCancelled)
+STATUS_FIELDS = (
+    "job_id",
+    "status",
+    "total_pages",
+    "pages_done",
+    "pages_ok",
+    "pages_failed",
+    "percent",
+    "pages_per_second",
+    "error_code",
+    "error_message",
+    "source_bucket",
+    "source_key",
+    "result_bucket",
+    "result_keys",
+    "created_at",
+    "started_at",
+    "finished_at",
+)
+
+
+class Subscription:
+    """Events from the fanout exchange on a private queue that lives as long as this object."""
+
+    def __init__(self, queue: aio_pika.abc.AbstractQueue, max_bytes: int) -> None:
+        self.queue = queue
+        self.max_bytes = max_bytes
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        async with self.queue.iterator() as messages:
+            async for message in messages:
+                async with message.process():
+                    yield parse_event(message.body, self.max_bytes)
+
+    async def for_jobs(self, job_ids: set[str], *, until_done: bool = True) -> AsyncIterator[Event]:
+        """Events of ``job_ids`` only; with ``until_done``, stop when each has a terminal event."""
+        open_jobs = set(job_ids)
+        async for event in self:
+            if event.job_id not in job_ids:
+                continue
+            yield event
+            if until_done and isinstance(event, TERMINAL_EVENTS):
+                open_jobs.discard(event.job_id)
+                if not open_jobs:
+                    return
+
+
+class Client:
+    """A connection to one pagewire deployment (broker, S3, database)."""
+
+    def __init__(self, settings: ClientSettings) -> None:
+        self.settings = settings
+        self.storage = Storage(settings)
+        self._connection: AbstractRobustConnection | None = None
+        self._publisher: Publisher | None = None
+        self._db: AsyncEngine | None = None
+
+    async def __aenter__(self) -> Client:
+        self._connection = await connect(self.settings, "client")
+        self._publisher = await Publisher.open(self._connection, self.settings.topology)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+        if self._db is not None:
+            await self._db.dispose()
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            raise RuntimeError("use Client as an async context manager")
+        return self._publisher
+
+    @property
+    def db(self) -> AsyncEngine:
+        if self._db is None:
+            self._db = create_async_engine(self.settings.database_url.get_secret_value(), pool_size=2)
+        return self._db
+
+    async def submit(
+        self,
+        pdf: Path | bytes,
+        *,
+        options: JobOptions | None = None,
+        job_id: str | None = None,
+        priority: int = 0,
+        idempotency_key: str | None = None,
+        submitted_by: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> JobRequest:
+        """Upload a PDF to ``jobs/{job_id}/source.pdf`` and queue it."""
+        job_id = job_id or str(uuid.uuid4())
+        data = pdf if isinstance(pdf, bytes) else await asyncio.to_thread(pdf.read_bytes)
+        key = source_key(job_id)
+        etag = await asyncio.to_thread(self.storage.put_bytes, self.settings.s3_bucket, key, data, "application/pdf")
+        request = JobRequest(
+            job_id=job_id,
+            source=Source(bucket=self.settings.s3_bucket, key=key, etag=etag),
+            options=options or JobOptions(),
+            priority=priority,
+            idempotency_key=idempotency_key,
+            submitted_by=submitted_by,
+            metadata=metadata or {},
+        )
+        await self.publish(request)
+        return request
+
+    async def publish(self, request: JobRequest) -> None:
+        """Queue a request for a PDF already in S3; ``JobQueued`` follows once the broker confirmed it."""
+        self.storage.check_source(request.source)
+        await self.publisher.publish_job(request)
+        await self.publisher.publish_event(
+            JobQueued(
+                job_id=request.job_id,
+                source=request.source,
+                options=request.options,
+                priority=request.priority,
+                submitted_by=request.submitted_by,
+                metadata=request.metadata,
+            )
+        )
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[Subscription]:
+        """A private, auto-deleted queue bound to the events exchange, for the life of the block."""
+        if self._connection is None:
+            raise RuntimeError("use Client as an async context manager")
+        channel = await self._connection.channel()
+        try:
+            await channel.set_qos(prefetch_count=100)
+            exchange = await channel.get_exchange(self.settings.topology.events_exchange)
+            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            await queue.bind(exchange)
+            yield Subscription(queue, self.settings.max_message_bytes)
+        finally:
+            await channel.close()
+
+    async def status(self, job_id: str) -> dict[str, Any]:
+        """The job's row from ``job_progress`` and ``jobs``; raises ``PermanentError`` when unknown."""
+        query = text(
+            "SELECT p.*, j.error_message, j.result_bucket, j.result_keys "
+            "FROM job_progress p JOIN jobs j USING (job_id) WHERE job_id = :job_id"
+        )
+        async with self.db.connect() as conn:
+            row = (await conn.execute(query, {"job_id": job_id})).mappings().first()
+        if row is None:
+            raise PermanentError(ErrorCode.JOB_NOT_FOUND, f"no job {job_id!r}")
+        return {name: row[name] for name in STATUS_FIELDS}
+
+    async def result(self, job_id: str, fmt: str = "md") -> bytes:
+        """The assembled result file of a finished job."""
+        async with self.db.connect() as conn:
+            row = (
+                await conn.execute(select(jobs.c.result_bucket, jobs.c.result_keys).where(jobs.c.job_id == job_id))
+            ).first()
+        if row is None or not row.result_keys or fmt not in row.result_keys:
+            raise PermanentError(ErrorCode.RESULT_NOT_READY, f"job {job_id!r} has no {fmt} result (yet)")
+        return await asyncio.to_thread(self.storage.get_bytes, row.result_bucket, row.result_keys[fmt])

@@ -1,0 +1,63 @@
+"""Progress bars and event printing for the commands that follow jobs."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from producer.api import TERMINAL_EVENTS, Subscription
+from schemas.messages import JobStarted, PageCompleted, PageFailed
+
+
+async def follow(events: Subscription, names: dict[str, str], *, quiet: bool) -> dict[str, str]:
+    """Show a bar per job until every job in ``names`` has ended; returns job id -> terminal event type."""
+    finals: dict[str, str] = {}
+    seen: dict[str, set[int]] = {job_id: set() for job_id in names}
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("pages"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+        transient=False,
+    ) as progress:
+        bars = {job_id: progress.add_task(name, total=None) for job_id, name in names.items()}
+        async for event in events.for_jobs(set(names)):
+            bar = bars[event.job_id]
+            if isinstance(event, JobStarted):
+                progress.update(bar, total=event.total_pages)
+            elif isinstance(event, PageCompleted) or (isinstance(event, PageFailed) and event.final):
+                seen[event.job_id].add(event.page_no)
+                progress.update(bar, completed=len(seen[event.job_id]))
+            elif isinstance(event, TERMINAL_EVENTS):
+                finals[event.job_id] = event.type
+                label = {"JobCompleted": "[green]done", "JobFailed": "[red]failed", "JobCancelled": "cancelled"}
+                progress.update(bar, description=f"{names[event.job_id]} {label[event.type]}")
+                if event.type == "JobFailed" and not quiet:
+                    console.print(f"[red]{names[event.job_id]}: {event.error_code}: {event.message}")  # type: ignore[union-attr]
+    return finals
+
+
+async def print_events(events: Subscription, *, as_json: bool) -> None:
+    """Print every event until interrupted: one line each."""
+    async for event in events:
+        if as_json:
+            print(event.model_dump_json(), flush=True)
+            continue
+        detail = ""
+        if isinstance(event, PageCompleted):
+            detail = f"page {event.page_no} {event.engine} {len(event.text)} chars {event.duration_ms:.0f} ms"
+        elif isinstance(event, PageFailed):
+            detail = f"page {event.page_no} {event.error_code} attempt {event.attempt} final={event.final}"
+        elif isinstance(event, JobStarted):
+            detail = f"{event.total_pages} pages in {event.tasks} tasks"
+        print(f"{event.occurred_at:%H:%M:%S} {event.type:<13} {event.job_id} {detail}", flush=True)
+
+
+def dumps(obj: object) -> str:
+    return json.dumps(obj, default=str)

@@ -1,0 +1,124 @@
+"""Real role processes for integration tests: start, stop, kill, and run jobs through them.
+
+Each role runs as its own ``python -m producer.cli ROLE`` process, exactly as an
+operator runs it, so a test can SIGTERM or kill -9 one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from consumer import devstack
+from producer.api import TERMINAL_EVENTS, Client
+from schemas.messages import Event, JobOptions
+from schemas.names import Topology
+from schemas.settings import ClientSettings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Stack:
+    """Role processes sharing one environment (one prefix)."""
+
+    env: dict[str, str]
+    log_dir: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def topology(self) -> Topology:
+        return Topology(prefix=self.env["PAGEWIRE_PREFIX"])
+
+    @property
+    def settings(self) -> ClientSettings:
+        return ClientSettings.from_variables(self.env)
+
+    def start(self, role: str, *, name: str | None = None, extra_env: dict[str, str] | None = None) -> None:
+        """Start a role process (``name`` tells two of a kind apart)."""
+        name = name or role
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PAGEWIRE_")}
+        env.update(self.env, PAGEWIRE_LOG_LEVEL="INFO", **(extra_env or {}))
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "producer.cli", role],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+    def wait_ready(self, roles: dict[str, str] | None = None, timeout: float = 60.0) -> None:
+        """Wait until each queue has at least one consumer (role name -> queue)."""
+        queues = roles or devstack.role_queues(self.topology)
+        deadline = time.monotonic() + timeout
+        while True:
+            counts = devstack.consumer_counts(self.env["PAGEWIRE_AMQP_URL"], list(queues.values()))
+            if all(counts.get(q) for q in queues.values()):
+                return
+            for name, proc in self.processes.items():
+                if proc.poll() is not None:
+                    raise AssertionError(f"{name} exited with {proc.returncode}:\n{self.log(name)[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"roles not ready after {timeout} s: {counts}")
+            time.sleep(0.2)
+
+    def log(self, name: str) -> str:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def signal(self, name: str, sig: signal.Signals) -> None:
+        self.processes[name].send_signal(sig)
+
+    def wait_exit(self, name: str, timeout: float = 60.0) -> int:
+        return self.processes[name].wait(timeout)
+
+    def stop_all(self) -> None:
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.processes.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@dataclass
+class JobRun:
+    """What a test sees of one job: its events in arrival order and its final status row."""
+
+    job_id: str
+    events: list[Event]
+    status: dict[str, object]
+
+    def of_type(self, name: str) -> list[Event]:
+        return [e for e in self.events if e.type == name]
+
+
+async def run_job(
+    stack: Stack, pdf: bytes, *, options: JobOptions | None = None, timeout: float = 180.0
+) -> JobRun:
+    """Submit ``pdf`` and follow its events on a separate subscriber queue until the job ends."""
+    async with Client(stack.settings) as client, client.subscribe() as events:
+        request = await client.submit(pdf, options=options)
+        seen: list[Event] = []
+
+        async def collect() -> None:
+            async for event in events.for_jobs({request.job_id}):
+                seen.append(event)
+
+        await asyncio.wait_for(collect(), timeout)
+        assert isinstance(seen[-1], TERMINAL_EVENTS)
+        status = await client.status(request.job_id)
+    return JobRun(request.job_id, seen, status)
