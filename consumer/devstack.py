@@ -296,6 +296,7 @@ def ensure_rabbitmq(
     log.info("starting RabbitMQ")
     env = {**os.environ, "RABBITMQ_NODE_IP_ADDRESS": LOOPBACK, "ERL_EPMD_ADDRESS": LOOPBACK}
     out_path = log_path or Path(os.devnull)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     with out_path.open("ab") as out:
         subprocess.run(
             [server, "-detached"],
