@@ -1,0 +1,151 @@
+"""The recorder's apply on the real PostgreSQL: idempotent, order-free, counters derived.
+
+These drive ``apply_batch`` directly in a transaction, the way the recorder
+does, and check the rows a user would query.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from consumer.recorder import apply_batch
+from schemas.errors import ErrorCode
+from schemas.messages import (
+    Engine,
+    Event,
+    JobFailed,
+    JobOptions,
+    JobQueued,
+    JobStarted,
+    PageCompleted,
+    PageFailed,
+    Source,
+)
+from schemas.tables import jobs, pages
+
+
+@pytest.fixture
+async def db(services: Any) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(services.database_url)
+    yield engine
+    await engine.dispose()
+
+
+def job_events(job_id: str, total: int) -> tuple[JobQueued, JobStarted, list[PageCompleted]]:
+    source = Source(bucket="pagewire", key=f"jobs/{job_id}/source.pdf")
+    queued = JobQueued(job_id=job_id, source=source, options=JobOptions())
+    started = JobStarted(
+        job_id=job_id, source=source, options=JobOptions(), total_pages=total, first_page=1, last_page=total, tasks=total
+    )
+    done = [
+        PageCompleted(job_id=job_id, page_no=p, text=f"page {p}", confidence=0.9, engine=Engine.TEXT, duration_ms=1, worker="w")
+        for p in range(1, total + 1)
+    ]
+    return queued, started, done
+
+
+async def apply(db: AsyncEngine, events: list[Event]) -> list[str]:
+    async with db.begin() as conn:
+        return await apply_batch(conn, events)
+
+
+async def job_row(db: AsyncEngine, job_id: str) -> dict[str, Any]:
+    async with db.connect() as conn:
+        return dict((await conn.execute(select(jobs).where(jobs.c.job_id == job_id))).mappings().one())
+
+
+async def page_count(db: AsyncEngine, job_id: str) -> int:
+    async with db.connect() as conn:
+        return len((await conn.execute(select(pages.c.page_no).where(pages.c.job_id == job_id))).all())
+
+
+async def test_in_order_events_finish_the_job(db: AsyncEngine) -> None:
+    job_id = str(uuid.uuid4())
+    queued, started, done = job_events(job_id, 3)
+
+    assert await apply(db, [queued, started]) == []
+    finished = await apply(db, list(done))
+
+    assert finished == [job_id]
+    row = await job_row(db, job_id)
+    assert (row["status"], row["pages_ok"], row["pages_failed"], row["total_pages"]) == ("completed", 3, 0, 3)
+
+
+async def test_the_same_events_twice_change_nothing(db: AsyncEngine) -> None:
+    job_id = str(uuid.uuid4())
+    queued, started, done = job_events(job_id, 2)
+    await apply(db, [queued, started, *done])
+    before = await job_row(db, job_id)
+
+    # Redelivered, in one batch and in another
+    assert await apply(db, [queued, started, *done, *done]) == []
+
+    after = await job_row(db, job_id)
+    assert after["pages_ok"] == 2 and after["status"] == "completed"
+    assert after["finished_at"] == before["finished_at"]
+    assert await page_count(db, job_id) == 2
+
+
+async def test_a_page_redone_by_a_second_worker_counts_once(db: AsyncEngine) -> None:
+    job_id = str(uuid.uuid4())
+    queued, started, done = job_events(job_id, 2)
+    redo = done[0].model_copy(update={"event_id": str(uuid.uuid4()), "text": "again", "worker": "w2"})
+
+    await apply(db, [queued, started, done[0], redo])
+    await apply(db, [done[1]])
+
+    row = await job_row(db, job_id)
+    assert row["pages_ok"] == 2 and row["status"] == "completed"
+    assert await page_count(db, job_id) == 2
+
+
+async def test_pages_before_the_job_started_end_the_same(db: AsyncEngine) -> None:
+    job_id = str(uuid.uuid4())
+    queued, started, done = job_events(job_id, 2)
+
+    # Pages first, then the start, then the queued event last of all
+    assert await apply(db, [done[1]]) == []
+    assert await apply(db, [done[0]]) == []  # total_pages unknown: not finished yet
+    assert await apply(db, [started]) == [job_id]
+    await apply(db, [queued])
+
+    row = await job_row(db, job_id)
+    assert (row["status"], row["pages_ok"], row["total_pages"]) == ("completed", 2, 2)
+    assert row["source_key"] == queued.source.key
+    assert row["created_at"] <= row["started_at"] <= row["finished_at"]
+
+
+async def test_failures_retries_and_late_success(db: AsyncEngine) -> None:
+    job_id = str(uuid.uuid4())
+    queued, started, done = job_events(job_id, 2)
+    retry = PageFailed(job_id=job_id, page_no=1, error_code=ErrorCode.OCR_FAILED, message="x", attempt=1, final=False, worker="w")
+    final = PageFailed(job_id=job_id, page_no=2, error_code=ErrorCode.RENDER_FAILED, message="y", attempt=3, final=True, worker="w")
+
+    await apply(db, [queued, started, retry])
+    row = await job_row(db, job_id)
+    assert (row["status"], row["pages_ok"], row["pages_failed"]) == ("running", 0, 0)  # a retry is not an end
+
+    assert await apply(db, [done[0], final]) == [job_id]
+    row = await job_row(db, job_id)
+    assert (row["status"], row["pages_ok"], row["pages_failed"]) == ("completed_with_errors", 1, 1)
+    # A late duplicate failure of a completed page does not undo it
+    late = retry.model_copy(update={"event_id": str(uuid.uuid4()), "final": True})
+    await apply(db, [late])
+    assert (await job_row(db, job_id))["pages_ok"] == 1
+
+
+async def test_job_failed_is_terminal(db: AsyncEngine) -> None:
+    job_id = str(uuid.uuid4())
+    queued, _, _ = job_events(job_id, 1)
+    await apply(db, [queued, JobFailed(job_id=job_id, error_code=ErrorCode.NOT_A_PDF, message="nope")])
+    row = await job_row(db, job_id)
+    assert (row["status"], row["error_code"], row["error_message"]) == ("failed", "not_a_pdf", "nope")
+    # A late JobQueued does not bring it back
+    await apply(db, [queued.model_copy(update={"event_id": str(uuid.uuid4())})])
+    assert (await job_row(db, job_id))["status"] == "failed"

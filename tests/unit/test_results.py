@@ -1,0 +1,55 @@
+"""Assembling results and merging a batch of page events (pure logic of the recorder)."""
+
+from __future__ import annotations
+
+import json
+
+from consumer.recorder import merge_page_events
+from consumer.results import PageRow, assemble_json, assemble_markdown
+from schemas.errors import ErrorCode
+from schemas.messages import Engine, PageCompleted, PageFailed
+
+
+def completed(page: int, text: str = "t") -> PageCompleted:
+    return PageCompleted(job_id="j", page_no=page, text=text, confidence=1, engine=Engine.TEXT, duration_ms=1, worker="w")
+
+
+def failed(page: int, *, final: bool) -> PageFailed:
+    return PageFailed(
+        job_id="j", page_no=page, error_code=ErrorCode.OCR_FAILED, message="m", attempt=1, final=final, worker="w"
+    )
+
+
+def test_completion_outranks_failure_whatever_the_order() -> None:
+    for events in ([failed(1, final=False), completed(1)], [completed(1), failed(1, final=True)]):
+        (kept,) = merge_page_events(events)
+        assert isinstance(kept, PageCompleted)
+
+
+def test_first_of_equals_is_kept() -> None:
+    a, b = completed(1, "first"), completed(1, "second")
+    assert merge_page_events([a, b]) == [a]
+
+
+def test_final_failure_outranks_a_retry() -> None:
+    (kept,) = merge_page_events([failed(2, final=False), failed(2, final=True), failed(2, final=False)])
+    assert isinstance(kept, PageFailed) and kept.final
+
+
+def rows() -> list[PageRow]:
+    return [
+        PageRow(2, "failed", None, None, None, None, "render_failed", "bad page"),
+        PageRow(1, "completed", "text", "Hello\n", [{"text": "Hello"}], 1.0, None, None),
+    ]
+
+
+def test_markdown_keeps_page_order_and_names_failures() -> None:
+    md = assemble_markdown(rows())
+    assert md.index("page 1") < md.index("Hello") < md.index("page 2 failed: render_failed: bad page")
+
+
+def test_json_holds_every_page_with_blocks() -> None:
+    doc = json.loads(assemble_json({"job_id": "j", "status": "completed_with_errors"}, rows()))
+    assert [p["page_no"] for p in doc["pages"]] == [1, 2]
+    assert doc["pages"][0]["blocks"] == [{"text": "Hello"}]
+    assert doc["pages"][1]["error_code"] == "render_failed"
