@@ -310,24 +310,48 @@ class PdfDocument:
 
 
 def _blocks_unlocked(page: pdfium.PdfPage, textpage: pdfium.PdfTextPage) -> list[Block]:
-    """One block per pdfium text rectangle, in page fractions. Caller holds the lock."""
+    """One block per run of text on a line, in page fractions. Caller holds the lock."""
     left, bottom, right, top = page.get_bbox()
     width, height = right - left, top - bottom
     if width <= 0 or height <= 0:
         return []
     rotation = page.get_rotation()
     blocks = []
-    for i in range(textpage.count_rects()):
-        rect = textpage.get_rect(i)
-        text = " ".join(_normalise_text(textpage.get_text_bounded(*rect)).split())
+    for x0, y0, x1, y1 in _merge_rects([textpage.get_rect(i) for i in range(textpage.count_rects())]):
+        text = " ".join(_normalise_text(textpage.get_text_bounded(x0, y0, x1, y1)).split())
         if not text:
             continue
-        x0, y0, x1, y1 = rect
         # PDF space has its origin bottom-left; blocks use top-left.
         u0, u1 = (x0 - left) / width, (x1 - left) / width
         v0, v1 = (top - y1) / height, (top - y0) / height
         blocks.append(Block(text=text, bbox=_rotate_box((u0, v0, u1, v1), rotation), confidence=1.0))
     return blocks
+
+
+Rect = tuple[float, float, float, float]
+
+
+def _merge_rects(rects: list[Rect]) -> list[Rect]:
+    """Join pdfium's text rectangles (in text order) that continue one line into one rectangle.
+
+    pdfium gives one rectangle per text object, and some writers (Google Docs)
+    place every glyph on its own, which would make one block per letter. Two
+    rectangles merge when they overlap vertically by half the smaller height
+    and the second starts after the first within 0.8 of the line's height (a
+    word space; a column gutter is wider).
+    """
+    merged: list[Rect] = []
+    for rect in rects:
+        x0, y0, x1, y1 = rect
+        if merged:
+            m0, n0, m1, n1 = merged[-1]
+            line_height = max(y1 - y0, n1 - n0)
+            overlap = min(y1, n1) - max(y0, n0)
+            if overlap >= 0.5 * min(y1 - y0, n1 - n0) and x0 >= m1 - 0.2 * line_height and x0 - m1 <= 0.8 * line_height:
+                merged[-1] = (m0, min(y0, n0), max(x1, m1), max(y1, n1))
+                continue
+        merged.append(rect)
+    return merged
 
 
 def _rotate_box(box: tuple[float, float, float, float], rotation: int) -> tuple[float, float, float, float]:
