@@ -1,0 +1,297 @@
+"""OCR engines behind one small interface: a page image in, text with boxes and confidence out.
+
+* :class:`RapidOcrEngine`: CPU, the ONNX models packed in the rapidocr wheel;
+  the default where there is no GPU, and the one the tests run.
+* :class:`NemotronEngine`: NVIDIA nemotron-ocr on CUDA, weights from a local
+  model directory; torch is imported only when one is made.
+* :class:`FakeEngine`: a small honest fake for tests of the rest of pagewire.
+
+Every engine returns boxes as page fractions and its text in reading order
+(:mod:`consumer.layout`), whatever order the engine found the boxes in.
+``read`` blocks; the worker calls it from a thread, one call at a time per
+engine. Engine failures while reading raise
+:class:`~schemas.errors.RetryableError` (``OCR_FAILED``); an engine that
+cannot be made here raises :class:`~schemas.errors.PermanentError`
+(``ENGINE_UNAVAILABLE``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from consumer.layout import blocks_to_text, order_blocks
+from schemas.errors import ErrorCode, PermanentError, RetryableError
+from schemas.messages import Block, Engine
+
+__all__ = [
+    "FakeEngine",
+    "NemotronEngine",
+    "OcrEngine",
+    "PageText",
+    "RapidOcrEngine",
+    "make_engine",
+    "page_text_from_blocks",
+]
+
+log = logging.getLogger(__name__)
+
+Image = npt.NDArray[np.uint8]
+"""An RGB page image, ``uint8`` of shape (height, width, 3) (greyscale (height, width) is accepted)."""
+
+
+@dataclass(frozen=True)
+class PageText:
+    """What an engine read on one page."""
+
+    text: str
+    """The page's text in reading order: words of a line joined by spaces, lines by newlines."""
+    blocks: list[Block]
+    """The boxes in reading order, in page fractions."""
+    confidence: float
+    """Mean confidence of the blocks, 0..1 (1.0 for a text layer, 0.0 when nothing was found)."""
+
+
+class OcrEngine(Protocol):
+    """An OCR engine: reads one page image at a time."""
+
+    name: Engine
+
+    def read(self, image: Image) -> PageText:
+        """Read an RGB page image; blocking."""
+        ...
+
+
+def page_text_from_blocks(blocks: list[Block]) -> PageText:
+    """Put blocks in reading order and build the page's text and mean confidence from them."""
+    lines = order_blocks(blocks)
+    ordered = [block for line in lines for block in line]
+    confidence = sum(b.confidence for b in ordered) / len(ordered) if ordered else 0.0
+    return PageText(text=blocks_to_text(ordered), blocks=ordered, confidence=_unit(confidence))
+
+
+def _unit(value: float) -> float:
+    return min(1.0, max(0.0, float(value)))
+
+
+def _box_to_block(text: str, xs: list[float], ys: list[float], confidence: float, width: int, height: int) -> Block:
+    """A block from a box's corner coordinates in pixels."""
+    return Block(
+        text=text,
+        bbox=(_unit(min(xs) / width), _unit(min(ys) / height), _unit(max(xs) / width), _unit(max(ys) / height)),
+        confidence=_unit(confidence),
+    )
+
+
+def _check_image(image: Image) -> tuple[int, int]:
+    if image.ndim not in (2, 3) or image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"expected an RGB image (height, width, 3), got shape {image.shape}")
+    return int(image.shape[0]), int(image.shape[1])
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity), or the machine's count where that is unknown."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+# --- rapidocr --------------------------------------------------------------------
+
+
+class RapidOcrEngine:
+    """rapidocr 3.x on CPU with the PP-OCRv6 small models packed in its wheel (no download).
+
+    The models are loaded, and one small image read, at construction: rapidocr
+    loads lazily on the first call otherwise, and the first page of a task
+    should not pay for it. The angle classifier is off: it turns some upright
+    lines upside down (order-free error 0.040 with it, 0.0018 without).
+    """
+
+    name: Engine = Engine.RAPIDOCR
+
+    def __init__(self, threads: int = 0) -> None:
+        """Load the models; ``threads`` is onnxruntime's intra-op thread count (0: the cores this process may use)."""
+        try:
+            from rapidocr import EngineType, LangDet, LangRec, ModelType, OCRVersion, RapidOCR
+        except ImportError as exc:
+            raise PermanentError(ErrorCode.ENGINE_UNAVAILABLE, f"rapidocr is not installed: {exc}") from exc
+        cores = available_cores()
+        # rapidocr ignores a count above os.cpu_count(), silently; keep it in range.
+        self.threads = min(threads or cores, os.cpu_count() or cores)
+        # Fixed-choice options take rapidocr's enums (strings are not accepted). Every
+        # model choice is pinned to what the wheel carries: any other makes rapidocr
+        # try a download.
+        params: dict[str, Any] = {
+            "Global.use_cls": False,
+            "Global.log_level": "warning",
+            "EngineConfig.onnxruntime.intra_op_num_threads": self.threads,
+            "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+            "Det.engine_type": EngineType.ONNXRUNTIME,
+            "Det.lang_type": LangDet.CH,
+            "Det.model_type": ModelType.SMALL,
+            "Det.ocr_version": OCRVersion.PPOCRV6,
+            "Rec.engine_type": EngineType.ONNXRUNTIME,
+            "Rec.lang_type": LangRec.CH,
+            "Rec.model_type": ModelType.SMALL,
+            "Rec.ocr_version": OCRVersion.PPOCRV6,
+        }
+        started = time.perf_counter()
+        try:
+            self._ocr = RapidOCR(params=params)
+            self._warm_up()
+        except PermanentError:
+            raise
+        except Exception as exc:
+            raise PermanentError(ErrorCode.ENGINE_UNAVAILABLE, f"rapidocr failed to load its models: {exc}") from exc
+        log.info("rapidocr ready in %.2f s with %d threads", time.perf_counter() - started, self.threads)
+
+    def _warm_up(self) -> None:
+        """Read a small image with a word on it, so detection and recognition both load now."""
+        import cv2
+
+        image = np.full((64, 320, 3), 255, dtype=np.uint8)
+        cv2.putText(image, "pagewire", (10, 45), cv2.FONT_HERSHEY_SIMPLEX, 1.2, (0, 0, 0), 2)
+        self._ocr(image)
+
+    def read(self, image: Image) -> PageText:
+        """Read an RGB page image (blocking, seconds per page)."""
+        height, width = _check_image(image)
+        # rapidocr takes a 3-channel array as BGR (OpenCV's order); pdfium renders RGB.
+        bgr = np.ascontiguousarray(image[:, :, ::-1]) if image.ndim == 3 else image
+        try:
+            result = self._ocr(bgr)
+        except Exception as exc:
+            raise RetryableError(ErrorCode.OCR_FAILED, f"rapidocr failed: {exc}") from exc
+        boxes = getattr(result, "boxes", None)
+        texts = getattr(result, "txts", None)
+        scores = getattr(result, "scores", None)
+        if boxes is None or texts is None or scores is None:
+            return PageText(text="", blocks=[], confidence=0.0)
+        blocks = [
+            _box_to_block(text, [float(p[0]) for p in box], [float(p[1]) for p in box], float(score), width, height)
+            for box, text, score in zip(boxes, texts, scores, strict=True)
+            if text.strip()
+        ]
+        return page_text_from_blocks(blocks)
+
+
+# --- nemotron-ocr ----------------------------------------------------------------
+
+# The files nemotron-ocr needs in its model directory. Given an incomplete one,
+# NemotronOCR silently downloads from Hugging Face instead, which must not
+# happen on a worker: check first.
+NEMOTRON_FILES = ("detector.pth", "recognizer.pth", "relational.pth", "charset.txt")
+
+
+class NemotronEngine:
+    """NVIDIA nemotron-ocr on CUDA, with weights from a local model directory.
+
+    Written against the package's documented entry point,
+    ``nemotron_ocr.inference.pipeline.NemotronOCR(model_dir=...)``, called on
+    an RGB (H, W, 3) array with ``merge_level="sentence"`` and returning dicts
+    with ``text``, ``confidence`` and a box as image fractions (``left``,
+    ``right``, and ``upper``/``lower``, which the pipeline fills with the
+    larger and the smaller y; both are read as an unordered pair). This
+    adapter has not been run against a real GPU install here: no CUDA and no
+    package on the machine it was written on.
+    """
+
+    name: Engine = Engine.NEMOTRON
+
+    def __init__(self, model_dir: Path | None) -> None:
+        """Load the models onto the GPU; raises ``ENGINE_UNAVAILABLE`` when the package, CUDA or weights are missing."""
+        try:
+            torch = importlib.import_module("torch")
+            pipeline = importlib.import_module("nemotron_ocr.inference.pipeline")
+        except ImportError as exc:
+            raise PermanentError(
+                ErrorCode.ENGINE_UNAVAILABLE,
+                f"nemotron-ocr is not installed ({exc}); install pagewire with the gpu extra on a CUDA machine",
+            ) from exc
+        if not torch.cuda.is_available():
+            raise PermanentError(ErrorCode.ENGINE_UNAVAILABLE, "nemotron-ocr needs CUDA, and torch sees no CUDA device")
+        if model_dir is None:
+            raise PermanentError(
+                ErrorCode.ENGINE_UNAVAILABLE, "no nemotron-ocr model directory: set NEMOTRON_OCR_MODEL_DIR"
+            )
+        missing = [name for name in NEMOTRON_FILES if not (model_dir / name).is_file()]
+        if missing:
+            raise PermanentError(
+                ErrorCode.ENGINE_UNAVAILABLE, f"nemotron-ocr weights missing in {model_dir}: {', '.join(missing)}"
+            )
+        try:
+            self._ocr = pipeline.NemotronOCR(model_dir=str(model_dir))
+        except Exception as exc:
+            raise PermanentError(ErrorCode.ENGINE_UNAVAILABLE, f"nemotron-ocr failed to load: {exc}") from exc
+
+    def read(self, image: Image) -> PageText:
+        """Read an RGB page image on the GPU."""
+        _check_image(image)
+        rgb = np.ascontiguousarray(image if image.ndim == 3 else np.stack([image] * 3, axis=-1))
+        try:
+            predictions = self._ocr(rgb, merge_level="sentence")
+        except Exception as exc:
+            raise RetryableError(ErrorCode.OCR_FAILED, f"nemotron-ocr failed: {exc}") from exc
+        blocks = []
+        for pred in predictions:
+            text = str(pred.get("text", ""))
+            if not text.strip():
+                continue
+            # Boxes are already image fractions: a unit "image" of 1 x 1.
+            xs = [float(pred["left"]), float(pred["right"])]
+            ys = [float(pred["upper"]), float(pred["lower"])]
+            blocks.append(_box_to_block(text, xs, ys, float(pred.get("confidence", 0.0)), 1, 1))
+        return page_text_from_blocks(blocks)
+
+
+# --- a fake for tests ----------------------------------------------------------------
+
+
+@dataclass
+class FakeEngine:
+    """A test double: no model, instant, deterministic. Counts its calls.
+
+    Without ``text`` it describes the image it was given (size and mean
+    brightness), so a test can tell which page reached it. ``errors`` are
+    raised one per call, in order, before it starts answering (a flaky engine).
+    """
+
+    text: str | None = None
+    confidence: float = 0.9
+    name: Engine = Engine.RAPIDOCR
+    errors: list[Exception] = field(default_factory=list)
+    calls: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+
+    def read(self, image: Image) -> PageText:
+        """Return the fixed or image-derived text as one block covering the page."""
+        height, width = _check_image(image)
+        with self._lock:
+            self.calls += 1
+            if self.errors:
+                raise self.errors.pop(0)
+        text = self.text if self.text is not None else f"image {width}x{height} mean {float(image.mean()):.1f}"
+        if not text:
+            return PageText(text="", blocks=[], confidence=0.0)
+        block = Block(text=text, bbox=(0.0, 0.0, 1.0, 1.0), confidence=self.confidence)
+        return PageText(text=text, blocks=[block], confidence=self.confidence)
+
+
+def make_engine(engine: Engine, *, threads: int = 0, model_dir: Path | None = None) -> OcrEngine:
+    """Make the OCR engine for ``engine`` (``rapidocr`` or ``nemotron``); ``text`` and ``auto`` are not OCR engines."""
+    if engine == Engine.RAPIDOCR:
+        return RapidOcrEngine(threads=threads)
+    if engine == Engine.NEMOTRON:
+        return NemotronEngine(model_dir)
+    raise ValueError(f"{engine} is not an OCR engine")
