@@ -203,7 +203,10 @@ class PdfDocument:
     """
 
     def __init__(self, source: Path | bytes) -> None:
-        """Open ``source``; a :class:`Path` is read by pdfium directly, not loaded into memory."""
+        """Open ``source``; a :class:`Path` is read by pdfium directly, not loaded into memory.
+
+        An unreadable path raises :class:`OSError` (a fault of the caller's cache, not of the PDF).
+        """
         with PDFIUM_LOCK:
             doc = _open_unlocked(source)
             try:

@@ -120,6 +120,23 @@ def encrypted_pdf(user_password: bytes = b"secret", owner_password: bytes = b"ow
         b"<< /Filter /Standard /V 1 /R 2 /O <%s> /U <%s> /P %d >>"
         % (o_entry.hex().encode(), u_entry.hex().encode(), permissions),
     ]
+    ids = b"<%s> <%s>" % (file_id.hex().encode(), file_id.hex().encode())
+    return write_pdf(objects, b"/Encrypt 4 0 R /ID [%s]" % ids)
+
+
+def broken_page_pdf() -> bytes:
+    """A PDF that opens, with two pages in its page tree, the second of which does not exist."""
+    return write_pdf(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R 5 0 R] /Count 2 >>",
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>",
+        ]
+    )
+
+
+def write_pdf(objects: list[bytes], trailer: bytes = b"") -> bytes:
+    """A PDF file of the given objects (numbered from 1, the first the catalog) with a correct xref table."""
     body = bytearray(b"%PDF-1.4\n")
     offsets = []
     for number, obj in enumerate(objects, start=1):
@@ -128,11 +145,7 @@ def encrypted_pdf(user_password: bytes = b"secret", owner_password: bytes = b"ow
     xref = len(body)
     body += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
     body += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    body += b"trailer\n<< /Size %d /Root 1 0 R /Encrypt 4 0 R /ID [<%s> <%s>] >>\n" % (
-        len(objects) + 1,
-        file_id.hex().encode(),
-        file_id.hex().encode(),
-    )
+    body += b"trailer\n<< /Size %d /Root 1 0 R %s >>\n" % (len(objects) + 1, trailer)
     body += b"startxref\n%d\n%%%%EOF\n" % xref
     return bytes(body)
 
@@ -159,3 +172,9 @@ def encrypted_pdf_fixture() -> bytes:
 def zero_page_pdf_fixture() -> bytes:
     """A valid PDF with no pages."""
     return zero_page_pdf()
+
+
+@pytest.fixture(name="broken_page_pdf")
+def broken_page_pdf_fixture() -> bytes:
+    """A PDF whose second page is missing."""
+    return broken_page_pdf()

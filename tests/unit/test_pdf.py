@@ -58,6 +58,17 @@ def test_encrypted_pdf_is_encrypted_pdf(encrypted_pdf: bytes) -> None:
     assert info.value.code == ErrorCode.ENCRYPTED_PDF
 
 
+def test_page_that_fails_to_load_is_truncated_pdf(broken_page_pdf: bytes) -> None:
+    with pytest.raises(PermanentError) as info:
+        inspect_pdf(broken_page_pdf, max_pages=10)
+    assert info.value.code == ErrorCode.TRUNCATED_PDF
+    with PdfDocument(broken_page_pdf) as doc:
+        assert doc.text_layer(1).text == ""
+        with pytest.raises(PermanentError) as info:
+            doc.text_layer(2)
+    assert info.value.code == ErrorCode.TRUNCATED_PDF
+
+
 def test_zero_pages_is_no_pages(zero_page_pdf: bytes) -> None:
     with pytest.raises(PermanentError) as info:
         inspect_pdf(zero_page_pdf, max_pages=10)
