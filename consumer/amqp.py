@@ -188,4 +188,3 @@ async def queue_depth(amqp_url: str, queue_name: str) -> tuple[int, int]:
         return int(result.message_count or 0), int(result.consumer_count or 0)
     finally:
         await connection.close()
-

@@ -481,5 +481,3 @@ async def run(settings: RecorderSettings, grace_s: float = 30.0, stopper: Stoppe
         await connection.close()
         await db.dispose()
     log.info("recorder stopped")
-
-

@@ -175,4 +175,3 @@ async def run(settings: WorkerSettings, grace_s: float = 60.0) -> None:
         make_handler=make_handler,
         grace_s=grace_s,
     )
-

@@ -44,7 +44,7 @@ from schemas.messages import (
 )
 from schemas.s3keys import source_key
 from schemas.settings import ClientSettings
-from schemas.tables import jobs
+from schemas.tables import TERMINAL_JOB_STATUSES, jobs
 
 TERMINAL_EVENTS = (JobCompleted, JobFailed, JobCancelled)
 STATUS_FIELDS = (
@@ -198,6 +198,26 @@ class Client:
         if row is None:
             raise PermanentError(ErrorCode.JOB_NOT_FOUND, f"no job {job_id!r}")
         return {name: row[name] for name in STATUS_FIELDS}
+
+    async def final_status(self, job_id: str, wait_s: float = 30.0) -> dict[str, Any]:
+        """The job's row once the recorder has committed its end.
+
+        A ``JobFailed`` event comes from the planner, so a subscriber can see it
+        before the recorder has written it; this waits for the table to agree.
+        """
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while True:
+            try:
+                row = await self.status(job_id)
+                if row["status"] in TERMINAL_JOB_STATUSES:
+                    return row
+            except PermanentError as exc:
+                if exc.code != ErrorCode.JOB_NOT_FOUND:
+                    raise
+                row = {"job_id": job_id, "status": None}
+            if asyncio.get_running_loop().time() > deadline:
+                return row
+            await asyncio.sleep(0.05)
 
     async def result(self, job_id: str, fmt: str = "md") -> bytes:
         """The assembled result file of a finished job."""

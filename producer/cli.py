@@ -81,9 +81,7 @@ async def _submit(args: argparse.Namespace) -> int:
     from schemas.settings import ClientSettings
 
     settings = ClientSettings()
-    options = JobOptions(
-        engine=Engine(args.engine), dpi=args.dpi, first_page=args.first_page, last_page=args.last_page
-    )
+    options = JobOptions(engine=Engine(args.engine), dpi=args.dpi, first_page=args.first_page, last_page=args.last_page)
     err = Console(stderr=True)
     async with Client(settings) as client, client.subscribe() as events:
         requests = []
@@ -106,7 +104,7 @@ async def _submit(args: argparse.Namespace) -> int:
         finals = await asyncio.wait_for(follow(events, names, quiet=args.json), args.timeout)
         worst = EXIT_OK
         for request in requests:
-            row = await client.status(request.job_id)
+            row = await client.final_status(request.job_id)
             if args.json:
                 print(json.dumps({k: _jsonable(v) for k, v in row.items()}))
             else:
@@ -138,7 +136,7 @@ async def _result(args: argparse.Namespace) -> int:
     async with Client(ClientSettings()) as client:
         body = await client.result(args.job, args.format)
     if args.output:
-        Path(args.output).write_bytes(body)
+        await asyncio.to_thread(Path(args.output).write_bytes, body)
     else:
         sys.stdout.buffer.write(body)
     return EXIT_OK
@@ -227,10 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("submit", help="upload PDFs to S3 and queue them", description="Upload PDFs and queue a job each.")
+    p = sub.add_parser(
+        "submit", help="upload PDFs to S3 and queue them", description="Upload PDFs and queue a job each."
+    )
     p.add_argument("files", nargs="+", metavar="FILE", help="PDF files to read")
-    p.add_argument("--engine", choices=["auto", "text", "rapidocr", "nemotron"], default="auto",
-                   help="auto: the text layer where a page has real text, OCR otherwise (default)")
+    p.add_argument(
+        "--engine",
+        choices=["auto", "text", "rapidocr", "nemotron"],
+        default="auto",
+        help="auto: the text layer where a page has real text, OCR otherwise (default)",
+    )
     p.add_argument("--dpi", type=int, default=150, help="render resolution for OCR (default 150)")
     p.add_argument("--first-page", type=int, help="first page to read, 1-based")
     p.add_argument("--last-page", type=int, help="last page to read, inclusive")
@@ -253,8 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write to this file instead of standard output")
     p.set_defaults(func=_result)
 
-    p = sub.add_parser("watch", help="live events, all jobs or one with a progress bar",
-                       description="Follow the event exchange. With JOB: a progress bar until it ends.")
+    p = sub.add_parser(
+        "watch",
+        help="live events, all jobs or one with a progress bar",
+        description="Follow the event exchange. With JOB: a progress bar until it ends.",
+    )
     p.add_argument("job", metavar="JOB", nargs="?")
     p.add_argument("--json", action="store_true", help="print each event as a JSON line")
     p.set_defaults(func=_watch)
@@ -265,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("recorder", _recorder, 30.0, "run the recorder: events into PostgreSQL, results into S3"),
     ):
         p = sub.add_parser(name, help=text, description=text.capitalize() + ". Stops cleanly on SIGTERM.")
-        p.add_argument("--grace", type=float, default=grace, help=f"seconds to finish work in hand on SIGTERM ({grace:g})")
+        p.add_argument(
+            "--grace", type=float, default=grace, help=f"seconds to finish work in hand on SIGTERM ({grace:g})"
+        )
         p.set_defaults(func=func)
 
     p = sub.add_parser("migrate", help="create or upgrade the status tables", description="Run the Alembic migrations.")
@@ -273,15 +282,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--create-database", action="store_true", help="create the database first if it does not exist")
     p.set_defaults(func=_migrate)
 
-    p = sub.add_parser("dev", help="a local stack for development: up, down, status, env",
-                       description="Run pagewire and what it needs on this machine.")
+    p = sub.add_parser(
+        "dev",
+        help="a local stack for development: up, down, status, env",
+        description="Run pagewire and what it needs on this machine.",
+    )
     p.add_argument("action", choices=["up", "down", "status", "env"])
     p.add_argument("--state-dir", default=".dev", help="where the stack keeps its data, logs and pids (.dev)")
     p.add_argument("--no-roles", action="store_true", help="with up: start services and migrate, but no roles")
     p.set_defaults(func=_dev)
 
-    p = sub.add_parser("demo", help="dev up, then read a sample PDF and show text and status",
-                       description="Start the local stack, submit a sample PDF, print its text and status row.")
+    p = sub.add_parser(
+        "demo",
+        help="dev up, then read a sample PDF and show text and status",
+        description="Start the local stack, submit a sample PDF, print its text and status row.",
+    )
     p.add_argument("file", nargs="?", help="PDF to read (default: a sample from the corpus or a generated one)")
     p.add_argument("--state-dir", default=".dev")
     p.set_defaults(func=_demo)

@@ -57,7 +57,7 @@ async def demo(args: argparse.Namespace) -> int:
         state = await asyncio.to_thread(devstack.dev_up, state_dir)
     _print_status(console, state_dir)
     if args.file:
-        name, data = Path(args.file).name, Path(args.file).read_bytes()
+        name, data = Path(args.file).name, await asyncio.to_thread(Path(args.file).read_bytes)
     else:
         name, data = "sample.pdf (page 1 born-digital, page 2 scanned)", mixed_sample()
     async with Client(ClientSettings.from_variables(state.env)) as client, client.subscribe() as events:
@@ -67,7 +67,7 @@ async def demo(args: argparse.Namespace) -> int:
         if finals.get(request.job_id) == "JobCompleted":
             console.rule("result.md")
             print((await client.result(request.job_id, "md")).decode())
-        row = await client.status(request.job_id)
+        row = await client.final_status(request.job_id)
     console.rule("status row (SELECT * FROM job_progress)")
     for key, value in row.items():
         print(f"{key:<17} {value if value is not None else '-'}")

@@ -39,7 +39,7 @@ async def follow(events: Subscription, names: dict[str, str], *, quiet: bool) ->
                 label = {"JobCompleted": "[green]done", "JobFailed": "[red]failed", "JobCancelled": "cancelled"}
                 progress.update(bar, description=f"{names[event.job_id]} {label[event.type]}")
                 if event.type == "JobFailed" and not quiet:
-                    console.print(f"[red]{names[event.job_id]}: {event.error_code}: {event.message}")  # type: ignore[union-attr]
+                    console.print(f"[red]{names[event.job_id]}: {event.error_code}: {event.message}")
     return finals
 
 

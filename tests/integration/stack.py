@@ -106,9 +106,7 @@ class JobRun:
         return [e for e in self.events if e.type == name]
 
 
-async def run_job(
-    stack: Stack, pdf: bytes, *, options: JobOptions | None = None, timeout: float = 180.0
-) -> JobRun:
+async def run_job(stack: Stack, pdf: bytes, *, options: JobOptions | None = None, wait_s: float = 180.0) -> JobRun:
     """Submit ``pdf`` and follow its events on a separate subscriber queue until the job ends."""
     async with Client(stack.settings) as client, client.subscribe() as events:
         request = await client.submit(pdf, options=options)
@@ -118,7 +116,7 @@ async def run_job(
             async for event in events.for_jobs({request.job_id}):
                 seen.append(event)
 
-        await asyncio.wait_for(collect(), timeout)
+        await asyncio.wait_for(collect(), wait_s)
         assert isinstance(seen[-1], TERMINAL_EVENTS)
-        status = await client.status(request.job_id)
+        status = await client.final_status(request.job_id)
     return JobRun(request.job_id, seen, status)

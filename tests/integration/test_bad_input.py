@@ -66,7 +66,9 @@ async def assert_still_serving(stack: Stack) -> None:
         ("too many pages", lambda c: (c / "real/GeoTopo-komprimiert.pdf").read_bytes(), ErrorCode.TOO_MANY_PAGES),
     ],
 )
-async def test_bad_pdf_fails_the_job_with_its_code(stack: Stack, corpus: Path, name: str, make: Any, code: ErrorCode) -> None:
+async def test_bad_pdf_fails_the_job_with_its_code(
+    stack: Stack, corpus: Path, name: str, make: Any, code: ErrorCode
+) -> None:
     run = await run_job(stack, make(corpus))
 
     assert_failed(run, code)
@@ -78,7 +80,7 @@ async def test_missing_object_fails_with_source_missing(stack: Stack) -> None:
         request = JobRequest(source=Source(bucket=stack.settings.s3_bucket, key="nowhere/missing.pdf"))
         await client.publish(request)
         seen = [e async for e in events.for_jobs({request.job_id})]
-        status = await client.status(request.job_id)
+        status = await client.final_status(request.job_id)
     assert_failed(JobRun(request.job_id, seen, status), ErrorCode.SOURCE_MISSING)
     await assert_still_serving(stack)
 
@@ -100,7 +102,7 @@ async def test_malformed_message_is_dead_lettered_and_named_job_fails(stack: Sta
             await exchange.publish(aio_pika.Message(body, content_type="application/json"), "job")
             await exchange.publish(aio_pika.Message(b"\x00 not json"), "job")
             seen = [e async for e in events.for_jobs({"hand-made-1"})]
-            status = await client.status("hand-made-1")
+            status = await client.final_status("hand-made-1")
         # Then the named job failed with malformed_message, and both bodies wait in the dead-letter queue
         assert_failed(JobRun("hand-made-1", seen, status), ErrorCode.MALFORMED_MESSAGE)
         dead = await channel.get_queue(stack.topology.dead_queue)
@@ -127,7 +129,7 @@ async def test_unknown_schema_version_is_refused(stack: Stack) -> None:
         exchange = await channel.get_exchange(stack.topology.jobs_exchange)
         await exchange.publish(aio_pika.Message(body), "job")
         seen = [e async for e in events.for_jobs({"future-1"})]
-        status = await client.status("future-1")
+        status = await client.final_status("future-1")
     assert_failed(JobRun("future-1", seen, status), ErrorCode.UNSUPPORTED_SCHEMA_VERSION)
 
 
@@ -147,5 +149,5 @@ async def test_keys_and_buckets_are_checked(stack: Stack, bucket: str | None, ke
         # ...and so does the planner when another service publishes it anyway.
         await client.publisher.publish_job(request)
         seen = [e async for e in events.for_jobs({request.job_id})]
-        status = await client.status(request.job_id)
+        status = await client.final_status(request.job_id)
     assert_failed(JobRun(request.job_id, seen, status), code)

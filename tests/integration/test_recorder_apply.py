@@ -41,10 +41,18 @@ def job_events(job_id: str, total: int) -> tuple[JobQueued, JobStarted, list[Pag
     source = Source(bucket="pagewire", key=f"jobs/{job_id}/source.pdf")
     queued = JobQueued(job_id=job_id, source=source, options=JobOptions())
     started = JobStarted(
-        job_id=job_id, source=source, options=JobOptions(), total_pages=total, first_page=1, last_page=total, tasks=total
+        job_id=job_id,
+        source=source,
+        options=JobOptions(),
+        total_pages=total,
+        first_page=1,
+        last_page=total,
+        tasks=total,
     )
     done = [
-        PageCompleted(job_id=job_id, page_no=p, text=f"page {p}", confidence=0.9, engine=Engine.TEXT, duration_ms=1, worker="w")
+        PageCompleted(
+            job_id=job_id, page_no=p, text=f"page {p}", confidence=0.9, engine=Engine.TEXT, duration_ms=1, worker="w"
+        )
         for p in range(1, total + 1)
     ]
     return queued, started, done
@@ -124,8 +132,12 @@ async def test_pages_before_the_job_started_end_the_same(db: AsyncEngine) -> Non
 async def test_failures_retries_and_late_success(db: AsyncEngine) -> None:
     job_id = str(uuid.uuid4())
     queued, started, done = job_events(job_id, 2)
-    retry = PageFailed(job_id=job_id, page_no=1, error_code=ErrorCode.OCR_FAILED, message="x", attempt=1, final=False, worker="w")
-    final = PageFailed(job_id=job_id, page_no=2, error_code=ErrorCode.RENDER_FAILED, message="y", attempt=3, final=True, worker="w")
+    retry = PageFailed(
+        job_id=job_id, page_no=1, error_code=ErrorCode.OCR_FAILED, message="x", attempt=1, final=False, worker="w"
+    )
+    final = PageFailed(
+        job_id=job_id, page_no=2, error_code=ErrorCode.RENDER_FAILED, message="y", attempt=3, final=True, worker="w"
+    )
 
     await apply(db, [queued, started, retry])
     row = await job_row(db, job_id)

@@ -48,8 +48,10 @@ def test_round_trip_keeps_every_field() -> None:
         (b"[1, 2]", ErrorCode.MALFORMED_MESSAGE),
         (b'{"type": "JobRequest", "schema_version": 1}', ErrorCode.MALFORMED_MESSAGE),
         (b'{"type": "Nope", "schema_version": 1}', ErrorCode.MALFORMED_MESSAGE),
-        (b'{"type": "JobRequest", "schema_version": 2, "source": {"bucket": "abc", "key": "k"}}',
-         ErrorCode.UNSUPPORTED_SCHEMA_VERSION),
+        (
+            b'{"type": "JobRequest", "schema_version": 2, "source": {"bucket": "abc", "key": "k"}}',
+            ErrorCode.UNSUPPORTED_SCHEMA_VERSION,
+        ),
         (b'{"type": "JobRequest"}', ErrorCode.UNSUPPORTED_SCHEMA_VERSION),
     ],
 )
@@ -72,7 +74,10 @@ def test_unknown_fields_are_refused() -> None:
 
 
 def test_page_range_must_be_ordered() -> None:
-    body = b'{"type":"JobRequest","schema_version":1,"source":{"bucket":"abc","key":"k"},"options":{"first_page":3,"last_page":2}}'
+    body = (
+        b'{"type":"JobRequest","schema_version":1,"source":{"bucket":"abc","key":"k"},'
+        b'"options":{"first_page":3,"last_page":2}}'
+    )
     with pytest.raises(PermanentError):
         parse_message(body)
 

@@ -10,7 +10,11 @@ from schemas.messages import Engine
 
 
 def test_text_engine_packs_pages() -> None:
-    assert plan_tasks(1, 70, [True] * 70, Engine.TEXT, text_per_task=32, ocr_per_task=1) == [(1, 32), (33, 64), (65, 70)]
+    assert plan_tasks(1, 70, [True] * 70, Engine.TEXT, text_per_task=32, ocr_per_task=1) == [
+        (1, 32),
+        (33, 64),
+        (65, 70),
+    ]
 
 
 def test_ocr_engine_takes_pages_one_by_one() -> None:

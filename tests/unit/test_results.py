@@ -11,7 +11,9 @@ from schemas.messages import Engine, PageCompleted, PageFailed
 
 
 def completed(page: int, text: str = "t") -> PageCompleted:
-    return PageCompleted(job_id="j", page_no=page, text=text, confidence=1, engine=Engine.TEXT, duration_ms=1, worker="w")
+    return PageCompleted(
+        job_id="j", page_no=page, text=text, confidence=1, engine=Engine.TEXT, duration_ms=1, worker="w"
+    )
 
 
 def failed(page: int, *, final: bool) -> PageFailed:
