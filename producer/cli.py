@@ -15,6 +15,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,8 @@ class _JsonFormatter(logging.Formatter):
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
     if hasattr(value, "total_seconds"):
         return value.total_seconds()
     if isinstance(value, int | float | str | bool | list | dict) or value is None:
@@ -108,7 +111,10 @@ async def _submit(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({k: _jsonable(v) for k, v in row.items()}))
             else:
-                print(request.job_id, row["status"], f"{row['pages_ok']}/{row['total_pages']} pages")
+                detail = f"{row['pages_ok']}/{row['total_pages']} pages"
+                if row["error_code"]:
+                    detail = f"{row['error_code']}: {row['error_message']}"
+                print(request.job_id, row["status"], detail)
             if finals.get(request.job_id) != "JobCompleted" or row["status"] != "completed":
                 worst = EXIT_JOB_FAILED
         return worst
