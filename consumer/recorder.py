@@ -276,11 +276,16 @@ async def apply_batch(conn: AsyncConnection, events: Sequence[Event]) -> list[st
         .where(jobs.c.job_id == counts.c.job_id)
         .values(pages_ok=counts.c.ok, pages_failed=counts.c.failed, updated_at=now)
     )
+    # A job ends when every page has a final row; one that ended with errors
+    # and then had its failed pages redone (a replay) ends again, as completed.
     finished = await conn.execute(
         update(jobs)
         .where(
             jobs.c.job_id.in_(touched),
-            jobs.c.status.in_(_ACTIVE),
+            or_(
+                jobs.c.status.in_(_ACTIVE),
+                and_(jobs.c.status == JobStatus.COMPLETED_WITH_ERRORS, jobs.c.pages_failed == 0),
+            ),
             jobs.c.total_pages.is_not(None),
             jobs.c.pages_ok + jobs.c.pages_failed >= jobs.c.total_pages,
         )
@@ -288,6 +293,7 @@ async def apply_batch(conn: AsyncConnection, events: Sequence[Event]) -> list[st
             status=case((jobs.c.pages_failed > 0, JobStatus.COMPLETED_WITH_ERRORS), else_=JobStatus.COMPLETED),
             finished_at=now,
             updated_at=now,
+            completion_published_at=None,
         )
         .returning(jobs.c.job_id)
     )
@@ -404,7 +410,8 @@ class Recorder:
             await asyncio.to_thread(self.storage.put_bytes, bucket, key, body, content_type)
             keys[str(fmt)] = key
         event = JobCompleted(
-            event_id=completion_event_id(job_id, "completed"),
+            # Derived from the outcome: the same completion sent twice dedupes, a new outcome does not.
+            event_id=completion_event_id(job_id, f"completed:{job['pages_ok']}:{job['pages_failed']}"),
             job_id=job_id,
             pages_ok=job["pages_ok"],
             pages_failed=job["pages_failed"],

@@ -161,3 +161,22 @@ async def test_job_failed_is_terminal(db: AsyncEngine) -> None:
     # A late JobQueued does not bring it back
     await apply(db, [queued.model_copy(update={"event_id": str(uuid.uuid4())})])
     assert (await job_row(db, job_id))["status"] == "failed"
+
+
+async def test_a_failed_page_redone_later_completes_the_job(db: AsyncEngine) -> None:
+    # Given a job that ended with one page failed for good
+    job_id = str(uuid.uuid4())
+    queued, started, done = job_events(job_id, 2)
+    gave_up = PageFailed(
+        job_id=job_id, page_no=2, error_code=ErrorCode.STORAGE_UNAVAILABLE, message="s3", attempt=3, final=True, worker="w"
+    )
+    assert await apply(db, [queued, started, done[0], gave_up]) == [job_id]
+    assert (await job_row(db, job_id))["status"] == "completed_with_errors"
+
+    # When the page is read after all (its task replayed from the dead-letter queue)
+    assert await apply(db, [done[1]]) == [job_id]
+
+    # Then the job is completed, and its completion is due to be published again
+    row = await job_row(db, job_id)
+    assert (row["status"], row["pages_ok"], row["pages_failed"]) == ("completed", 2, 0)
+    assert row["completion_published_at"] is None
