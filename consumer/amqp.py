@@ -7,6 +7,7 @@ broker did not route or did not confirm raises instead of vanishing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 from pydantic import BaseModel
 
 from schemas.errors import PagewireError
@@ -161,6 +163,38 @@ class Publisher:
         )
         await self.exchanges.dead.publish(copy, "", mandatory=True, timeout=30)
         log.warning("dead-lettered message %s from %s: %s", incoming.message_id, source_queue, error)
+
+
+_CHANNEL_GONE = (ChannelInvalidStateError, AMQPError, ConnectionError)
+
+
+async def ack(message: AbstractIncomingMessage) -> None:
+    """Ack, tolerating a channel that closed meanwhile.
+
+    After a connection loss the broker hands every unacked message out again,
+    so an ack that cannot be sent loses nothing: the message comes back, and
+    applying it twice changes nothing (see the recorder).
+    """
+    try:
+        await message.ack()
+    except _CHANNEL_GONE as exc:
+        log.warning("could not ack message %s (%s); the broker will deliver it again", message.message_id, exc)
+
+
+async def reject(message: AbstractIncomingMessage, *, requeue: bool) -> None:
+    """Reject, tolerating a closed channel (the broker requeues unacked messages itself)."""
+    try:
+        await message.reject(requeue=requeue)
+    except _CHANNEL_GONE as exc:
+        log.warning("could not reject message %s (%s); the broker will deliver it again", message.message_id, exc)
+
+
+async def close(connection: AbstractRobustConnection, timeout: float = 5.0) -> None:
+    """Close, but do not wait on a broker that is gone: a robust connection would keep retrying."""
+    try:
+        await asyncio.wait_for(connection.close(), timeout)
+    except (TimeoutError, *_CHANNEL_GONE) as exc:
+        log.warning("connection did not close cleanly (%s)", type(exc).__name__)
 
 
 def attempt_of(message: AbstractIncomingMessage) -> int:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from consumer.amqp import Publisher
+from consumer.amqp import Publisher, ack
 from consumer.pdf import inspect_pdf
 from consumer.service import Handler, run_consumer, settle_failure
 from consumer.storage import PdfCache, Storage
@@ -94,7 +94,7 @@ class Planner:
             request = parse_as(JobRequest, message.body, self.settings.max_message_bytes)
             job_id = request.job_id
             await self.plan(request)
-            await message.ack()
+            await ack(message)
         except Exception as exc:  # settle_failure sorts it by class
             if isinstance(exc, PermanentError) and exc.code in {
                 ErrorCode.MALFORMED_MESSAGE,

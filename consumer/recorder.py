@@ -32,7 +32,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from consumer.amqp import Publisher, connect, get_queue
+from consumer.amqp import Publisher, ack, close, connect, get_queue
 from consumer.results import PageRow, assemble_json, assemble_markdown
 from consumer.service import Stopper
 from consumer.storage import Storage
@@ -342,7 +342,7 @@ class Recorder:
                 events.append(parse_event(message.body, self.settings.max_message_bytes))
             except PermanentError as exc:
                 await self.publisher.dead_letter(message, exc, self.settings.topology.recorder_queue)
-                await message.ack()
+                await ack(message)
         delay = 0.2
         while True:
             try:
@@ -357,7 +357,7 @@ class Recorder:
                 delay = min(delay * 2, self.settings.db_retry_max_s)
         for message in batch:
             if not message.processed:
-                await message.ack()
+                await ack(message)
         log.debug("applied %s events", len(events))
         for job_id in finished:
             self._finish_later(job_id)
@@ -485,6 +485,6 @@ async def run(settings: RecorderSettings, grace_s: float = 30.0, stopper: Stoppe
         if recorder.background:
             await asyncio.wait(set(recorder.background), timeout=grace_s)
     finally:
-        await connection.close()
+        await close(connection)
         await db.dispose()
     log.info("recorder stopped")

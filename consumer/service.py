@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from consumer.amqp import Publisher, attempt_of, connect, get_queue, is_last_attempt
+from consumer.amqp import Publisher, ack, attempt_of, close, connect, get_queue, is_last_attempt, reject
 from schemas.errors import ErrorCode, PagewireError, RetryableError
 from schemas.settings import Settings
 
@@ -52,12 +52,12 @@ async def settle_failure(
     if not failure.retryable:
         if on_final is not None:
             await on_final(failure)
-        await message.ack()
+        await ack(message)
         return
     if not is_last_attempt(message, settings.delivery_limit):
         log.warning("attempt %s of message %s failed, retrying: %s", attempt_of(message), message.message_id, failure)
         await asyncio.sleep(backoff_s * attempt_of(message))
-        await message.reject(requeue=True)
+        await reject(message, requeue=True)
         return
     exhausted = RetryableError(
         failure.code if failure.code != ErrorCode.INTERNAL_ERROR else ErrorCode.RETRIES_EXHAUSTED,
@@ -66,7 +66,7 @@ async def settle_failure(
     if on_final is not None:
         await on_final(exhausted)
     await publisher.dead_letter(message, exhausted, queue_name)
-    await message.ack()
+    await ack(message)
 
 
 class Stopper:
@@ -124,5 +124,5 @@ async def run_consumer(
                 log.warning("%s: grace period over, handing back unfinished work", role)
                 task.cancel()
     finally:
-        await connection.close()
+        await close(connection)
     log.info("%s stopped", role)

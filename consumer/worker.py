@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from consumer.amqp import Publisher, attempt_of
+from consumer.amqp import Publisher, ack, attempt_of
 from consumer.engines import OcrEngine, make_engine
 from consumer.pdf import PdfDocument, has_real_text
 from consumer.service import Handler, run_consumer, settle_failure
@@ -82,7 +82,7 @@ class Worker:
         try:
             task = parse_as(PageTask, message.body, self.settings.max_message_bytes)
             await self.run_task(task, attempt_of(message), done)
-            await message.ack()
+            await ack(message)
         except Exception as exc:  # settle_failure sorts it by class
             if isinstance(exc, PagewireError) and task is None:
                 await self.publisher.dead_letter(message, exc, self.settings.topology.tasks_queue)
