@@ -189,10 +189,10 @@ async def reject(message: AbstractIncomingMessage, *, requeue: bool) -> None:
         log.warning("could not reject message %s (%s); the broker will deliver it again", message.message_id, exc)
 
 
-async def close(connection: AbstractRobustConnection, timeout: float = 5.0) -> None:
+async def close(connection: AbstractRobustConnection, wait_s: float = 5.0) -> None:
     """Close, but do not wait on a broker that is gone: a robust connection would keep retrying."""
     try:
-        await asyncio.wait_for(connection.close(), timeout)
+        await asyncio.wait_for(connection.close(), wait_s)
     except (TimeoutError, *_CHANNEL_GONE) as exc:
         log.warning("connection did not close cleanly (%s)", type(exc).__name__)
 

@@ -168,7 +168,13 @@ async def test_a_failed_page_redone_later_completes_the_job(db: AsyncEngine) -> 
     job_id = str(uuid.uuid4())
     queued, started, done = job_events(job_id, 2)
     gave_up = PageFailed(
-        job_id=job_id, page_no=2, error_code=ErrorCode.STORAGE_UNAVAILABLE, message="s3", attempt=3, final=True, worker="w"
+        job_id=job_id,
+        page_no=2,
+        error_code=ErrorCode.STORAGE_UNAVAILABLE,
+        message="s3",
+        attempt=3,
+        final=True,
+        worker="w",
     )
     assert await apply(db, [queued, started, done[0], gave_up]) == [job_id]
     assert (await job_row(db, job_id))["status"] == "completed_with_errors"
