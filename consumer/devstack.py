@@ -49,6 +49,7 @@ RABBITMQ_PORT = 5672
 DEFAULT_STATE_DIR = Path(".dev")
 STATE_FILE = "state.json"
 ROLES: tuple[str, ...] = ("planner", "worker", "recorder")
+DEV_METRICS_PORTS = {"planner": 9101, "worker": 9102, "recorder": 9103}
 SEAWEEDFS = "seaweedfs"
 
 # rabbitmqctl exits with EX_UNAVAILABLE while the node has not registered with epmd yet.
@@ -797,8 +798,12 @@ def dev_up(
             if counts.get(queues[role]):
                 record(role, ProcessRecord(None, False, f"{queues[role]} already has a consumer: not started"))
                 continue
-            proc = _spawn([sys.executable, "-m", "producer.cli", role], log_path, {**base_env, **env})
-            record(role, ProcessRecord(proc.pid, True, f"consumes {queues[role]}", str(log_path)))
+            # Three roles on one host cannot share the default metrics port: one each, on loopback.
+            port = DEV_METRICS_PORTS[role]
+            metrics_env = {"PAGEWIRE_METRICS_HOST": LOOPBACK, "PAGEWIRE_METRICS_PORT": str(port)}
+            proc = _spawn([sys.executable, "-m", "producer.cli", role], log_path, {**base_env, **env, **metrics_env})
+            detail = f"consumes {queues[role]}; metrics on http://{LOOPBACK}:{port}/metrics"
+            record(role, ProcessRecord(proc.pid, True, detail, str(log_path)))
             waiting[role] = (queues[role], proc, log_path)
         _wait_roles(amqp_url, waiting, role_timeout)
     return state

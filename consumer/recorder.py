@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +33,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from consumer import metrics
 from consumer.amqp import Publisher, ack, close, connect, get_queue
 from consumer.results import PageRow, assemble_json, assemble_markdown
 from consumer.service import Stopper
@@ -344,6 +346,7 @@ class Recorder:
                 await self.publisher.dead_letter(message, exc, self.settings.topology.recorder_queue)
                 await ack(message)
         delay = 0.2
+        started = time.perf_counter()
         while True:
             try:
                 async with self.db.begin() as conn:
@@ -355,6 +358,10 @@ class Recorder:
                 log.warning("database unavailable (%s); retrying in %.1f s", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.db_retry_max_s)
+        metrics.RECORDER_APPLY_SECONDS.observe(time.perf_counter() - started)
+        metrics.RECORDER_BATCH_EVENTS.observe(len(events))
+        for event in events:
+            metrics.RECORDER_EVENTS.labels(type=event.type).inc()
         for message in batch:
             if not message.processed:
                 await ack(message)
@@ -409,6 +416,12 @@ class Recorder:
                 body, content_type = assemble_json(dict(job), page_rows).encode(), "application/json"
             await asyncio.to_thread(self.storage.put_bytes, bucket, key, body, content_type)
             keys[str(fmt)] = key
+        # The row names the results before the event announces them: a subscriber
+        # that reads the row on JobCompleted finds everything there.
+        async with self.db.begin() as conn:
+            await conn.execute(
+                update(jobs).where(jobs.c.job_id == job_id).values(result_bucket=bucket, result_keys=keys)
+            )
         event = JobCompleted(
             # Derived from the outcome: the same completion sent twice dedupes, a new outcome does not.
             event_id=completion_event_id(job_id, f"completed:{job['pages_ok']}:{job['pages_failed']}"),
@@ -423,12 +436,9 @@ class Recorder:
             await conn.execute(
                 update(jobs)
                 .where(jobs.c.job_id == job_id)
-                .values(
-                    completion_published_at=func.coalesce(jobs.c.completion_published_at, func.now()),
-                    result_bucket=bucket,
-                    result_keys=keys,
-                )
+                .values(completion_published_at=func.coalesce(jobs.c.completion_published_at, func.now()))
             )
+        metrics.observe_job(job["status"], job["created_at"], job["finished_at"])
         log.info("job %s %s: %s ok, %s failed", job_id, job["status"], job["pages_ok"], job["pages_failed"])
 
     async def sweep(self) -> None:
@@ -462,8 +472,16 @@ async def run(settings: RecorderSettings, grace_s: float = 30.0, stopper: Stoppe
     """``pagewire recorder``: record events until SIGTERM."""
     stopper = stopper or Stopper()
     stopper.install()
+    health = metrics.Health("recorder")
+    async with metrics.serving(settings.metrics_port, health, settings.metrics_host):
+        await _run(settings, grace_s, stopper, health)
+    log.info("recorder stopped")
+
+
+async def _run(settings: RecorderSettings, grace_s: float, stopper: Stopper, health: metrics.Health) -> None:
     db = create_async_engine(settings.database_url.get_secret_value(), pool_pre_ping=True, pool_size=4)
     connection = await connect(settings, "recorder")
+    health.watch(connection)
     try:
         publisher = await Publisher.open(connection, settings.topology)
         recorder = Recorder(settings, db, publisher, Storage(settings))
@@ -473,11 +491,13 @@ async def run(settings: RecorderSettings, grace_s: float = 30.0, stopper: Stoppe
         batcher = asyncio.create_task(recorder.batches_forever())
         sweeper = asyncio.create_task(recorder.sweep_forever())
         tag = await queue.consume(recorder.on_message)
+        health.set_ready(True)
         log.info("recorder consuming %s (batch %s)", settings.topology.recorder_queue, settings.batch_size)
         stop = asyncio.create_task(stopper.event.wait())
         await asyncio.wait({stop, batcher}, return_when=asyncio.FIRST_COMPLETED)
         if batcher.done():
             batcher.result()  # a fatal error: raise it
+        health.set_ready(False, "draining")
         await queue.cancel(tag)
         # Messages already delivered but not applied go back to the queue when the channel closes.
         batcher.cancel()
@@ -487,4 +507,3 @@ async def run(settings: RecorderSettings, grace_s: float = 30.0, stopper: Stoppe
     finally:
         await close(connection)
         await db.dispose()
-    log.info("recorder stopped")

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
+from consumer import metrics
 from consumer.amqp import Publisher, ack, attempt_of, close, connect, get_queue, is_last_attempt, reject
 from schemas.errors import ErrorCode, PagewireError, RetryableError
 from schemas.settings import Settings
@@ -53,11 +54,13 @@ async def settle_failure(
         if on_final is not None:
             await on_final(failure)
         await ack(message)
+        metrics.MESSAGES.labels(queue=queue_name, outcome="failed").inc()
         return
     if not is_last_attempt(message, settings.delivery_limit):
         log.warning("attempt %s of message %s failed, retrying: %s", attempt_of(message), message.message_id, failure)
         await asyncio.sleep(backoff_s * attempt_of(message))
         await reject(message, requeue=True)
+        metrics.MESSAGES.labels(queue=queue_name, outcome="retry").inc()
         return
     exhausted = RetryableError(
         failure.code if failure.code != ErrorCode.INTERNAL_ERROR else ErrorCode.RETRIES_EXHAUSTED,
@@ -67,6 +70,7 @@ async def settle_failure(
         await on_final(exhausted)
     await publisher.dead_letter(message, exhausted, queue_name)
     await ack(message)
+    metrics.MESSAGES.labels(queue=queue_name, outcome="dead_letter").inc()
 
 
 class Stopper:
@@ -94,35 +98,43 @@ async def run_consumer(
     """Consume ``queue_name`` with the role's handler until told to stop."""
     stopper = stopper or Stopper()
     stopper.install()
-    connection = await connect(settings, role)
-    try:
-        publisher = await Publisher.open(connection, settings.topology)
-        handler = await make_handler(connection, publisher)
-        channel = await connection.channel()
-        await channel.set_qos(prefetch_count=prefetch)
-        queue = await get_queue(channel, queue_name)
-        in_flight: set[asyncio.Task[None]] = set()
+    health = metrics.Health(role)
+    async with metrics.serving(settings.metrics_port, health, settings.metrics_host):
+        connection = await connect(settings, role)
+        health.watch(connection)
+        try:
+            publisher = await Publisher.open(connection, settings.topology)
+            handler = await make_handler(connection, publisher)
+            channel = await connection.channel()
+            await channel.set_qos(prefetch_count=prefetch)
+            queue = await get_queue(channel, queue_name)
+            in_flight: set[asyncio.Task[None]] = set()
 
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            in_flight.add(task)
-            try:
-                await handler(message)
-            finally:
-                in_flight.discard(task)
+            async def on_message(message: AbstractIncomingMessage) -> None:
+                task = asyncio.current_task()
+                assert task is not None
+                in_flight.add(task)
+                metrics.observe_lag(queue_name, message.timestamp)
+                health.beat()
+                try:
+                    with metrics.in_flight(queue_name):
+                        await handler(message)
+                finally:
+                    in_flight.discard(task)
 
-        tag = await queue.consume(on_message)
-        log.info("%s consuming %s (prefetch=%s)", role, queue_name, prefetch)
-        await stopper.event.wait()
-        log.info("%s stopping: no new messages, %s in hand", role, len(in_flight))
-        await queue.cancel(tag)
-        if in_flight:
-            _, pending = await asyncio.wait(set(in_flight), timeout=grace_s)
-            for task in pending:
-                # Unacked work goes back to the queue when the channel closes.
-                log.warning("%s: grace period over, handing back unfinished work", role)
-                task.cancel()
-    finally:
-        await close(connection)
+            tag = await queue.consume(on_message)
+            health.set_ready(True)
+            log.info("%s consuming %s (prefetch=%s)", role, queue_name, prefetch)
+            await stopper.event.wait()
+            health.set_ready(False, "draining")
+            log.info("%s stopping: no new messages, %s in hand", role, len(in_flight))
+            await queue.cancel(tag)
+            if in_flight:
+                _, pending = await asyncio.wait(set(in_flight), timeout=grace_s)
+                for task in pending:
+                    # Unacked work goes back to the queue when the channel closes.
+                    log.warning("%s: grace period over, handing back unfinished work", role)
+                    task.cancel()
+        finally:
+            await close(connection)
     log.info("%s stopped", role)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
+from consumer import metrics
 from consumer.amqp import Publisher, ack, attempt_of
 from consumer.engines import OcrEngine, make_engine
 from consumer.pdf import PdfDocument, has_real_text
@@ -110,35 +111,42 @@ class Worker:
         doc = await asyncio.to_thread(PdfDocument, path)
         try:
             for page_no in range(task.first_page, task.last_page + 1):
-                started = time.perf_counter()
-                try:
-                    text, blocks, confidence, engine, render_ms = await asyncio.to_thread(
-                        read_page, doc, page_no, task.options, self.engines, self.settings.max_megapixels
-                    )
-                except PermanentError as exc:
-                    await self.page_failed(task, page_no, exc, attempt, final=True)
-                    done.add(page_no)
-                    continue
-                event = PageCompleted(
-                    job_id=task.job_id,
-                    page_no=page_no,
-                    text=text,
-                    blocks=blocks,
-                    confidence=max(0.0, min(1.0, confidence)),
-                    engine=engine,
-                    duration_ms=(time.perf_counter() - started) * 1000,
-                    render_ms=render_ms,
-                    worker=self.settings.worker_name,
-                    attempt=attempt,
-                )
-                await self.publisher.publish_event(event)
-                done.add(page_no)
-                log.info("job %s page %s read by %s in %.0f ms", task.job_id, page_no, engine, event.duration_ms)
+                with metrics.log_context(job_id=task.job_id, page_no=page_no):
+                    await self.run_page(task, doc, page_no, attempt, done)
         finally:
             await asyncio.to_thread(doc.close)
 
+    async def run_page(self, task: PageTask, doc: PdfDocument, page_no: int, attempt: int, done: set[int]) -> None:
+        """Read one page and publish its event; a bad page fails alone."""
+        started = time.perf_counter()
+        try:
+            text, blocks, confidence, engine, render_ms = await asyncio.to_thread(
+                read_page, doc, page_no, task.options, self.engines, self.settings.max_megapixels
+            )
+        except PermanentError as exc:
+            await self.page_failed(task, page_no, exc, attempt, final=True)
+            done.add(page_no)
+            return
+        event = PageCompleted(
+            job_id=task.job_id,
+            page_no=page_no,
+            text=text,
+            blocks=blocks,
+            confidence=max(0.0, min(1.0, confidence)),
+            engine=engine,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            render_ms=render_ms,
+            worker=self.settings.worker_name,
+            attempt=attempt,
+        )
+        await self.publisher.publish_event(event)
+        metrics.observe_page(engine, "completed", event.duration_ms / 1000)
+        done.add(page_no)
+        log.info("job %s page %s read by %s in %.0f ms", task.job_id, page_no, engine, event.duration_ms)
+
     async def page_failed(self, task: PageTask, page_no: int, error: PagewireError, attempt: int, final: bool) -> None:
         log.warning("job %s page %s failed (%s): %s", task.job_id, page_no, error.code, error.message)
+        metrics.observe_page(str(task.options.engine), "failed", 0.0)
         await self.publisher.publish_event(
             PageFailed(
                 job_id=task.job_id,
@@ -157,14 +165,15 @@ async def run(settings: WorkerSettings, grace_s: float = 60.0) -> None:
     storage = Storage(settings)
     cache = PdfCache(storage, settings.cache_dir, settings.cache_max_bytes, settings.max_pdf_bytes)
     engines = Engines(threads=settings.ocr_threads, default=settings.engine, model_dir=settings.nemotron_ocr_model_dir)
-    # Load the default engine before taking work: the first task should not pay for model start-up.
-    try:
-        await asyncio.to_thread(engines.get, settings.engine)
-    except PermanentError as exc:
-        log.error("worker cannot load its engine %s: %s", settings.engine, exc)
-        raise
 
     async def make_handler(_: AbstractRobustConnection, publisher: Publisher) -> Handler:
+        # Load the default engine before taking work: the first task should not pay for model start-up.
+        # This runs with the health endpoint up (alive, not ready), so a start-up probe sees progress.
+        try:
+            await asyncio.to_thread(engines.get, settings.engine)
+        except PermanentError as exc:
+            log.error("worker cannot load its engine %s: %s", settings.engine, exc)
+            raise
         return Worker(settings, publisher, cache, engines).handle
 
     await run_consumer(

@@ -35,7 +35,10 @@ Configuration comes from PAGEWIRE_* environment variables (see README).
 
 
 def _configure_logging(level: str, fmt: str) -> None:
+    from consumer.metrics import LogContextFilter
+
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(LogContextFilter())
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:
@@ -49,12 +52,16 @@ class _JsonFormatter(logging.Formatter):
     """One JSON object per line, for log collectors."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created).isoformat(),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for field in ("job_id", "page"):
+            value = getattr(record, field, None)
+            if value is not None:
+                entry[field] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)

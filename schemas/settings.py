@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     log_format: LogFormat = LogFormat.TEXT
     log_level: str = "INFO"
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    metrics_port: int = Field(default=9100, ge=0, le=65535, description="/metrics, /healthz, /readyz; 0: off")
+    metrics_host: str = Field(default="0.0.0.0", description="address the metrics server binds")
 
     @classmethod
     def from_variables(cls, variables: dict[str, str]) -> Self:

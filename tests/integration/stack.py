@@ -46,7 +46,7 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
         env = {k: v for k, v in os.environ.items() if not k.startswith("PAGEWIRE_")}
-        env.update(self.env, PAGEWIRE_LOG_LEVEL="INFO", **(extra_env or {}))
+        env.update(self.env, PAGEWIRE_LOG_LEVEL="INFO", PAGEWIRE_METRICS_PORT="0", **(extra_env or {}))
         self.processes[name] = subprocess.Popen(
             [sys.executable, "-m", "producer.cli", role],
             cwd=REPO_ROOT,
