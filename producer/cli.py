@@ -305,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-roles", action="store_true", help="with up: start services and migrate, but no roles")
     p.set_defaults(func=_dev)
 
+    from producer import dead
+
+    dead.add_parser(sub)
+
     p = sub.add_parser(
         "demo",
         help="dev up, then read a sample PDF and show text and status",
