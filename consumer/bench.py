@@ -1,0 +1,1125 @@
+"""``pagewire bench``: how fast is the whole stack, next to the bare engine loop it wraps.
+
+Three measurements, each a plain function so scripts and tests can call them:
+
+* :func:`bare_loop`: the pages read in one process with nothing around them:
+  :class:`~consumer.pdf.PdfDocument` and :func:`consumer.worker.read_page`
+  with the same :class:`~consumer.worker.Engines` the worker builds (same
+  engine, threads, DPI and pages). No broker, no S3, no database. This is the
+  ceiling the stack is compared with.
+* :func:`stack_run`: the same pages through the running stack with
+  :class:`producer.api.Client`: subscribe, submit every job, collect events
+  until each job's ``JobCompleted``, then read the jobs' rows. Per-stage times
+  come from the events (``duration_ms``, ``render_ms``, ``occurred_at``) and
+  from what this process observes (upload, event arrival).
+* :func:`recorder_throughput`: :func:`consumer.recorder.apply_batch` driven
+  with synthetic ``PageCompleted`` events into a scratch job, in batches of
+  the recorder's batch size and, for comparison, one event per transaction.
+
+:func:`first_event_latency` adds the time from ``submit`` to the first page
+event of a small born-digital PDF on an idle stack.
+
+Everything here measures; nothing asserts a speed. The figures of this
+machine and how they were taken are in ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import sys
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from consumer.pdf import PdfDocument, inspect_pdf
+from consumer.worker import Engines, read_page
+from schemas.messages import (
+    Block,
+    Engine,
+    Event,
+    JobCompleted,
+    JobFailed,
+    JobOptions,
+    JobStarted,
+    PageCompleted,
+    PageFailed,
+    Source,
+)
+from schemas.settings import ClientSettings, RecorderSettings, WorkerSettings
+
+if TYPE_CHECKING:
+    from producer.api import Subscription
+
+__all__ = [
+    "BareStats",
+    "BenchReport",
+    "LatencyStats",
+    "PageRange",
+    "RecorderStats",
+    "StackStats",
+    "Stage",
+    "TargetCheck",
+    "add_parser",
+    "bare_loop",
+    "check_targets",
+    "first_event_latency",
+    "job_events",
+    "recorder_throughput",
+    "run",
+    "select_corpus",
+    "stack_run",
+    "summarize",
+]
+
+DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+"""``../shared/corpus`` next to the repository, where the team keeps its test and benchmark PDFs."""
+
+# The targets of issue 6 (2-core machine).
+TARGET_OCR_RATIO = 0.95
+TARGET_TEXT_PAGES_PER_S = 200.0
+TARGET_RECORDER_EVENTS_PER_S = 5000.0
+TARGET_FIRST_EVENT_S = 0.5
+
+# Submits in flight at once: enough to overlap S3 uploads with confirms, few
+# enough that the bench process does not compete with the roles for 2 cores.
+SUBMIT_CONCURRENCY = 4
+
+
+# --------------------------------------------------------------------------- pure statistics
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Timings of one stage in milliseconds: how many, and their distribution."""
+
+    name: str
+    where: str
+    count: int
+    total_ms: float
+    mean_ms: float
+    p50_ms: float
+    p95_ms: float
+    max_ms: float
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by linear interpolation between closest ranks; 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q
+    low, high = math.floor(pos), math.ceil(pos)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def summarize(name: str, where: str, values_ms: Sequence[float]) -> Stage:
+    """A :class:`Stage` from raw per-item timings in milliseconds."""
+    values = [float(v) for v in values_ms]
+    total = sum(values)
+    return Stage(
+        name=name,
+        where=where,
+        count=len(values),
+        total_ms=total,
+        mean_ms=total / len(values) if values else 0.0,
+        p50_ms=percentile(values, 0.5),
+        p95_ms=percentile(values, 0.95),
+        max_ms=max(values) if values else 0.0,
+    )
+
+
+def rate(count: int, seconds: float) -> float:
+    """``count`` per second (0.0 when no time passed)."""
+    return count / seconds if seconds > 0 else 0.0
+
+
+# --------------------------------------------------------------------------- the workload
+
+
+@dataclass(frozen=True)
+class PageRange:
+    """Pages ``first..last`` (1-based, inclusive) of one PDF file."""
+
+    path: Path
+    first: int
+    last: int
+
+    @property
+    def pages(self) -> int:
+        return self.last - self.first + 1
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one bench run reads: born-digital pages (the text layer) and pages that need OCR."""
+
+    text: list[PageRange]
+    ocr: list[PageRange]
+
+
+def _runs(flags: Sequence[bool], wanted: bool) -> list[tuple[int, int]]:
+    """Maximal 1-based runs of pages whose flag equals ``wanted``."""
+    runs: list[tuple[int, int]] = []
+    start: int | None = None
+    for i, flag in enumerate([*flags, not wanted], start=1):
+        if flag == wanted and start is None:
+            start = i
+        elif flag != wanted and start is not None:
+            runs.append((start, i - 1))
+            start = None
+    return runs
+
+
+def _take(ranges: Sequence[PageRange], cap: int, *, repeat: bool) -> list[PageRange]:
+    """Ranges in order until ``cap`` pages, cutting the last; with ``repeat``, cycle to reach it."""
+    out: list[PageRange] = []
+    left = cap
+    while left > 0 and ranges:
+        for r in ranges:
+            if left <= 0:
+                break
+            last = min(r.last, r.first + left - 1)
+            out.append(PageRange(r.path, r.first, last))
+            left -= last - r.first + 1
+        if not repeat:
+            break
+    return out
+
+
+def corpus_files(corpus: Path) -> list[Path]:
+    """The corpus's PDFs in manifest order (every ``*.pdf`` under it when there is no manifest)."""
+    manifest = corpus / "manifest.json"
+    if manifest.exists():
+        entries = json.loads(manifest.read_text())
+        # Scans first, so a small OCR cap takes real scanned text pages, not the corpus's one photo.
+        entries.sort(key=lambda entry: entry.get("class") != "scanned")
+        return [corpus / entry["file"] for entry in entries]
+    return sorted(corpus.rglob("*.pdf"))
+
+
+def select_corpus(files: Sequence[Path], *, text_pages: int, ocr_pages: int) -> Workload:
+    """Split ``files`` into born-digital and OCR page ranges, by the same judge ``auto`` uses.
+
+    Each page is classified with :func:`~consumer.pdf.inspect_pdf` (the
+    planner's own check), so a text range never reaches OCR in ``auto`` mode
+    and an OCR range always does. Born-digital ranges are repeated (as more
+    jobs) until ``text_pages``; OCR ranges are capped at ``ocr_pages`` (each
+    costs seconds on a CPU) and not repeated.
+    """
+    text: list[PageRange] = []
+    ocr: list[PageRange] = []
+    for path in files:
+        info = inspect_pdf(path.read_bytes(), max_pages=100_000)
+        text += [PageRange(path, a, b) for a, b in _runs(info.text_pages, True)]
+        ocr += [PageRange(path, a, b) for a, b in _runs(info.text_pages, False)]
+    return Workload(text=_take(text, text_pages, repeat=True), ocr=_take(ocr, ocr_pages, repeat=False))
+
+
+# --------------------------------------------------------------------------- the bare loop
+
+
+@dataclass
+class BareStats:
+    """The bare engine loop over a set of pages."""
+
+    pages: int
+    wall_s: float
+    pages_per_s: float
+    cpu_s: float
+    """CPU time of this process over the loop (all its threads)."""
+    engines: dict[str, int]
+    stages: list[Stage]
+
+
+def worker_engines(settings: WorkerSettings) -> Engines:
+    """The :class:`Engines` a worker with ``settings`` builds (same threads, default engine, models)."""
+    return Engines(threads=settings.ocr_threads, default=settings.engine, model_dir=settings.nemotron_ocr_model_dir)
+
+
+def bare_loop(
+    ranges: Sequence[PageRange], options: JobOptions, engines: Engines, *, max_megapixels: float = 50.0
+) -> BareStats:
+    """Read every page of ``ranges`` in this process, one at a time, as a worker would; blocking.
+
+    Engine start-up is not timed (a worker loads its models before it takes
+    work): the engine ``options`` may need is made before the clock starts.
+    Opening each document is timed, as the worker opens one per task.
+    """
+    if options.engine != Engine.TEXT:
+        engines.get(options.engine)
+    open_ms: list[float] = []
+    render_ms: list[float] = []
+    ocr_ms: list[float] = []
+    text_ms: list[float] = []
+    used: dict[str, int] = {}
+    cpu0 = time.process_time()
+    started = time.perf_counter()
+    for r in ranges:
+        t0 = time.perf_counter()
+        with PdfDocument(r.path) as doc:
+            open_ms.append((time.perf_counter() - t0) * 1000)
+            for page_no in range(r.first, r.last + 1):
+                t1 = time.perf_counter()
+                _, _, _, engine, render = read_page(doc, page_no, options, engines, max_megapixels)
+                total = (time.perf_counter() - t1) * 1000
+                used[str(engine)] = used.get(str(engine), 0) + 1
+                if engine == Engine.TEXT:
+                    text_ms.append(total)
+                else:
+                    render_ms.append(render)
+                    ocr_ms.append(total - render)
+    wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu0
+    pages = sum(r.pages for r in ranges)
+    stages = [summarize("open", "PdfDocument per range", open_ms)]
+    if text_ms:
+        stages.append(summarize("text layer", "read_page, engine text", text_ms))
+    if render_ms:
+        stages += [summarize("render", "pdfium", render_ms), summarize("OCR", "engine.read", ocr_ms)]
+    return BareStats(pages=pages, wall_s=wall, pages_per_s=rate(pages, wall), cpu_s=cpu, engines=used, stages=stages)
+
+
+# --------------------------------------------------------------------------- the whole stack
+
+
+@dataclass
+class StackStats:
+    """Pages through the running stack, submit to each job's ``JobCompleted``."""
+
+    jobs: int
+    pages: int
+    pages_ok: int
+    pages_failed: int
+    rows_completed: int
+    wall_s: float
+    pages_per_s: float
+    first_event_s: float
+    """From the first submit to the first page event, this run (jobs queue behind each other)."""
+    worker_busy_share: float
+    """Sum of the pages' ``duration_ms`` over the wall time: how much of the run the worker spent reading."""
+    cpu_s: dict[str, float]
+    """CPU seconds used during the run: by each role whose pid is known, by this process (``bench``), by the
+    whole machine (``machine``, all processes) and what the machine had (``capacity``: wall x cores)."""
+    loadavg: tuple[float, float]
+    """The machine's 1-minute load average before and after: others' work on the 2 cores shows here."""
+    engines: dict[str, int]
+    stages: list[Stage]
+    statuses: dict[str, int]
+
+
+@dataclass
+class _Job:
+    range: PageRange
+    job_id: str = ""
+    submit_start: float = 0.0
+    submit_end: float = 0.0
+    events: list[tuple[float, Event]] = field(default_factory=list)
+    """(time.time() on arrival, event)."""
+
+
+def _epoch(moment: datetime) -> float:
+    return moment.timestamp()
+
+
+def stack_stages(jobs: Sequence[_Job], download_ms: Sequence[float]) -> tuple[list[Stage], dict[str, int], float]:
+    """Per-stage timings from the jobs' events; also engine counts and the sum of ``duration_ms`` (pure)."""
+    upload: list[float] = []
+    render: list[float] = []
+    ocr: list[float] = []
+    text: list[float] = []
+    publish: list[float] = []
+    record: list[float] = []
+    plan: list[float] = []
+    engines: dict[str, int] = {}
+    busy_ms = 0.0
+    for job in jobs:
+        upload.append((job.submit_end - job.submit_start) * 1000)
+        last_page_at: float | None = None
+        for received, event in job.events:
+            if isinstance(event, JobStarted):
+                plan.append((received - job.submit_end) * 1000)
+            elif isinstance(event, PageCompleted):
+                engines[str(event.engine)] = engines.get(str(event.engine), 0) + 1
+                busy_ms += event.duration_ms
+                if event.engine == Engine.TEXT:
+                    text.append(event.duration_ms)
+                else:
+                    render.append(event.render_ms)
+                    ocr.append(event.duration_ms - event.render_ms)
+                # Worker's clock and ours are the same machine's: arrival minus creation is
+                # the confirmed publish, the fanout and the delivery to a subscriber.
+                publish.append(max(0.0, (received - _epoch(event.occurred_at)) * 1000))
+                last_page_at = received
+            elif isinstance(event, PageFailed):
+                last_page_at = received
+            elif isinstance(event, JobCompleted) and last_page_at is not None:
+                record.append((received - last_page_at) * 1000)
+    stages = [
+        summarize("upload", "submit: S3 put + confirmed JobRequest", upload),
+        summarize("plan", "submit done -> JobStarted seen", plan),
+        summarize("download", "S3 get of each source (timed by bench)", download_ms),
+    ]
+    if text:
+        stages.append(summarize("text layer", "worker: duration_ms, engine text", text))
+    if render:
+        stages += [
+            summarize("render", "worker: render_ms", render),
+            summarize("OCR", "worker: duration_ms - render_ms", ocr),
+        ]
+    stages += [
+        summarize("publish", "PageCompleted occurred_at -> seen by a subscriber", publish),
+        summarize("record", "last page event -> JobCompleted seen", record),
+    ]
+    return stages, engines, busy_ms
+
+
+async def job_events(events: Subscription, job_ids: set[str]) -> AsyncIterator[Event]:
+    """Events of ``job_ids`` until each has a terminal event, closing the subscription's iterator on the way out.
+
+    ``Subscription.for_jobs`` returns from inside its own ``async for``, which
+    leaves the inner generator to the garbage collector; it is then closed after
+    the channel, and asyncio logs a ``ChannelClosed`` nobody retrieves. Holding
+    the iterator and closing it here closes it while the channel is still open.
+    """
+    from producer.api import TERMINAL_EVENTS
+
+    open_jobs = set(job_ids)
+    # Subscription.__aiter__ is an async generator, typed as a plain iterator.
+    stream = cast("AsyncGenerator[Event, None]", events.__aiter__())
+    try:
+        async for event in stream:
+            if event.job_id not in job_ids:
+                continue
+            yield event
+            if isinstance(event, TERMINAL_EVENTS):
+                open_jobs.discard(event.job_id)
+                if not open_jobs:
+                    return
+    finally:
+        await stream.aclose()
+
+
+async def _page_rows(client: Any, job_ids: Sequence[str]) -> dict[str, int]:
+    """Page rows of the jobs by status, as the recorder committed them."""
+    from sqlalchemy import func, select
+
+    from schemas.tables import pages
+
+    query = select(pages.c.status, func.count()).where(pages.c.job_id.in_(list(job_ids))).group_by(pages.c.status)
+    async with client.db.connect() as conn:
+        return {str(status): int(n) for status, n in (await conn.execute(query)).all()}
+
+
+def process_cpu_s(pid: int | None) -> float | None:
+    """User plus system CPU seconds of ``pid`` from ``/proc`` (None when unknown)."""
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the parenthesised command name; utime and stime are the 12th and 13th of them.
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds all cores spent busy since boot, from ``/proc/stat`` (None where unreadable)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(f) for f in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    # guest time is already counted in user and nice: leave it out of the sum.
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+# The stack's shared services, found by their command lines: their CPU is part of what a page costs.
+SERVICE_MARKERS = {"rabbitmq": "beam.smp", "postgresql": "postgres", "seaweedfs": "weed"}
+
+
+def service_pids() -> dict[str, list[int]]:
+    """Pids of RabbitMQ, PostgreSQL (every backend) and SeaweedFS, from ``/proc``."""
+    found: dict[str, list[int]] = {name: [] for name in SERVICE_MARKERS}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv0 = (entry / "cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace")
+        except OSError:
+            continue
+        for name, marker in SERVICE_MARKERS.items():
+            if marker in Path(argv0).name or argv0.startswith(marker):
+                found[name].append(int(entry.name))
+    return found
+
+
+def cpu_snapshot(pids: dict[str, int]) -> dict[str, dict[int, float]]:
+    """CPU seconds so far, by group: each named role pid, the services, this process and the machine."""
+    snap: dict[str, dict[int, float]] = {}
+    groups: dict[str, list[int]] = {name: [pid] for name, pid in pids.items()} | service_pids()
+    for name, members in groups.items():
+        snap[name] = {pid: cpu for pid in members if (cpu := process_cpu_s(pid)) is not None}
+    snap["bench"] = {os.getpid(): time.process_time()}
+    busy = machine_busy_s()
+    if busy is not None:
+        snap["machine"] = {0: busy}
+    return snap
+
+
+def cpu_delta(before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]) -> dict[str, float]:
+    """CPU seconds each group used between two snapshots (pure).
+
+    A process born in between (a new PostgreSQL backend) counts from zero; one
+    that ended is lost. ``other`` is the machine's busy time that no group
+    explains: the kernel, other work on this machine.
+    """
+    used = {
+        name: sum(cpu - before.get(name, {}).get(pid, 0.0) for pid, cpu in members.items())
+        for name, members in after.items()
+    }
+    if "machine" in used:
+        used["other"] = used["machine"] - sum(v for k, v in used.items() if k != "machine")
+    return used
+
+
+def loadavg() -> float:
+    """The 1-minute load average (0.0 where unknown)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
+
+
+async def stack_run(
+    settings: ClientSettings,
+    ranges: Sequence[PageRange],
+    options: JobOptions,
+    *,
+    timeout_s: float = 600.0,
+    role_pids: dict[str, int] | None = None,
+) -> StackStats:
+    """Submit one job per range to the running stack and follow them to their ``JobCompleted``.
+
+    Subscribes before the first submit so no event is missed; submits up to
+    :data:`SUBMIT_CONCURRENCY` at a time; the wall time runs from the first
+    submit to the last ``JobCompleted`` this process sees. The sources are then
+    fetched once from S3, as a worker fetches each into its cache, to time
+    the download stage without racing the worker for the cores.
+    """
+    from producer.api import Client
+
+    jobs = [_Job(r) for r in ranges]
+    by_id: dict[str, _Job] = {}
+    for job in jobs:
+        job.job_id = f"bench-{uuid.uuid4().hex[:12]}"
+        by_id[job.job_id] = job
+    blobs = {r.path: r.path.read_bytes() for r in ranges}
+    async with Client(settings) as client, client.subscribe() as events:
+        first_page_at: float | None = None
+        end_at = 0.0
+        failed: list[str] = []
+
+        async def collect() -> None:
+            nonlocal first_page_at, end_at
+            async for event in job_events(events, set(by_id)):
+                now = time.time()
+                by_id[event.job_id].events.append((now, event))
+                if first_page_at is None and isinstance(event, PageCompleted | PageFailed):
+                    first_page_at = now
+                if isinstance(event, JobCompleted | JobFailed):
+                    end_at = now
+                    if isinstance(event, JobFailed):
+                        failed.append(f"{event.job_id}: {event.error_code} {event.message}")
+
+        collector = asyncio.create_task(collect())
+        gate = asyncio.Semaphore(SUBMIT_CONCURRENCY)
+
+        async def submit(job: _Job) -> None:
+            async with gate:
+                job.submit_start = time.time()
+                r = job.range
+                await client.submit(
+                    blobs[r.path],
+                    options=options.model_copy(update={"first_page": r.first, "last_page": r.last}),
+                    job_id=job.job_id,
+                    submitted_by="pagewire bench",
+                )
+                job.submit_end = time.time()
+
+        load0, cpu0 = loadavg(), cpu_snapshot(role_pids or {})
+        begin = time.time()
+        await asyncio.gather(*(submit(job) for job in jobs))
+        await asyncio.wait_for(collector, timeout_s)
+        cpu1, load1 = cpu_snapshot(role_pids or {}), loadavg()
+        rows = await _page_rows(client, list(by_id))
+        finals = [await client.final_status(job_id) for job_id in by_id]
+        download_ms: list[float] = []
+        for job in jobs:
+            t0 = time.perf_counter()
+            await asyncio.to_thread(client.storage.get_bytes, settings.s3_bucket, f"jobs/{job.job_id}/source.pdf")
+            download_ms.append((time.perf_counter() - t0) * 1000)
+    if failed:
+        raise RuntimeError("bench jobs failed: " + "; ".join(failed))
+    stages, engines, busy_ms = stack_stages(jobs, download_ms)
+    wall = end_at - begin
+    pages = sum(r.pages for r in ranges)
+    statuses: dict[str, int] = {}
+    for row in finals:
+        statuses[str(row["status"])] = statuses.get(str(row["status"]), 0) + 1
+    return StackStats(
+        jobs=len(jobs),
+        pages=pages,
+        pages_ok=sum(int(row["pages_ok"] or 0) for row in finals),
+        pages_failed=sum(int(row["pages_failed"] or 0) for row in finals),
+        rows_completed=rows.get("completed", 0),
+        wall_s=wall,
+        pages_per_s=rate(pages, wall),
+        first_event_s=(first_page_at - begin) if first_page_at is not None else float("nan"),
+        worker_busy_share=busy_ms / 1000 / wall if wall > 0 else 0.0,
+        cpu_s=cpu_delta(cpu0, cpu1) | {"capacity": wall * len(os.sched_getaffinity(0))},
+        loadavg=(load0, load1),
+        engines=engines,
+        stages=stages,
+        statuses=statuses,
+    )
+
+
+@dataclass
+class LatencyStats:
+    """Submit to first page event of one small born-digital PDF on an otherwise idle stack."""
+
+    runs: int
+    pages: int
+    submit_ms: Stage
+    to_job_started_ms: Stage
+    to_first_page_ms: Stage
+    to_completed_ms: Stage
+
+
+async def first_event_latency(settings: ClientSettings, pdf: bytes, *, runs: int = 5) -> LatencyStats:
+    """Submit ``pdf`` ``runs`` times, one after another, timing each from the ``submit`` call."""
+    from producer.api import Client
+
+    submit: list[float] = []
+    started: list[float] = []
+    first: list[float] = []
+    completed: list[float] = []
+    pages = 0
+    async with Client(settings) as client:
+        for _ in range(runs):
+            # A subscription per run: its queue is auto-deleted when its consumer stops.
+            async with client.subscribe() as events:
+                t0 = time.perf_counter()
+                request = await client.submit(
+                    pdf, options=JobOptions(engine=Engine.AUTO), submitted_by="pagewire bench"
+                )
+                submit.append((time.perf_counter() - t0) * 1000)
+                seen_first = False
+                async for event in job_events(events, {request.job_id}):
+                    elapsed = (time.perf_counter() - t0) * 1000
+                    if isinstance(event, JobStarted):
+                        started.append(elapsed)
+                        pages = event.total_pages
+                    elif isinstance(event, PageCompleted | PageFailed) and not seen_first:
+                        first.append(elapsed)
+                        seen_first = True
+                    elif isinstance(event, JobCompleted):
+                        completed.append(elapsed)
+                    elif isinstance(event, JobFailed):
+                        raise RuntimeError(f"latency probe failed: {event.error_code} {event.message}")
+    return LatencyStats(
+        runs=runs,
+        pages=pages,
+        submit_ms=summarize("submit", "S3 put + confirmed JobRequest", submit),
+        to_job_started_ms=summarize("JobStarted", "submit call -> JobStarted seen", started),
+        to_first_page_ms=summarize("first page", "submit call -> first page event seen", first),
+        to_completed_ms=summarize("JobCompleted", "submit call -> JobCompleted seen", completed),
+    )
+
+
+# --------------------------------------------------------------------------- the recorder
+
+
+@dataclass
+class RecorderStats:
+    """``apply_batch`` into PostgreSQL: batched, and one event per transaction."""
+
+    events: int
+    batch_size: int
+    batched_s: float
+    batched_events_per_s: float
+    single_events: int
+    single_s: float
+    single_events_per_s: float
+    text_chars: int
+    blocks_per_page: int
+
+
+def synthetic_page(job_id: str, page_no: int, *, text_chars: int, blocks: int) -> PageCompleted:
+    """A born-digital-like ``PageCompleted``: ``text_chars`` of text in ``blocks`` lines with boxes."""
+    line = "pagewire turns PDFs into text at scale; every page goes out as an event. "
+    text = (line * (text_chars // len(line) + 1))[:text_chars]
+    step = max(1, len(text) // max(1, blocks))
+    parts = [text[i : i + step] for i in range(0, len(text), step)][:blocks]
+    return PageCompleted(
+        job_id=job_id,
+        page_no=page_no,
+        text=text,
+        blocks=[
+            Block(text=part, bbox=(0.1, i / (len(parts) + 1), 0.9, (i + 0.8) / (len(parts) + 1)), confidence=1.0)
+            for i, part in enumerate(parts)
+        ],
+        confidence=1.0,
+        engine=Engine.TEXT,
+        duration_ms=1.0,
+        worker="bench",
+    )
+
+
+async def recorder_throughput(
+    database_url: str,
+    n_events: int,
+    *,
+    batch_size: int | None = None,
+    single_events: int = 500,
+    text_chars: int = 1750,
+    blocks: int = 60,
+) -> RecorderStats:
+    """Apply ``n_events`` synthetic page events with the recorder's own ``apply_batch``.
+
+    Into a scratch job (``bench-recorder-...``) that is deleted afterwards:
+    first in batches of the recorder's batch size, then ``single_events`` more
+    with one transaction each, which is what the recorder would do without
+    batching. The default page (1,750 characters in 60 blocks) is the mean
+    born-digital page of the corpus. Events are built before the clock starts; parsing and the broker
+    are not part of this figure.
+    """
+    from sqlalchemy import delete
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from consumer.recorder import apply_batch
+    from schemas.tables import applied_events, jobs
+
+    size = batch_size or RecorderSettings().batch_size
+    job_id = f"bench-recorder-{uuid.uuid4().hex[:12]}"
+    total = n_events + single_events
+    start = JobStarted(
+        job_id=job_id,
+        source=Source(bucket="bench", key=f"jobs/{job_id}/source.pdf"),
+        options=JobOptions(),
+        total_pages=total + 1,  # one page more than sent: the scratch job never finishes and never publishes
+        first_page=1,
+        last_page=total + 1,
+        tasks=1,
+    )
+    batched = [synthetic_page(job_id, n, text_chars=text_chars, blocks=blocks) for n in range(1, n_events + 1)]
+    single = [synthetic_page(job_id, n, text_chars=text_chars, blocks=blocks) for n in range(n_events + 1, total + 1)]
+    db = create_async_engine(database_url, pool_size=2)
+    try:
+        async with db.begin() as conn:
+            await apply_batch(conn, [start])
+        t0 = time.perf_counter()
+        for i in range(0, len(batched), size):
+            async with db.begin() as conn:
+                await apply_batch(conn, batched[i : i + size])
+        batched_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for event in single:
+            async with db.begin() as conn:
+                await apply_batch(conn, [event])
+        single_s = time.perf_counter() - t0
+    finally:
+        async with db.begin() as conn:
+            await conn.execute(delete(applied_events).where(applied_events.c.job_id == job_id))
+            await conn.execute(delete(jobs).where(jobs.c.job_id == job_id))  # pages go with it (cascade)
+        await db.dispose()
+    return RecorderStats(
+        events=n_events,
+        batch_size=size,
+        batched_s=batched_s,
+        batched_events_per_s=rate(n_events, batched_s),
+        single_events=single_events,
+        single_s=single_s,
+        single_events_per_s=rate(single_events, single_s),
+        text_chars=text_chars,
+        blocks_per_page=blocks,
+    )
+
+
+# --------------------------------------------------------------------------- the report
+
+
+@dataclass
+class Phase:
+    """One set of pages through both loops."""
+
+    name: str
+    options: dict[str, Any]
+    files: list[str]
+    bare: BareStats | None = None
+    stack: StackStats | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        """Stack pages/s over bare pages/s."""
+        if self.bare is None or self.stack is None or self.bare.pages_per_s <= 0:
+            return None
+        return self.stack.pages_per_s / self.bare.pages_per_s
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    """One target of issue 6 against what was measured (``met`` is None when not measured)."""
+
+    name: str
+    measured: float | None
+    goal: str
+    met: bool | None
+
+
+@dataclass
+class BenchReport:
+    """Everything one ``pagewire bench`` run measured."""
+
+    machine: dict[str, Any]
+    phases: list[Phase] = field(default_factory=list)
+    latency: LatencyStats | None = None
+    recorder: RecorderStats | None = None
+    targets: list[TargetCheck] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """A plain JSON-able dict (the phases' ratios included)."""
+        body = asdict(self)
+        for phase, entry in zip(self.phases, body["phases"], strict=True):
+            entry["ratio"] = phase.ratio
+        finite: dict[str, Any] = _finite(body)
+        return finite
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: None in its place."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def check_targets(report: BenchReport) -> list[TargetCheck]:
+    """The issue's targets that this report measured (pure)."""
+    checks: list[TargetCheck] = []
+    phases = {p.name: p for p in report.phases}
+    ocr = phases.get("ocr")
+    ratio = ocr.ratio if ocr else None
+    checks.append(
+        TargetCheck(
+            "OCR pages: stack / bare loop", ratio, f">= {TARGET_OCR_RATIO}", None if ratio is None else ratio >= 0.95
+        )
+    )
+    text = phases.get("text")
+    text_rate = text.stack.pages_per_s if text and text.stack else None
+    checks.append(
+        TargetCheck(
+            "born-digital pages/s end to end (auto)",
+            text_rate,
+            f">= {TARGET_TEXT_PAGES_PER_S:.0f}",
+            None if text_rate is None else text_rate >= TARGET_TEXT_PAGES_PER_S,
+        )
+    )
+    events = report.recorder.batched_events_per_s if report.recorder else None
+    checks.append(
+        TargetCheck(
+            "recorder page events/s into PostgreSQL",
+            events,
+            f">= {TARGET_RECORDER_EVENTS_PER_S:.0f}",
+            None if events is None else events >= TARGET_RECORDER_EVENTS_PER_S,
+        )
+    )
+    latency = report.latency.to_first_page_ms.p50_ms / 1000 if report.latency else None
+    checks.append(
+        TargetCheck(
+            "submit -> first page event, born-digital (median s)",
+            latency,
+            f"< {TARGET_FIRST_EVENT_S}",
+            None if latency is None else latency < TARGET_FIRST_EVENT_S,
+        )
+    )
+    return checks
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the figures were taken."""
+    return {
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "python": sys.version.split()[0],
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def render_report(report: BenchReport, console: Any) -> None:
+    """Print the report as rich tables on ``console``."""
+    from rich.table import Table
+
+    for phase in report.phases:
+        table = Table(title=f"{phase.name} pages ({json.dumps(phase.options)})", title_justify="left")
+        table.add_column("")
+        table.add_column("bare loop", justify="right")
+        table.add_column("whole stack", justify="right")
+        bare, stack = phase.bare, phase.stack
+        table.add_row("pages", _fmt(bare.pages if bare else None, 0), _fmt(stack.pages if stack else None, 0))
+        table.add_row("jobs", "-", _fmt(stack.jobs if stack else None, 0))
+        table.add_row("wall s", _fmt(bare.wall_s if bare else None, 2), _fmt(stack.wall_s if stack else None, 2))
+        table.add_row(
+            "pages/s", _fmt(bare.pages_per_s if bare else None, 2), _fmt(stack.pages_per_s if stack else None, 2)
+        )
+        table.add_row("ratio stack/bare", "", _fmt(phase.ratio, 3))
+        table.add_row(
+            "CPU s (bare: this process; stack: the worker)",
+            _fmt(bare.cpu_s if bare else None, 2),
+            _fmt(stack.cpu_s.get("worker") if stack else None, 2),
+        )
+        if stack:
+            table.add_row(
+                "stack CPU s by process",
+                "",
+                ", ".join(f"{k} {v:.2f}" for k, v in stack.cpu_s.items()),
+            )
+        if stack:
+            table.add_row("load average before / after", "", "{:.2f} / {:.2f}".format(*stack.loadavg))
+            table.add_row("first page event after first submit, s", "", _fmt(stack.first_event_s, 3))
+            table.add_row("worker busy share", "", _fmt(stack.worker_busy_share, 3))
+            table.add_row("page rows completed", "", f"{stack.rows_completed} of {stack.pages}")
+        console.print(table)
+        stages = Table(title=f"{phase.name}: per-stage times (ms)", title_justify="left")
+        for name in ("loop", "stage", "where", "n", "mean", "p50", "p95", "max", "total s"):
+            stages.add_column(name, justify="right" if name not in ("loop", "stage", "where") else "left")
+        for label, stats in (("bare", bare), ("stack", stack)):
+            for s in stats.stages if stats else []:
+                stages.add_row(
+                    label,
+                    s.name,
+                    s.where,
+                    str(s.count),
+                    _fmt(s.mean_ms, 2),
+                    _fmt(s.p50_ms, 2),
+                    _fmt(s.p95_ms, 2),
+                    _fmt(s.max_ms, 2),
+                    _fmt(s.total_ms / 1000, 2),
+                )
+        console.print(stages)
+    if report.latency:
+        lat = report.latency
+        table = Table(
+            title=f"latency: one {lat.pages}-page born-digital PDF, {lat.runs} runs (ms)", title_justify="left"
+        )
+        for name in ("from the submit call to", "p50", "p95", "max"):
+            table.add_column(name, justify="left" if name.startswith("from") else "right")
+        for s in (lat.submit_ms, lat.to_job_started_ms, lat.to_first_page_ms, lat.to_completed_ms):
+            table.add_row(s.where, _fmt(s.p50_ms), _fmt(s.p95_ms), _fmt(s.max_ms))
+        console.print(table)
+    if report.recorder:
+        rec = report.recorder
+        table = Table(
+            title=f"recorder apply_batch ({rec.text_chars} chars, {rec.blocks_per_page} blocks per page)",
+            title_justify="left",
+        )
+        for name in ("mode", "events", "s", "events/s"):
+            table.add_column(name, justify="left" if name == "mode" else "right")
+        table.add_row(
+            f"batches of {rec.batch_size}", str(rec.events), _fmt(rec.batched_s, 2), _fmt(rec.batched_events_per_s, 0)
+        )
+        table.add_row(
+            "one per transaction", str(rec.single_events), _fmt(rec.single_s, 2), _fmt(rec.single_events_per_s, 0)
+        )
+        console.print(table)
+    table = Table(title="targets (issue 6, 2 cores)", title_justify="left")
+    for name in ("target", "measured", "goal", "met"):
+        table.add_column(name, justify="right" if name in ("measured",) else "left")
+    for check in report.targets:
+        met = "-" if check.met is None else ("yes" if check.met else "NO")
+        table.add_row(check.name, _fmt(check.measured, 3), check.goal, met)
+    console.print(table)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``bench`` to ``pagewire``'s subcommands; its ``func`` is :func:`run`."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "bench",
+        help="measure the stack against the bare engine loop",
+        description=(
+            "Run PDFs through the whole running stack and through the bare engine loop (same engine, DPI, "
+            "pages and parallelism, no broker, S3 or database); print pages/s, their ratio and per-stage times."
+        ),
+    )
+    _add_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="*", metavar="FILE", help=f"PDFs to read (default: a mix from {DEFAULT_CORPUS})")
+    p.add_argument("--engine", choices=["auto", "text", "rapidocr"], default="auto", help="the jobs' engine (auto)")
+    p.add_argument("--dpi", type=int, default=150, help="render resolution for OCR (150)")
+    p.add_argument("--ocr-pages", type=int, default=4, help="at most this many OCR pages (4; ~5 s each on 2 cores)")
+    p.add_argument("--text-pages", type=int, default=500, help="born-digital pages, repeating files to reach it (500)")
+    p.add_argument("--recorder-events", type=int, default=10_000, help="synthetic events for the recorder (10000)")
+    p.add_argument("--latency-runs", type=int, default=5, help="submit-to-first-event probes (5)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--skip-stack", action="store_true", help="no stack runs (bare loop and recorder only)")
+    p.add_argument("--skip-bare", action="store_true", help="no bare loop")
+    p.add_argument("--no-dev-up", action="store_true", help="use the stack PAGEWIRE_* points at; do not run dev up")
+    p.add_argument("--state-dir", default=".dev", help="the dev stack's state directory (.dev)")
+    p.add_argument("--timeout", type=float, default=900.0, help="give up on a stack run after this many seconds")
+
+
+def _stack_env(args: argparse.Namespace) -> dict[str, str]:
+    """The stack's ``PAGEWIRE_*`` variables: started (idempotently) by dev up unless ``--no-dev-up``."""
+    from consumer import devstack
+
+    state_dir = Path(args.state_dir)
+    if args.no_dev_up:
+        return devstack.stack_env(ClientSettings())
+    devstack.dev_up(state_dir)
+    return devstack.dev_env(state_dir)
+
+
+def dev_pid(state_dir: Path, role: str) -> int | None:
+    """The pid of a role ``dev up`` started and that still runs (None otherwise: its CPU and memory go unmeasured)."""
+    from consumer import devstack
+
+    record = devstack.DevState.load(state_dir).processes.get(role)
+    if record is None or record.pid is None or not devstack.pid_alive(record.pid):
+        return None
+    return record.pid
+
+
+def _worker_settings(env: dict[str, str]) -> WorkerSettings:
+    """What the dev worker runs with: this process's ``PAGEWIRE_*`` environment overlaid with the stack's."""
+    overrides: dict[str, Any] = {key.removeprefix("PAGEWIRE_").lower(): value for key, value in env.items()}
+    return WorkerSettings(**overrides)
+
+
+def single_page(path: Path, page_no: int) -> bytes:
+    """One page of ``path`` as a PDF of its own."""
+    import io
+
+    import pypdfium2 as pdfium
+
+    from consumer.pdf import PDFIUM_LOCK
+
+    with PDFIUM_LOCK:
+        src = pdfium.PdfDocument(path)
+        doc = pdfium.PdfDocument.new()
+        try:
+            doc.import_pages(src, [page_no - 1])
+            out = io.BytesIO()
+            doc.save(out)
+        finally:
+            doc.close()
+            src.close()
+    return out.getvalue()
+
+
+def _latency_pdf(workload: Workload) -> bytes:
+    """A one-page born-digital PDF: the first text page of the workload, or a generated one.
+
+    One page is one task: the smallest job, so the figure is the pipeline's
+    fixed cost (upload, planner, dispatch), not reading.
+    """
+    from consumer.samples import DEMO_TEXT, lines, text_pdf
+
+    if workload.text:
+        return single_page(workload.text[0].path, workload.text[0].first)
+    return text_pdf([lines(DEMO_TEXT)])
+
+
+async def run(args: argparse.Namespace) -> int:
+    """``pagewire bench``: measure, then print tables (or one JSON object with ``--json``)."""
+    from rich.console import Console
+
+    # Piped output (a file, the docs) gets a width that fits the stage table; a terminal keeps its own.
+    console = Console(stderr=args.json, width=None if sys.stdout.isatty() else 150)
+    files = [Path(f) for f in args.files] or corpus_files(DEFAULT_CORPUS)
+    workload = select_corpus(files, text_pages=args.text_pages, ocr_pages=args.ocr_pages)
+    env = await asyncio.to_thread(_stack_env, args)
+    settings = ClientSettings.from_variables(env)
+    worker = _worker_settings(env)
+    engines = worker_engines(worker)
+    engine = Engine(args.engine)
+    report = BenchReport(
+        machine=machine_info() | {"worker_engine": str(worker.engine), "ocr_threads": worker.ocr_threads}
+    )
+
+    def note(text: str) -> None:
+        console.log(text)
+
+    role_pids = {
+        role: pid for role in ("planner", "worker", "recorder") if (pid := dev_pid(Path(args.state_dir), role))
+    }
+    for name, ranges in (("text", workload.text), ("ocr", workload.ocr)):
+        if not ranges:
+            continue
+        options = JobOptions(engine=engine, dpi=args.dpi)
+        phase = Phase(
+            name=name,
+            options={"engine": str(engine), "dpi": args.dpi},
+            files=[f"{r.path.name}:{r.first}-{r.last}" for r in ranges],
+        )
+        report.phases.append(phase)
+        if not args.skip_stack:
+            note(f"{name}: {sum(r.pages for r in ranges)} pages in {len(ranges)} jobs through the stack")
+            phase.stack = await stack_run(settings, ranges, options, timeout_s=args.timeout, role_pids=role_pids)
+        if not args.skip_bare:
+            note(f"{name}: the same pages through the bare loop")
+            phase.bare = await asyncio.to_thread(
+                bare_loop, ranges, options, engines, max_megapixels=worker.max_megapixels
+            )
+    if not args.skip_stack and args.latency_runs > 0:
+        note(f"latency: {args.latency_runs} submits of one born-digital page")
+        report.latency = await first_event_latency(settings, _latency_pdf(workload), runs=args.latency_runs)
+    if args.recorder_events > 0:
+        note(f"recorder: {args.recorder_events} synthetic events through apply_batch")
+        report.recorder = await recorder_throughput(settings.database_url.get_secret_value(), args.recorder_events)
+    report.targets = check_targets(report)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        render_report(report, console)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m consumer.bench``: the same command outside ``pagewire``."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m consumer.bench", description="pagewire bench")
+    _add_arguments(parser)
+    args = parser.parse_args(argv)
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
