@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from consumer.amqp import Publisher, ack
-from consumer.pdf import inspect_pdf
+from consumer.pdf import PdfInfo, inspect_pdf
+from consumer.sandbox import Sandbox
 from consumer.service import Handler, run_consumer, settle_failure
 from consumer.storage import PdfCache, Storage
 from schemas.errors import ErrorCode, PagewireError, PermanentError
@@ -80,13 +81,20 @@ def plan_tasks(
     return ranges
 
 
+def inspect_pdf_file(path: str, max_pages: int) -> PdfInfo:
+    """In the sandbox child: page count, limits and text layers of a PDF on disk."""
+    with open(path, "rb") as fh:
+        return inspect_pdf(fh.read(), max_pages=max_pages)
+
+
 class Planner:
     """Handles ``JobRequest`` messages from the jobs queue."""
 
-    def __init__(self, settings: PlannerSettings, publisher: Publisher, cache: PdfCache) -> None:
+    def __init__(self, settings: PlannerSettings, publisher: Publisher, cache: PdfCache, sandbox: Sandbox) -> None:
         self.settings = settings
         self.publisher = publisher
         self.cache = cache
+        self.sandbox = sandbox
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         job_id = job_id_of(message.body)
@@ -119,8 +127,9 @@ class Planner:
 
     async def plan(self, request: JobRequest) -> None:
         path = await asyncio.to_thread(self.cache.fetch, request.source)
-        data = await asyncio.to_thread(path.read_bytes)
-        info = await asyncio.to_thread(inspect_pdf, data, max_pages=self.settings.max_pages)
+        info = await self.sandbox.call(
+            inspect_pdf_file, str(path), self.settings.max_pages, budget_s=self.settings.inspect_budget_s
+        )
         first, last = page_range(request.options.first_page, request.options.last_page, info.page_count)
         ranges = plan_tasks(
             first,
@@ -157,8 +166,11 @@ async def run(settings: PlannerSettings, grace_s: float = 30.0) -> None:
         storage, settings.cache_dir, max_bytes=4 * settings.max_pdf_bytes, max_pdf_bytes=settings.max_pdf_bytes
     )
 
+    sandbox = Sandbox("planner", memory_mb=settings.inspect_memory_mb)
+
     async def make_handler(_: AbstractRobustConnection, publisher: Publisher) -> Handler:
-        return Planner(settings, publisher, cache).handle
+        await sandbox.start()
+        return Planner(settings, publisher, cache, sandbox).handle
 
     await run_consumer(
         settings=settings,
@@ -168,3 +180,4 @@ async def run(settings: PlannerSettings, grace_s: float = 30.0) -> None:
         make_handler=make_handler,
         grace_s=grace_s,
     )
+    sandbox.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from consumer import metrics
 from consumer.amqp import Publisher, ack, attempt_of
 from consumer.engines import OcrEngine, make_engine
-from consumer.pdf import PdfDocument, has_real_text
+from consumer.pdf import PdfDocument, TextLayer, has_real_text
+from consumer.sandbox import Sandbox
 from consumer.service import Handler, run_consumer, settle_failure
 from consumer.storage import PdfCache, Storage
 from schemas.errors import PagewireError, PermanentError
@@ -48,18 +50,20 @@ class Engines:
         return self.loaded[wanted]
 
 
-def read_page(
-    doc: PdfDocument, page_no: int, options: JobOptions, engines: Engines, max_megapixels: float
-) -> tuple[str, list[Block], float, Engine, float]:
-    """Read one page; blocking. Returns text, blocks, confidence, the engine used and render ms.
+PageResult = tuple[str, list[Block], float, Engine, float]
+"""Text, blocks, confidence, the engine that read the page, and render milliseconds."""
 
-    ``auto`` trusts the text layer only when :func:`has_real_text` says it is
-    real, so a born-digital page never reaches OCR and a scan always does.
-    """
-    if options.engine in (Engine.TEXT, Engine.AUTO):
-        layer = doc.text_layer(page_no)
-        if options.engine == Engine.TEXT or has_real_text(layer.text):
-            return layer.text, list(layer.blocks), 1.0, Engine.TEXT, 0.0
+
+def takes_text_layer(options: JobOptions, layer: TextLayer) -> bool:
+    """``text`` always takes the layer; ``auto`` only when :func:`has_real_text` says it is real,
+    so a born-digital page never reaches OCR and a scan always does."""
+    return options.engine == Engine.TEXT or (options.engine == Engine.AUTO and has_real_text(layer.text))
+
+
+def ocr_page(
+    doc: PdfDocument, page_no: int, options: JobOptions, engines: Engines, max_megapixels: float
+) -> PageResult:
+    """Render a page and read it with the OCR engine the job asked for; blocking."""
     engine = engines.get(options.engine)
     started = time.perf_counter()
     image = doc.render(page_no, dpi=options.dpi, max_megapixels=max_megapixels)
@@ -68,14 +72,58 @@ def read_page(
     return result.text, list(result.blocks), result.confidence, engine.name, render_ms
 
 
+def read_page(
+    doc: PdfDocument, page_no: int, options: JobOptions, engines: Engines, max_megapixels: float
+) -> PageResult:
+    """Read one page in this process; blocking. The bare engine loop of ``pagewire bench``."""
+    if options.engine in (Engine.TEXT, Engine.AUTO):
+        layer = doc.text_layer(page_no)
+        if takes_text_layer(options, layer):
+            return layer.text, list(layer.blocks), 1.0, Engine.TEXT, 0.0
+    return ocr_page(doc, page_no, options, engines, max_megapixels)
+
+
+# --- the sandbox child's side: pdfium and the engines live there -------------------
+
+_child_engines: Engines | None = None
+_child_docs: OrderedDict[str, PdfDocument] = OrderedDict()
+
+
+def child_setup(threads: int, default: Engine, model_dir: Path | None) -> None:
+    """In the sandbox child: load the default engine before the first page."""
+    global _child_engines
+    _child_engines = Engines(threads=threads, default=default, model_dir=model_dir)
+    _child_engines.get(default)
+
+
+def _child_doc(path: str) -> PdfDocument:
+    # A task's pages, and usually a job's tasks, come one after another: keep a few open.
+    doc = _child_docs.pop(path, None) or PdfDocument(Path(path))
+    _child_docs[path] = doc
+    while len(_child_docs) > 4:
+        _child_docs.popitem(last=False)[1].close()
+    return doc
+
+
+def child_text_layer(path: str, page_no: int) -> TextLayer:
+    """In the sandbox child: a page's text layer."""
+    return _child_doc(path).text_layer(page_no)
+
+
+def child_ocr_page(path: str, page_no: int, options: JobOptions, max_megapixels: float) -> PageResult:
+    """In the sandbox child: render and OCR a page."""
+    assert _child_engines is not None, "child_setup did not run"
+    return ocr_page(_child_doc(path), page_no, options, _child_engines, max_megapixels)
+
+
 class Worker:
     """Handles ``PageTask`` messages from the tasks queue."""
 
-    def __init__(self, settings: WorkerSettings, publisher: Publisher, cache: PdfCache, engines: Engines) -> None:
+    def __init__(self, settings: WorkerSettings, publisher: Publisher, cache: PdfCache, sandbox: Sandbox) -> None:
         self.settings = settings
         self.publisher = publisher
         self.cache = cache
-        self.engines = engines
+        self.sandbox = sandbox
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         task: PageTask | None = None
@@ -108,21 +156,25 @@ class Worker:
 
     async def run_task(self, task: PageTask, attempt: int, done: set[int]) -> None:
         path = await asyncio.to_thread(self.cache.fetch, task.source)
-        doc = await asyncio.to_thread(PdfDocument, path)
-        try:
-            for page_no in range(task.first_page, task.last_page + 1):
-                with metrics.log_context(job_id=task.job_id, page_no=page_no):
-                    await self.run_page(task, doc, page_no, attempt, done)
-        finally:
-            await asyncio.to_thread(doc.close)
+        for page_no in range(task.first_page, task.last_page + 1):
+            with metrics.log_context(job_id=task.job_id, page_no=page_no):
+                await self.run_page(task, str(path), page_no, attempt, done)
 
-    async def run_page(self, task: PageTask, doc: PdfDocument, page_no: int, attempt: int, done: set[int]) -> None:
+    async def read(self, path: str, page_no: int, options: JobOptions) -> PageResult:
+        """Read a page in the sandbox: the text layer on a short budget, OCR on a long one."""
+        if options.engine in (Engine.TEXT, Engine.AUTO):
+            layer = await self.sandbox.call(child_text_layer, path, page_no, budget_s=self.settings.text_budget_s)
+            if takes_text_layer(options, layer):
+                return layer.text, list(layer.blocks), 1.0, Engine.TEXT, 0.0
+        return await self.sandbox.call(
+            child_ocr_page, path, page_no, options, self.settings.max_megapixels, budget_s=self.settings.ocr_budget_s
+        )
+
+    async def run_page(self, task: PageTask, path: str, page_no: int, attempt: int, done: set[int]) -> None:
         """Read one page and publish its event; a bad page fails alone."""
         started = time.perf_counter()
         try:
-            text, blocks, confidence, engine, render_ms = await asyncio.to_thread(
-                read_page, doc, page_no, task.options, self.engines, self.settings.max_megapixels
-            )
+            text, blocks, confidence, engine, render_ms = await self.read(path, page_no, task.options)
         except PermanentError as exc:
             await self.page_failed(task, page_no, exc, attempt, final=True)
             done.add(page_no)
@@ -164,17 +216,22 @@ async def run(settings: WorkerSettings, grace_s: float = 60.0) -> None:
     """``pagewire worker``: read pages until SIGTERM."""
     storage = Storage(settings)
     cache = PdfCache(storage, settings.cache_dir, settings.cache_max_bytes, settings.max_pdf_bytes)
-    engines = Engines(threads=settings.ocr_threads, default=settings.engine, model_dir=settings.nemotron_ocr_model_dir)
+    sandbox = Sandbox(
+        "worker",
+        memory_mb=settings.page_memory_mb,
+        setup=child_setup,
+        setup_args=(settings.ocr_threads, settings.engine, settings.nemotron_ocr_model_dir),
+    )
 
     async def make_handler(_: AbstractRobustConnection, publisher: Publisher) -> Handler:
         # Load the default engine before taking work: the first task should not pay for model start-up.
         # This runs with the health endpoint up (alive, not ready), so a start-up probe sees progress.
         try:
-            await asyncio.to_thread(engines.get, settings.engine)
+            await sandbox.start()
         except PermanentError as exc:
             log.error("worker cannot load its engine %s: %s", settings.engine, exc)
             raise
-        return Worker(settings, publisher, cache, engines).handle
+        return Worker(settings, publisher, cache, sandbox).handle
 
     await run_consumer(
         settings=settings,
@@ -184,3 +241,4 @@ async def run(settings: WorkerSettings, grace_s: float = 60.0) -> None:
         make_handler=make_handler,
         grace_s=grace_s,
     )
+    sandbox.close()

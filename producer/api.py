@@ -84,14 +84,19 @@ class Subscription:
     async def for_jobs(self, job_ids: set[str], *, until_done: bool = True) -> AsyncIterator[Event]:
         """Events of ``job_ids`` only; with ``until_done``, stop when each has a terminal event."""
         open_jobs = set(job_ids)
-        async for event in self:
-            if event.job_id not in job_ids:
-                continue
-            yield event
-            if until_done and isinstance(event, TERMINAL_EVENTS):
-                open_jobs.discard(event.job_id)
-                if not open_jobs:
-                    return
+        events = aiter(self)
+        try:
+            async for event in events:
+                if event.job_id not in job_ids:
+                    continue
+                yield event
+                if until_done and isinstance(event, TERMINAL_EVENTS):
+                    open_jobs.discard(event.job_id)
+                    if not open_jobs:
+                        return
+        finally:
+            # Close the queue iterator here, on this task, not later from the garbage collector.
+            await events.aclose()  # type: ignore[attr-defined]
 
 
 class Client:

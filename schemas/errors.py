@@ -39,6 +39,8 @@ class ErrorCode(StrEnum):
     MESSAGE_TOO_LARGE = "message_too_large"
     # Processing
     RENDER_FAILED = "render_failed"
+    PDF_TOO_COMPLEX = "pdf_too_complex"
+    PROCESS_CRASHED = "process_crashed"
     OCR_FAILED = "ocr_failed"
     ENGINE_UNAVAILABLE = "engine_unavailable"
     STORAGE_UNAVAILABLE = "storage_unavailable"
@@ -58,6 +60,10 @@ class PagewireError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+    def __reduce__(self) -> tuple[type[PagewireError], tuple[ErrorCode, str]]:
+        # Errors cross from the sandbox's child process by pickle.
+        return (type(self), (self.code, self.message))
 
 
 class PermanentError(PagewireError):

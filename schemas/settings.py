@@ -70,6 +70,10 @@ class PlannerSettings(Settings):
     max_pages: int = Field(default=5000, ge=1, description="longer documents fail with too_many_pages")
     text_pages_per_task: int = Field(default=32, ge=1, description="pages per task where the text layer suffices")
     ocr_pages_per_task: int = Field(default=1, ge=1, description="pages per task that need OCR")
+    inspect_budget_s: float = Field(
+        default=60.0, gt=0, description="opening and checking a PDF; past it: pdf_too_complex"
+    )
+    inspect_memory_mb: int = Field(default=2048, ge=0, description="address space of the inspecting process; 0: no cap")
     cache_dir: Path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pagewire" / "planner"
 
 
@@ -88,6 +92,9 @@ class WorkerSettings(Settings):
     cache_max_bytes: int = Field(default=2 * 1024**3, ge=0)
     worker_name: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     retry_backoff_s: float = Field(default=1.0, ge=0)
+    text_budget_s: float = Field(default=5.0, gt=0, description="a page's text layer; past it: pdf_too_complex")
+    ocr_budget_s: float = Field(default=180.0, gt=0, description="render and OCR of a page; past it: pdf_too_complex")
+    page_memory_mb: int = Field(default=3072, ge=0, description="address space of the page process; 0: no cap")
     nemotron_ocr_model_dir: Path | None = Field(
         default=None, validation_alias="NEMOTRON_OCR_MODEL_DIR", description="nemotron-ocr weights"
     )
