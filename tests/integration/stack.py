@@ -31,6 +31,7 @@ class Stack:
     env: dict[str, str]
     log_dir: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    reaped: set[str] = field(default_factory=set)  # ended on purpose: wait_exit saw them go
 
     @property
     def topology(self) -> Topology:
@@ -66,7 +67,7 @@ class Stack:
             if all(counts.get(q) for q in queues.values()):
                 return
             for name, proc in self.processes.items():
-                if proc.poll() is not None:
+                if name not in self.reaped and proc.poll() is not None:
                     raise AssertionError(f"{name} exited with {proc.returncode}:\n{self.log(name)[-3000:]}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"roles not ready after {timeout} s: {counts}")
@@ -80,7 +81,9 @@ class Stack:
         self.processes[name].send_signal(sig)
 
     def wait_exit(self, name: str, timeout: float = 60.0) -> int:
-        return self.processes[name].wait(timeout)
+        code = self.processes[name].wait(timeout)
+        self.reaped.add(name)
+        return code
 
     def stop_all(self) -> None:
         for proc in self.processes.values():
