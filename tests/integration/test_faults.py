@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -364,3 +366,82 @@ async def test_retryable_failure_is_retried_then_dead_lettered_and_named(
 async def count_rows(db: AsyncEngine, job_id: str) -> int:
     async with db.connect() as conn:
         return int((await conn.execute(select(func.count()).where(pages.c.job_id == job_id))).scalar_one())
+
+
+def sandbox_children(pid: int) -> list[int]:
+    """The worker's page process: its spawned child that is not multiprocessing's resource tracker."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and "multiprocessing" in cmdline and "resource_tracker" not in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.ocr
+async def test_a_native_crash_costs_one_attempt_not_the_worker(
+    services: Any, stacks: list[Stack], tmp_path: Path, db: AsyncEngine
+) -> None:
+    stack = new_stack(services, tmp_path)
+    stacks.append(stack)
+    for role in ("planner", "worker", "recorder"):
+        stack.start(role)
+    stack.wait_ready()
+    worker_pid = stack.processes["worker"].pid
+    (child,) = sandbox_children(worker_pid)
+
+    # When the process reading the page dies of a segfault mid-page
+    follower = Follower(stack)
+    await follower.submit(small_scan(1), JobOptions(engine=Engine.RAPIDOCR))
+    await follower.wait_for("JobStarted")
+    await asyncio.sleep(0.5)
+    os.kill(child, signal.SIGSEGV)
+
+    # Then that attempt is lost, the task comes back, and the same worker reads the page
+    await follower.done()
+    await assert_counted_once(db, follower.job_id, 1)
+    assert stack.processes["worker"].poll() is None
+    assert "the child process died" in stack.log("worker")
+    assert sandbox_children(worker_pid) not in ([], [child])
+
+
+@pytest.mark.ocr
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs the broker's rabbitmqctl on this machine")
+async def test_broker_stopped_and_started_every_role_comes_back(
+    services: Any, stacks: list[Stack], tmp_path: Path, db: AsyncEngine
+) -> None:
+    if "127.0.0.1" not in services.amqp_url and "localhost" not in services.amqp_url:
+        pytest.skip("the broker is not this machine's")
+    stack = new_stack(services, tmp_path)
+    stacks.append(stack)
+    for role in ("planner", "worker", "recorder"):
+        stack.start(role)
+    stack.wait_ready()
+    follower = Follower(stack)
+    await follower.submit(small_scan(3), JobOptions(engine=Engine.RAPIDOCR))
+    await follower.wait_for("PageCompleted")
+
+    # When the broker application stops and starts again mid-job
+    await asyncio.to_thread(subprocess.run, ["rabbitmqctl", "stop_app"], check=True, capture_output=True, timeout=60)
+    try:
+        await asyncio.sleep(2)
+    finally:
+        await asyncio.to_thread(
+            subprocess.run, ["rabbitmqctl", "start_app"], check=True, capture_output=True, timeout=120
+        )
+
+    # Then every role is back on its queue (consumer counts read afresh) and the job finishes, once each
+    stack.wait_ready(timeout=90)
+    # the test's own subscriber queue was exclusive and is gone with the old connection: read the table
+    for _ in range(1200):
+        if (await job_row(db, follower.job_id))["status"] == "completed":
+            break
+        await asyncio.sleep(0.1)
+    await assert_counted_once(db, follower.job_id, 3)
