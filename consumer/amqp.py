@@ -33,6 +33,7 @@ from schemas.names import (
     HEADER_ERROR_CODE,
     HEADER_JOB_ID,
     HEADER_TYPE,
+    HIGH_TASK_ROUTING_KEY,
     JOB_ROUTING_KEY,
     TASK_ROUTING_KEY,
     Topology,
@@ -57,6 +58,7 @@ class Exchanges:
     jobs: AbstractExchange
     tasks: AbstractExchange
     events: AbstractExchange
+    control: AbstractExchange
     dead: AbstractExchange
 
 
@@ -79,13 +81,18 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> Exch
         topology.tasks_queue, durable=True, arguments=topology.work_queue_arguments()
     )
     await tasks_queue.bind(tasks, TASK_ROUTING_KEY)
+    high_queue = await channel.declare_queue(
+        topology.tasks_high_queue, durable=True, arguments=topology.work_queue_arguments()
+    )
+    await high_queue.bind(tasks, HIGH_TASK_ROUTING_KEY)
 
     events = await channel.declare_exchange(topology.events_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
     recorder_queue = await channel.declare_queue(
         topology.recorder_queue, durable=True, arguments=topology.work_queue_arguments()
     )
     await recorder_queue.bind(events)
-    return Exchanges(jobs=jobs, tasks=tasks, events=events, dead=dead)
+    control = await channel.declare_exchange(topology.control_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
+    return Exchanges(jobs=jobs, tasks=tasks, events=events, control=control, dead=dead)
 
 
 async def get_queue(channel: AbstractChannel, name: str) -> AbstractQueue:
@@ -135,11 +142,16 @@ class Publisher:
     async def publish_job(self, message: BaseModel) -> None:
         await self.exchanges.jobs.publish(build_message(message), JOB_ROUTING_KEY, mandatory=True, timeout=30)
 
-    async def publish_task(self, message: BaseModel) -> None:
-        await self.exchanges.tasks.publish(build_message(message), TASK_ROUTING_KEY, mandatory=True, timeout=30)
+    async def publish_task(self, message: BaseModel, *, high: bool = False) -> None:
+        key = HIGH_TASK_ROUTING_KEY if high else TASK_ROUTING_KEY
+        await self.exchanges.tasks.publish(build_message(message), key, mandatory=True, timeout=30)
 
     async def publish_event(self, message: BaseModel) -> None:
         await self.exchanges.events.publish(build_message(message), "", mandatory=True, timeout=30)
+
+    async def publish_control(self, message: BaseModel) -> None:
+        """To every planner and worker listening now; not mandatory: with none running, nobody needs it."""
+        await self.exchanges.control.publish(build_message(message), "", mandatory=False, timeout=30)
 
     async def dead_letter(self, incoming: AbstractIncomingMessage, error: PagewireError, source_queue: str) -> None:
         """Send a copy of ``incoming`` to the dead-letter queue with the reason attached."""

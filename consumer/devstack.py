@@ -887,8 +887,21 @@ def delete_topology(amqp_url: str, topology: Topology, extra_queues: Sequence[st
     import aio_pika
     from aio_pika.exceptions import ChannelClosed
 
-    queues = [topology.jobs_queue, topology.tasks_queue, topology.recorder_queue, topology.dead_queue, *extra_queues]
-    exchanges = [topology.jobs_exchange, topology.tasks_exchange, topology.events_exchange, topology.dead_exchange]
+    queues = [
+        topology.jobs_queue,
+        topology.tasks_queue,
+        topology.tasks_high_queue,
+        topology.recorder_queue,
+        topology.dead_queue,
+        *extra_queues,
+    ]
+    exchanges = [
+        topology.jobs_exchange,
+        topology.tasks_exchange,
+        topology.events_exchange,
+        topology.control_exchange,
+        topology.dead_exchange,
+    ]
 
     async def delete() -> None:
         connection = await aio_pika.connect(amqp_url)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from consumer.amqp import Publisher, ack
+from consumer.cancel import CancelledJobs
 from consumer.pdf import PdfInfo, inspect_pdf
 from consumer.sandbox import Sandbox
 from consumer.service import Handler, run_consumer, settle_failure
@@ -30,6 +31,7 @@ from schemas.messages import (
     job_id_of,
     parse_as,
 )
+from schemas.names import HIGH_PRIORITY
 from schemas.settings import PlannerSettings
 
 log = logging.getLogger(__name__)
@@ -90,11 +92,19 @@ def inspect_pdf_file(path: str, max_pages: int) -> PdfInfo:
 class Planner:
     """Handles ``JobRequest`` messages from the jobs queue."""
 
-    def __init__(self, settings: PlannerSettings, publisher: Publisher, cache: PdfCache, sandbox: Sandbox) -> None:
+    def __init__(
+        self,
+        settings: PlannerSettings,
+        publisher: Publisher,
+        cache: PdfCache,
+        sandbox: Sandbox,
+        cancelled: CancelledJobs | None = None,
+    ) -> None:
         self.settings = settings
         self.publisher = publisher
         self.cache = cache
         self.sandbox = sandbox
+        self.cancelled = cancelled or CancelledJobs()
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         job_id = job_id_of(message.body)
@@ -126,6 +136,9 @@ class Planner:
         await self.publisher.publish_event(JobFailed(job_id=job_id, error_code=error.code, message=error.message))
 
     async def plan(self, request: JobRequest) -> None:
+        if request.job_id in self.cancelled:
+            log.info("job %s was cancelled before it was planned", request.job_id)
+            return
         path = await asyncio.to_thread(self.cache.fetch, request.source)
         info = await self.sandbox.call(
             inspect_pdf_file, str(path), self.settings.max_pages, budget_s=self.settings.inspect_budget_s
@@ -150,12 +163,12 @@ class Planner:
                 tasks=len(ranges),
             )
         )
+        high = request.priority >= HIGH_PRIORITY
         for a, b in ranges:
-            await self.publisher.publish_task(
-                PageTask(
-                    job_id=request.job_id, source=request.source, first_page=a, last_page=b, options=request.options
-                )
+            task = PageTask(
+                job_id=request.job_id, source=request.source, first_page=a, last_page=b, options=request.options
             )
+            await self.publisher.publish_task(task, high=high)
         log.info("job %s planned: pages %s-%s in %s tasks", request.job_id, first, last, len(ranges))
 
 
@@ -168,9 +181,11 @@ async def run(settings: PlannerSettings, grace_s: float = 30.0) -> None:
 
     sandbox = Sandbox("planner", memory_mb=settings.inspect_memory_mb)
 
-    async def make_handler(_: AbstractRobustConnection, publisher: Publisher) -> Handler:
+    async def make_handler(connection: AbstractRobustConnection, publisher: Publisher) -> Handler:
         await sandbox.start()
-        return Planner(settings, publisher, cache, sandbox).handle
+        cancelled = CancelledJobs()
+        await cancelled.listen(connection, settings.topology)
+        return Planner(settings, publisher, cache, sandbox, cancelled).handle
 
     await run_consumer(
         settings=settings,

@@ -92,10 +92,11 @@ async def run_consumer(
     queue_name: str,
     prefetch: int,
     make_handler: Callable[[AbstractRobustConnection, Publisher], Awaitable[Handler]],
+    more_queues: tuple[str, ...] = (),
     grace_s: float,
     stopper: Stopper | None = None,
 ) -> None:
-    """Consume ``queue_name`` with the role's handler until told to stop."""
+    """Consume ``queue_name`` (and ``more_queues``, each on its own channel) until told to stop."""
     stopper = stopper or Stopper()
     stopper.install()
     health = metrics.Health(role)
@@ -105,9 +106,12 @@ async def run_consumer(
         try:
             publisher = await Publisher.open(connection, settings.topology)
             handler = await make_handler(connection, publisher)
-            channel = await connection.channel()
-            await channel.set_qos(prefetch_count=prefetch)
-            queue = await get_queue(channel, queue_name)
+            queues = []
+            for name in (queue_name, *more_queues):
+                # prefetch applies per channel: one channel a queue keeps it per lane.
+                channel = await connection.channel()
+                await channel.set_qos(prefetch_count=prefetch)
+                queues.append(await get_queue(channel, name))
             in_flight: set[asyncio.Task[None]] = set()
 
             async def on_message(message: AbstractIncomingMessage) -> None:
@@ -122,13 +126,14 @@ async def run_consumer(
                 finally:
                     in_flight.discard(task)
 
-            tag = await queue.consume(on_message)
+            tags = [(queue, await queue.consume(on_message)) for queue in queues]
             health.set_ready(True)
             log.info("%s consuming %s (prefetch=%s)", role, queue_name, prefetch)
             await stopper.event.wait()
             health.set_ready(False, "draining")
             log.info("%s stopping: no new messages, %s in hand", role, len(in_flight))
-            await queue.cancel(tag)
+            for queue, tag in tags:
+                await queue.cancel(tag)
             if in_flight:
                 _, pending = await asyncio.wait(set(in_flight), timeout=grace_s)
                 for task in pending:

@@ -21,13 +21,16 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from consumer import metrics
 from consumer.amqp import Publisher, ack, attempt_of
+from consumer.cancel import CancelledJobs
 from consumer.engines import OcrEngine, make_engine
+from consumer.lanes import PriorityGate
 from consumer.pdf import PdfDocument, TextLayer, has_real_text
 from consumer.sandbox import Sandbox
 from consumer.service import Handler, run_consumer, settle_failure
 from consumer.storage import PdfCache, Storage
 from schemas.errors import PagewireError, PermanentError
 from schemas.messages import Block, Engine, JobOptions, PageCompleted, PageFailed, PageTask, parse_as
+from schemas.names import HIGH_TASK_ROUTING_KEY
 from schemas.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -119,13 +122,26 @@ def child_ocr_page(path: str, page_no: int, options: JobOptions, max_megapixels:
 class Worker:
     """Handles ``PageTask`` messages from the tasks queue."""
 
-    def __init__(self, settings: WorkerSettings, publisher: Publisher, cache: PdfCache, sandbox: Sandbox) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        publisher: Publisher,
+        cache: PdfCache,
+        sandbox: Sandbox,
+        cancelled: CancelledJobs | None = None,
+    ) -> None:
         self.settings = settings
         self.publisher = publisher
         self.cache = cache
         self.sandbox = sandbox
+        self.cancelled = cancelled or CancelledJobs()
+        self.gate = PriorityGate()
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
+        async with self.gate.hold(high=message.routing_key == HIGH_TASK_ROUTING_KEY):
+            await self._handle(message)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
         task: PageTask | None = None
         done: set[int] = set()
         try:
@@ -155,8 +171,14 @@ class Worker:
             )
 
     async def run_task(self, task: PageTask, attempt: int, done: set[int]) -> None:
+        if task.job_id in self.cancelled:
+            log.info("job %s is cancelled: task %s dropped", task.job_id, task.task_id)
+            return
         path = await asyncio.to_thread(self.cache.fetch, task.source)
         for page_no in range(task.first_page, task.last_page + 1):
+            if task.job_id in self.cancelled:  # checked between pages: a cancel stops a job within one page
+                log.info("job %s is cancelled: pages %s-%s dropped", task.job_id, page_no, task.last_page)
+                return
             with metrics.log_context(job_id=task.job_id, page_no=page_no):
                 await self.run_page(task, str(path), page_no, attempt, done)
 
@@ -223,7 +245,7 @@ async def run(settings: WorkerSettings, grace_s: float = 60.0) -> None:
         setup_args=(settings.ocr_threads, settings.engine, settings.nemotron_ocr_model_dir),
     )
 
-    async def make_handler(_: AbstractRobustConnection, publisher: Publisher) -> Handler:
+    async def make_handler(connection: AbstractRobustConnection, publisher: Publisher) -> Handler:
         # Load the default engine before taking work: the first task should not pay for model start-up.
         # This runs with the health endpoint up (alive, not ready), so a start-up probe sees progress.
         try:
@@ -231,12 +253,15 @@ async def run(settings: WorkerSettings, grace_s: float = 60.0) -> None:
         except PermanentError as exc:
             log.error("worker cannot load its engine %s: %s", settings.engine, exc)
             raise
-        return Worker(settings, publisher, cache, sandbox).handle
+        cancelled = CancelledJobs()
+        await cancelled.listen(connection, settings.topology)
+        return Worker(settings, publisher, cache, sandbox, cancelled).handle
 
     await run_consumer(
         settings=settings,
         role="worker",
         queue_name=settings.topology.tasks_queue,
+        more_queues=(settings.topology.tasks_high_queue,),
         prefetch=1,
         make_handler=make_handler,
         grace_s=grace_s,

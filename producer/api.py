@@ -39,12 +39,14 @@ from schemas.messages import (
     JobOptions,
     JobQueued,
     JobRequest,
+    PageTask,
     Source,
     parse_event,
 )
+from schemas.names import HIGH_PRIORITY
 from schemas.s3keys import source_key
 from schemas.settings import ClientSettings
-from schemas.tables import TERMINAL_JOB_STATUSES, jobs
+from schemas.tables import TERMINAL_JOB_STATUSES, PageStatus, jobs, pages
 
 TERMINAL_EVENTS = (JobCompleted, JobFailed, JobCancelled)
 STATUS_FIELDS = (
@@ -74,12 +76,17 @@ class Subscription:
     def __init__(self, queue: aio_pika.abc.AbstractQueue, max_bytes: int) -> None:
         self.queue = queue
         self.max_bytes = max_bytes
+        # One consumer for the subscription's whole life: cancelling it would
+        # make the broker delete the auto-delete queue, and with it what is queued.
+        self._messages = queue.iterator()
 
     async def __aiter__(self) -> AsyncIterator[Event]:
-        async with self.queue.iterator() as messages:
-            async for message in messages:
-                async with message.process():
-                    yield parse_event(message.body, self.max_bytes)
+        async for message in self._messages:
+            await message.ack()  # a private queue: once read here, the event is the caller's
+            yield parse_event(message.body, self.max_bytes)
+
+    async def close(self) -> None:
+        await self._messages.close()
 
     async def for_jobs(self, job_ids: set[str], *, until_done: bool = True) -> AsyncIterator[Event]:
         """Events of ``job_ids`` only; with ``until_done``, stop when each has a terminal event."""
@@ -177,6 +184,33 @@ class Client:
             )
         )
 
+    async def cancel(self, job_id: str, reason: str = "") -> None:
+        """Cancel a job: the recorder marks it ``cancelled``, running roles skip its remaining pages."""
+        event = JobCancelled(job_id=job_id, reason=reason)
+        await self.publisher.publish_event(event)
+        await self.publisher.publish_control(event)
+
+    async def retry(self, job_id: str) -> list[int]:
+        """Queue the pages of a job that failed for good again; returns their numbers.
+
+        The job keeps its status until they land: when they all succeed it
+        becomes ``completed`` and a new ``JobCompleted`` goes out.
+        """
+        async with self.db.connect() as conn:
+            job = (await conn.execute(select(jobs).where(jobs.c.job_id == job_id))).mappings().first()
+            if job is None:
+                raise PermanentError(ErrorCode.JOB_NOT_FOUND, f"no job {job_id!r}")
+            query = select(pages.c.page_no).where(pages.c.job_id == job_id, pages.c.status == PageStatus.FAILED)
+            failed = list((await conn.execute(query.order_by(pages.c.page_no))).scalars())
+        if not failed:
+            return []
+        source = Source(bucket=job["source_bucket"], key=job["source_key"], etag=job["source_etag"])
+        options = JobOptions.model_validate(job["options"] or {})
+        for page_no in failed:
+            task = PageTask(job_id=job_id, source=source, first_page=page_no, last_page=page_no, options=options)
+            await self.publisher.publish_task(task, high=job["priority"] >= HIGH_PRIORITY)
+        return failed
+
     @asynccontextmanager
     async def subscribe(self) -> AsyncIterator[Subscription]:
         """A private, auto-deleted queue bound to the events exchange, for the life of the block."""
@@ -188,7 +222,11 @@ class Client:
             exchange = await channel.get_exchange(self.settings.topology.events_exchange)
             queue = await channel.declare_queue(exclusive=True, auto_delete=True)
             await queue.bind(exchange)
-            yield Subscription(queue, self.settings.max_message_bytes)
+            subscription = Subscription(queue, self.settings.max_message_bytes)
+            try:
+                yield subscription
+            finally:
+                await subscription.close()
         finally:
             await channel.close()
 

@@ -155,6 +155,35 @@ async def _result(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _cancel(args: argparse.Namespace) -> int:
+    from producer.api import Client
+    from schemas.settings import ClientSettings
+    from schemas.tables import TERMINAL_JOB_STATUSES
+
+    async with Client(ClientSettings()) as client:
+        row = await client.status(args.job)
+        if row["status"] in TERMINAL_JOB_STATUSES:
+            print(f"pagewire: job {args.job} already ended ({row['status']}): nothing to cancel", file=sys.stderr)
+            return EXIT_JOB_FAILED
+        await client.cancel(args.job, args.reason)
+        row = await client.final_status(args.job, wait_s=10)
+    print(args.job, row["status"])
+    return EXIT_OK
+
+
+async def _retry(args: argparse.Namespace) -> int:
+    from producer.api import Client
+    from schemas.settings import ClientSettings
+
+    async with Client(ClientSettings()) as client:
+        queued = await client.retry(args.job)
+    if not queued:
+        print(f"job {args.job} has no failed pages", file=sys.stderr)
+        return EXIT_OK
+    print(f"queued again: {len(queued)} page(s): {', '.join(map(str, queued))}")
+    return EXIT_OK
+
+
 async def _watch(args: argparse.Namespace) -> int:
     from producer.api import Client
     from producer.progress import follow, print_events
@@ -269,6 +298,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["md", "json"], default="md")
     p.add_argument("-o", "--output", help="write to this file instead of standard output")
     p.set_defaults(func=_result)
+
+    p = sub.add_parser(
+        "cancel",
+        help="cancel a job: remaining pages are skipped",
+        description="Cancel a queued or running job. Workers skip its remaining pages (within one page); "
+        "the row says cancelled and a JobCancelled event goes out.",
+    )
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--reason", default="", help="stored with the job")
+    p.set_defaults(func=_cancel)
+
+    p = sub.add_parser(
+        "retry",
+        help="queue a job's failed pages again",
+        description="Queue the pages of a job that failed for good again (after fixing the cause). "
+        "When they all succeed the job becomes completed.",
+    )
+    p.add_argument("job", metavar="JOB")
+    p.set_defaults(func=_retry)
 
     p = sub.add_parser(
         "watch",

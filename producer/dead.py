@@ -63,6 +63,7 @@ from schemas.names import (
     HEADER_ERROR_CODE,
     HEADER_JOB_ID,
     HEADER_TYPE,
+    HIGH_TASK_ROUTING_KEY,
     JOB_ROUTING_KEY,
     TASK_ROUTING_KEY,
 )
@@ -267,6 +268,7 @@ class DeadLetters:
         routes = {
             self.topology.jobs_queue: (self._exchanges.jobs, JOB_ROUTING_KEY),
             self.topology.tasks_queue: (self._exchanges.tasks, TASK_ROUTING_KEY),
+            self.topology.tasks_high_queue: (self._exchanges.tasks, HIGH_TASK_ROUTING_KEY),
             self.topology.recorder_queue: (self._exchanges.events, ""),
         }
         if origin not in routes:

@@ -11,6 +11,9 @@ from typing import Any
 
 JOB_ROUTING_KEY = "job"
 TASK_ROUTING_KEY = "task"
+HIGH_TASK_ROUTING_KEY = "task.high"
+HIGH_PRIORITY = 5
+"""Jobs with ``priority`` at or above this go to the high lane, ahead of every normal task."""
 CONTENT_TYPE = "application/json"
 
 # Headers pagewire sets or reads.
@@ -46,12 +49,22 @@ class Topology:
         return f"{self.prefix}.tasks"
 
     @property
+    def tasks_high_queue(self) -> str:
+        """The high-priority lane: quorum queues of RabbitMQ 3.10 have no priorities, so a second queue."""
+        return f"{self.prefix}.tasks.high"
+
+    @property
     def events_exchange(self) -> str:
         return f"{self.prefix}.events"
 
     @property
     def recorder_queue(self) -> str:
         return f"{self.prefix}.recorder"
+
+    @property
+    def control_exchange(self) -> str:
+        """Fanout of steering messages (``JobCancelled``) to every planner and worker."""
+        return f"{self.prefix}.control"
 
     @property
     def dead_exchange(self) -> str:

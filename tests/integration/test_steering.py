@@ -1,0 +1,145 @@
+"""Steering work already queued: cancel, retry the failed pages, priorities."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from consumer import devstack
+from consumer.samples import DEMO_TEXT, lines, scanned_pdf, text_pdf
+from producer.api import Client
+from schemas.messages import Engine, Event, JobOptions, PageCompleted
+from schemas.tables import jobs, pages
+from tests.integration.stack import Stack
+
+
+@pytest.fixture
+def stacks(services: Any) -> Iterator[list[Stack]]:
+    made: list[Stack] = []
+    yield made
+    for stack in made:
+        stack.stop_all()
+        devstack.delete_topology(services.amqp_url, stack.topology)
+
+
+@pytest.fixture
+async def db(services: Any) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(services.database_url)
+    yield engine
+    await engine.dispose()
+
+
+def new_stack(services: Any, tmp: Path, stacks: list[Stack], **overrides: str) -> Stack:
+    stack = Stack(services.env(f"t{secrets.token_hex(6)}") | {"PAGEWIRE_RETRY_BACKOFF_S": "0.1"} | overrides, tmp)
+    stacks.append(stack)
+    return stack
+
+
+async def job_row(db: AsyncEngine, job_id: str) -> Any:
+    async with db.connect() as conn:
+        return (await conn.execute(select(jobs).where(jobs.c.job_id == job_id))).mappings().one()
+
+
+@pytest.mark.ocr
+async def test_cancel_stops_a_job_within_one_page(
+    services: Any, stacks: list[Stack], tmp_path: Path, db: AsyncEngine
+) -> None:
+    # Given a six-page scan being read one page a task
+    stack = new_stack(services, tmp_path, stacks)
+    for role in ("planner", "worker", "recorder"):
+        stack.start(role)
+    stack.wait_ready()
+    async with Client(stack.settings) as client, client.subscribe() as events:
+        request = await client.submit(scanned_pdf([lines(DEMO_TEXT)] * 6), options=JobOptions(engine=Engine.RAPIDOCR))
+        seen: list[Event] = []
+        stream = events.for_jobs({request.job_id}, until_done=False)
+        async for event in stream:
+            seen.append(event)
+            if isinstance(event, PageCompleted):
+                break
+
+        # When it is cancelled after its first page
+        await client.cancel(request.job_id, reason="changed my mind")
+        await asyncio.sleep(8)  # time enough for two more OCR pages, were it still running
+        async for event in stream:
+            seen.append(event)
+            if event.type == "JobCancelled":
+                break
+        status = await client.final_status(request.job_id)
+
+    # Then at most the page in hand was finished, the row says cancelled, and JobCancelled went out
+    done = {e.page_no for e in seen if isinstance(e, PageCompleted)}
+    async with db.connect() as conn:
+        rows = (await conn.execute(select(pages.c.page_no).where(pages.c.job_id == request.job_id))).all()
+    assert len(rows) <= 2 and len(done) <= 2
+    assert status["status"] == "cancelled"
+    assert (await job_row(db, request.job_id))["error_message"] == "changed my mind"
+    assert "cancelled" in stack.log("worker")
+
+
+async def test_retry_requeues_only_the_failed_pages(
+    services: Any, stacks: list[Stack], tmp_path: Path, db: AsyncEngine
+) -> None:
+    # Given a job whose page failed for good because the worker could not reach S3
+    stack = new_stack(services, tmp_path, stacks, PAGEWIRE_DELIVERY_LIMIT="0")
+    stack.start("planner")
+    stack.start("recorder")
+    stack.start("worker", name="broken", extra_env={"PAGEWIRE_S3_ENDPOINT_URL": "http://127.0.0.1:9"})
+    stack.wait_ready()
+    async with Client(stack.settings) as client, client.subscribe() as events:
+        request = await client.submit(
+            text_pdf([lines(["page one"]), lines(["page two"])]), options=JobOptions(engine=Engine.TEXT)
+        )
+        async for _ in events.for_jobs({request.job_id}):
+            pass
+        assert (await client.final_status(request.job_id))["status"] == "completed_with_errors"
+
+        # When the fault is fixed and the failed pages are retried
+        stack.signal("broken", signal.SIGTERM)
+        stack.wait_exit("broken")
+        stack.start("worker")
+        stack.wait_ready()
+        assert await client.retry(request.job_id) == [1, 2]
+        async for _ in events.for_jobs({request.job_id}):
+            pass
+
+    # Then the job is completed, each page once
+    row = await job_row(db, request.job_id)
+    assert (row["status"], row["pages_ok"], row["pages_failed"]) == ("completed", 2, 0)
+
+
+async def test_a_high_priority_job_overtakes_a_backlog(
+    services: Any, stacks: list[Stack], tmp_path: Path, db: AsyncEngine
+) -> None:
+    # Given 200 normal pages queued, one task each, and one worker
+    stack = new_stack(services, tmp_path, stacks, PAGEWIRE_TEXT_PAGES_PER_TASK="1")
+    for role in ("planner", "worker", "recorder"):
+        stack.start(role)
+    stack.wait_ready()
+    backlog = text_pdf([lines([f"normal page {n}"]) for n in range(1, 201)])
+    urgent = text_pdf([lines([f"urgent page {n}"]) for n in range(1, 4)])
+    async with Client(stack.settings) as client, client.subscribe() as events:
+        normal = await client.submit(backlog, options=JobOptions(engine=Engine.TEXT))
+        async for event in events.for_jobs({normal.job_id}, until_done=False):
+            if event.type == "JobStarted":
+                break
+        # When a high-priority job arrives behind them
+        high = await client.submit(urgent, options=JobOptions(engine=Engine.TEXT), priority=9)
+        order: list[str] = []
+        async for event in events.for_jobs({normal.job_id, high.job_id}):
+            if event.type == "JobCompleted":
+                order.append(event.job_id)
+                if event.job_id == high.job_id:
+                    normal_done = (await client.status(normal.job_id))["pages_done"]
+
+    # Then it finishes first, with most of the backlog still waiting
+    assert order == [high.job_id, normal.job_id]
+    assert normal_done < 150
