@@ -1,0 +1,98 @@
+"""A real ``pagewire http`` process beside a stack of real roles, for the HTTP and status page tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from consumer import devstack
+from tests.integration.stack import REPO_ROOT, Stack
+
+
+@dataclass
+class Gateway:
+    """A running gateway: its base URL and the API key it takes."""
+
+    url: str
+    api_key: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-API-Key": self.api_key}
+
+    def client(self, **kwargs: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=60, **kwargs)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@contextmanager
+def running_gateway(stack: Stack, extra_env: dict[str, str] | None = None) -> Iterator[Gateway]:
+    """``python -m producer.web`` on a free loopback port with one API key; stopped by SIGTERM afterwards."""
+    port = devstack.free_port()
+    api_key = secrets.token_urlsafe(16)
+    log_path = stack.log_dir / "http.log"
+    stack.log_dir.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAGEWIRE_")}
+    env.update(stack.env, PAGEWIRE_METRICS_PORT="0", PAGEWIRE_API_KEYS=json.dumps([api_key]), **(extra_env or {}))
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "producer.web", "--port", str(port)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    gateway = Gateway(f"http://127.0.0.1:{port}", api_key, process, log_path)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"the gateway exited with {process.returncode}:\n{gateway.log()[-3000:]}")
+            try:
+                if httpx.get(f"{gateway.url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the gateway did not get healthy:\n{gateway.log()[-3000:]}")
+            time.sleep(0.2)
+        yield gateway
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def read_sse(response: httpx.Response, until: set[str]) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """Parse a server-sent event stream; stop after an event named in ``until``."""
+    name, data = "message", ""
+    async for line in response.aiter_lines():
+        if line.startswith("event:"):
+            name = line.split(":", 1)[1].strip()
+        elif line.startswith("data:"):
+            data += line.split(":", 1)[1].strip()
+        elif line == "" and data:
+            yield name, json.loads(data)
+            if name in until:
+                return
+            name, data = "message", ""
