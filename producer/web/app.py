@@ -44,7 +44,7 @@ from producer.api import TERMINAL_EVENTS, Client
 from producer.web import events as live
 from producer.web import jobs as store
 from schemas.errors import ErrorCode, PagewireError
-from schemas.messages import Engine, JobCancelled, JobOptions, JobRequest, Source
+from schemas.messages import Engine, JobOptions, JobRequest, Source
 from schemas.settings import ClientSettings
 from schemas.tables import TERMINAL_JOB_STATUSES, JobStatus
 
@@ -565,16 +565,15 @@ def _api_routes(app: FastAPI) -> None:
         if row["status"] in TERMINAL_JOB_STATUSES:
             raise ApiError(409, HttpErrorCode.JOB_FINISHED, f"job {job_id!r} is {row['status']} already", job_id=job_id)
         reason = (body.reason if body else "") or "cancelled over HTTP"
-        await gw.client.publisher.publish_event(JobCancelled(job_id=job_id, reason=reason))
+        # The event makes the recorder mark the job; Client.cancel also tells running roles to skip its pages.
+        await gw.client.cancel(job_id, reason)
         log.info("cancel of job %s published: %s", job_id, reason)
         return CancelAccepted(job_id=job_id)
 
     @app.delete("/jobs/{job_id}", status_code=204, responses=ERRORS, dependencies=auth, tags=["jobs"])
     async def remove_job(job_id: str, gw: GatewayDep) -> Response:
         """Delete a finished job: its S3 objects under ``jobs/{id}/`` and its rows."""
-        row = await store.get_job(gw.client.db, job_id)
-        if row is None:
-            raise ApiError(404, ErrorCode.JOB_NOT_FOUND, f"no job {job_id!r}", job_id=job_id)
+        row = await _require(gw, job_id)
         if row["status"] not in TERMINAL_JOB_STATUSES:
             raise ApiError(
                 409,

@@ -42,6 +42,20 @@ class Gateway:
 
 
 @contextmanager
+def running_stack(services: Any, log_dir: Path) -> Iterator[Stack]:
+    """Planner, worker and recorder on a prefix of their own; the prefix's queues go afterwards."""
+    stack = Stack(services.env(f"t{secrets.token_hex(6)}"), log_dir)
+    for role in ("planner", "worker", "recorder"):
+        stack.start(role)
+    try:
+        stack.wait_ready(timeout=90)
+        yield stack
+    finally:
+        stack.stop_all()
+        devstack.delete_topology(services.amqp_url, stack.topology)
+
+
+@contextmanager
 def running_gateway(stack: Stack, extra_env: dict[str, str] | None = None) -> Iterator[Gateway]:
     """``python -m producer.web`` on a free loopback port with one API key; stopped by SIGTERM afterwards."""
     port = devstack.free_port()

@@ -21,9 +21,8 @@ import boto3
 import httpx
 import pytest
 
-from consumer import devstack
 from consumer.samples import lines, scanned_pdf, text_pdf
-from tests.integration.http_gateway import Gateway, read_sse, running_gateway
+from tests.integration.http_gateway import Gateway, read_sse, running_gateway, running_stack
 from tests.integration.stack import Stack
 
 MAX_UPLOAD = 2_000_000
@@ -36,15 +35,8 @@ def two_pages(tag: str = "") -> bytes:
 
 @pytest.fixture(scope="module")
 def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(services.env(f"t{secrets.token_hex(6)}"), tmp_path_factory.mktemp("roles"))
-    for role in ("planner", "worker", "recorder"):
-        stack.start(role)
-    try:
-        stack.wait_ready(timeout=90)
+    with running_stack(services, tmp_path_factory.mktemp("roles")) as stack:
         yield stack
-    finally:
-        stack.stop_all()
-        devstack.delete_topology(services.amqp_url, stack.topology)
 
 
 @pytest.fixture(scope="module")
