@@ -10,10 +10,16 @@ the unit of redelivery, and an OCR page costs seconds. Bad input ends here as
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from consumer.amqp import Publisher, ack
 from consumer.cancel import CancelledJobs
@@ -23,16 +29,21 @@ from consumer.service import Handler, run_consumer, settle_failure
 from consumer.storage import PdfCache, Storage
 from schemas.errors import ErrorCode, PagewireError, PermanentError
 from schemas.messages import (
+    CACHE_WORKER,
     Engine,
     JobFailed,
+    JobOptions,
     JobRequest,
     JobStarted,
+    PageCompleted,
     PageTask,
     job_id_of,
-    parse_as,
+    options_key,
+    parse_job_request,
 )
 from schemas.names import HIGH_PRIORITY
 from schemas.settings import PlannerSettings
+from schemas.tables import job_plans, page_cache
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +100,28 @@ def inspect_pdf_file(path: str, max_pages: int) -> PdfInfo:
         return inspect_pdf(fh.read(), max_pages=max_pages)
 
 
+def file_sha256(path: Path) -> str:
+    """The content hash that keys the page cache."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def missing_runs(first: int, last: int, have: set[int]) -> list[tuple[int, int]]:
+    """The runs of consecutive pages in ``first..last`` not in ``have``."""
+    runs: list[tuple[int, int]] = []
+    for page in range(first, last + 1):
+        if page in have:
+            continue
+        if runs and runs[-1][1] == page - 1:
+            runs[-1] = (runs[-1][0], page)
+        else:
+            runs.append((page, page))
+    return runs
+
+
 class Planner:
     """Handles ``JobRequest`` messages from the jobs queue."""
 
@@ -98,18 +131,20 @@ class Planner:
         publisher: Publisher,
         cache: PdfCache,
         sandbox: Sandbox,
+        db: AsyncEngine,
         cancelled: CancelledJobs | None = None,
     ) -> None:
         self.settings = settings
         self.publisher = publisher
         self.cache = cache
         self.sandbox = sandbox
+        self.db = db
         self.cancelled = cancelled or CancelledJobs()
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         job_id = job_id_of(message.body)
         try:
-            request = parse_as(JobRequest, message.body, self.settings.max_message_bytes)
+            request = parse_job_request(message.body, message.message_id, self.settings.max_message_bytes)
             job_id = request.job_id
             await self.plan(request)
             await ack(message)
@@ -139,37 +174,99 @@ class Planner:
         if request.job_id in self.cancelled:
             log.info("job %s was cancelled before it was planned", request.job_id)
             return
+        if request.deadline is not None and datetime.now(UTC) > request.deadline:
+            raise PermanentError(ErrorCode.DEADLINE_EXCEEDED, f"the deadline {request.deadline} passed before planning")
+        async with self.db.connect() as conn:
+            planned = await conn.scalar(select(job_plans.c.job_id).where(job_plans.c.job_id == request.job_id))
+        if planned is not None:
+            # The same idempotency key, or this request delivered again after its plan was sent.
+            log.info("job %s is planned already: request dropped", request.job_id)
+            return
         path = await asyncio.to_thread(self.cache.fetch, request.source)
         info = await self.sandbox.call(
             inspect_pdf_file, str(path), self.settings.max_pages, budget_s=self.settings.inspect_budget_s
         )
         first, last = page_range(request.options.first_page, request.options.last_page, info.page_count)
-        ranges = plan_tasks(
-            first,
-            last,
-            info.text_pages,
-            request.options.engine,
-            text_per_task=self.settings.text_pages_per_task,
-            ocr_per_task=self.settings.ocr_pages_per_task,
-        )
+        source = request.source.model_copy(update={"sha256": await asyncio.to_thread(file_sha256, path)})
+        cached = await self.cached_pages(source.sha256 or "", request.options, first, last)
+        ranges = [
+            task_range
+            for run_first, run_last in missing_runs(first, last, set(cached))
+            for task_range in plan_tasks(
+                run_first,
+                run_last,
+                info.text_pages,
+                request.options.engine,
+                text_per_task=self.settings.text_pages_per_task,
+                ocr_per_task=self.settings.ocr_pages_per_task,
+            )
+        ]
         await self.publisher.publish_event(
             JobStarted(
                 job_id=request.job_id,
-                source=request.source,
+                source=source,
                 options=request.options,
                 total_pages=last - first + 1,
                 first_page=first,
                 last_page=last,
                 tasks=len(ranges),
+                cached_pages=len(cached),
+                priority=request.priority,
+                idempotency_key=request.idempotency_key,
+                deadline=request.deadline,
             )
         )
+        for event in cached.values():
+            await self.publisher.publish_event(event.model_copy(update={"job_id": request.job_id}))
         high = request.priority >= HIGH_PRIORITY
         for a, b in ranges:
             task = PageTask(
-                job_id=request.job_id, source=request.source, first_page=a, last_page=b, options=request.options
+                job_id=request.job_id,
+                source=source,
+                first_page=a,
+                last_page=b,
+                options=request.options,
+                priority=request.priority,
+                deadline=request.deadline,
             )
             await self.publisher.publish_task(task, high=high)
-        log.info("job %s planned: pages %s-%s in %s tasks", request.job_id, first, last, len(ranges))
+        async with self.db.begin() as conn:
+            await conn.execute(
+                pg_insert(job_plans)
+                .values(job_id=request.job_id, tasks=len(ranges), cached_pages=len(cached), planned_at=func.now())
+                .on_conflict_do_nothing()
+            )
+        log.info(
+            "job %s planned: pages %s-%s in %s tasks, %s from the page cache",
+            request.job_id,
+            first,
+            last,
+            len(ranges),
+            len(cached),
+        )
+
+    async def cached_pages(self, sha256: str, options: JobOptions, first: int, last: int) -> dict[int, PageCompleted]:
+        """Pages of this content read before with the same options, as ready events."""
+        query = select(page_cache).where(
+            page_cache.c.sha256 == sha256,
+            page_cache.c.options_key == options_key(options),
+            page_cache.c.page_no.between(first, last),
+        )
+        async with self.db.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return {
+            row["page_no"]: PageCompleted(
+                job_id="",
+                page_no=row["page_no"],
+                text=row["text"],
+                blocks=row["blocks"] or [],
+                confidence=row["confidence"],
+                engine=Engine(row["engine"]),
+                duration_ms=0,
+                worker=CACHE_WORKER,
+            )
+            for row in rows
+        }
 
 
 async def run(settings: PlannerSettings, grace_s: float = 30.0) -> None:
@@ -180,12 +277,13 @@ async def run(settings: PlannerSettings, grace_s: float = 30.0) -> None:
     )
 
     sandbox = Sandbox("planner", memory_mb=settings.inspect_memory_mb)
+    db = create_async_engine(settings.database_url.get_secret_value(), pool_pre_ping=True, pool_size=2)
 
     async def make_handler(connection: AbstractRobustConnection, publisher: Publisher) -> Handler:
         await sandbox.start()
         cancelled = CancelledJobs()
         await cancelled.listen(connection, settings.topology)
-        return Planner(settings, publisher, cache, sandbox, cancelled).handle
+        return Planner(settings, publisher, cache, sandbox, db, cancelled).handle
 
     await run_consumer(
         settings=settings,
@@ -196,3 +294,4 @@ async def run(settings: PlannerSettings, grace_s: float = 30.0) -> None:
         grace_s=grace_s,
     )
     sandbox.close()
+    await db.dispose()

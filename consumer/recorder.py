@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import and_, case, func, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -40,6 +40,7 @@ from consumer.service import Stopper
 from consumer.storage import Storage
 from schemas.errors import PermanentError
 from schemas.messages import (
+    CACHE_WORKER,
     Event,
     JobCancelled,
     JobCompleted,
@@ -54,7 +55,7 @@ from schemas.messages import (
 )
 from schemas.s3keys import result_key
 from schemas.settings import RecorderSettings
-from schemas.tables import JobStatus, PageStatus, applied_events, jobs, pages
+from schemas.tables import JobStatus, PageStatus, applied_events, jobs, page_cache, pages
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,29 @@ async def _upsert_pages(conn: AsyncConnection, events: Sequence[PageEvent], now:
         ),
     )
     await conn.execute(stmt, [_page_row(e, now) for e in merged])
+    # Pages just read (not those answered from the cache) go into the page cache, keyed by
+    # content and the options that shape the text, for the next job on the same PDF.
+    fresh = [e.event_id for e in merged if isinstance(e, PageCompleted) and e.worker != CACHE_WORKER]
+    if fresh:
+        await conn.execute(
+            pg_insert(page_cache)
+            .from_select(
+                ["sha256", "page_no", "options_key", "engine", "text", "blocks", "confidence", "created_at"],
+                select(
+                    jobs.c.source_sha256,
+                    pages.c.page_no,
+                    jobs.c.options["engine"].astext + ":" + jobs.c.options["dpi"].astext,
+                    pages.c.engine,
+                    pages.c.text,
+                    pages.c.blocks,
+                    pages.c.confidence,
+                    literal(now),
+                )
+                .select_from(pages.join(jobs, pages.c.job_id == jobs.c.job_id))
+                .where(pages.c.event_id.in_(fresh), jobs.c.source_sha256.is_not(None)),
+            )
+            .on_conflict_do_nothing()
+        )
 
 
 async def _apply_job_event(conn: AsyncConnection, event: Event, now: datetime) -> None:
@@ -167,6 +191,10 @@ async def _apply_job_event(conn: AsyncConnection, event: Event, now: datetime) -
                 last_page=event.last_page,
                 tasks=event.tasks,
                 started_at=event.occurred_at,
+                priority=event.priority,
+                idempotency_key=event.idempotency_key,
+                deadline=event.deadline,
+                source_sha256=event.source.sha256,
             )
         stmt = pg_insert(jobs).values(values)
         new = stmt.excluded
@@ -182,6 +210,10 @@ async def _apply_job_event(conn: AsyncConnection, event: Event, now: datetime) -
             sets["priority"] = new.priority
         else:
             sets |= {
+                "priority": new.priority,
+                "idempotency_key": new.idempotency_key,
+                "deadline": new.deadline,
+                "source_sha256": new.source_sha256,
                 "total_pages": new.total_pages,
                 "first_page": new.first_page,
                 "last_page": new.last_page,
@@ -271,6 +303,14 @@ async def apply_batch(conn: AsyncConnection, events: Sequence[Event]) -> list[st
         .where(jobs.c.job_id == counts.c.job_id)
         .values(pages_ok=counts.c.ok, pages_failed=counts.c.failed, updated_at=now)
     )
+    main_page_error = (
+        select(pages.c.error_code)
+        .where(pages.c.job_id == jobs.c.job_id, pages.c.status == PageStatus.FAILED)
+        .group_by(pages.c.error_code)
+        .order_by(func.count().desc(), pages.c.error_code)
+        .limit(1)
+        .scalar_subquery()
+    )
     # A job ends when every page has a final row; one that ended with errors
     # and then had its failed pages redone (a replay) ends again, as completed.
     finished = await conn.execute(
@@ -286,6 +326,8 @@ async def apply_batch(conn: AsyncConnection, events: Sequence[Event]) -> list[st
         )
         .values(
             status=case((jobs.c.pages_failed > 0, JobStatus.COMPLETED_WITH_ERRORS), else_=JobStatus.COMPLETED),
+            # A job that ended with errors names the commonest page error, so the row says why.
+            error_code=case((jobs.c.pages_failed > 0, main_page_error), else_=None),
             finished_at=now,
             updated_at=now,
             completion_published_at=None,

@@ -15,6 +15,7 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
@@ -28,7 +29,7 @@ from consumer.pdf import PdfDocument, TextLayer, has_real_text
 from consumer.sandbox import Sandbox
 from consumer.service import Handler, run_consumer, settle_failure
 from consumer.storage import PdfCache, Storage
-from schemas.errors import PagewireError, PermanentError
+from schemas.errors import ErrorCode, PagewireError, PermanentError
 from schemas.messages import Block, Engine, JobOptions, PageCompleted, PageFailed, PageTask, parse_as
 from schemas.names import HIGH_TASK_ROUTING_KEY
 from schemas.settings import WorkerSettings
@@ -176,6 +177,12 @@ class Worker:
             return
         path = await asyncio.to_thread(self.cache.fetch, task.source)
         for page_no in range(task.first_page, task.last_page + 1):
+            if task.deadline is not None and datetime.now(UTC) > task.deadline:
+                late = PermanentError(ErrorCode.DEADLINE_EXCEEDED, f"the job's deadline {task.deadline} has passed")
+                for late_page in range(page_no, task.last_page + 1):
+                    await self.page_failed(task, late_page, late, attempt, final=True)
+                    done.add(late_page)
+                return
             if task.job_id in self.cancelled:  # checked between pages: a cancel stops a job within one page
                 log.info("job %s is cancelled: pages %s-%s dropped", task.job_id, page_no, task.last_page)
                 return

@@ -19,6 +19,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -41,6 +42,7 @@ from schemas.messages import (
     JobRequest,
     PageTask,
     Source,
+    idempotent_job_id,
     parse_event,
 )
 from schemas.names import HIGH_PRIORITY
@@ -149,11 +151,16 @@ class Client:
         job_id: str | None = None,
         priority: int = 0,
         idempotency_key: str | None = None,
+        deadline: datetime | None = None,
         submitted_by: str | None = None,
         metadata: dict[str, str] | None = None,
     ) -> JobRequest:
-        """Upload a PDF to ``jobs/{job_id}/source.pdf`` and queue it."""
-        job_id = job_id or str(uuid.uuid4())
+        """Upload a PDF to ``jobs/{job_id}/source.pdf`` and queue it.
+
+        With ``idempotency_key`` the job id is derived from the key: submitting
+        twice gives one job, planned once.
+        """
+        job_id = job_id or (idempotent_job_id(idempotency_key) if idempotency_key else str(uuid.uuid4()))
         data = pdf if isinstance(pdf, bytes) else await asyncio.to_thread(pdf.read_bytes)
         key = source_key(job_id)
         etag = await asyncio.to_thread(self.storage.put_bytes, self.settings.s3_bucket, key, data, "application/pdf")
@@ -163,6 +170,7 @@ class Client:
             options=options or JobOptions(),
             priority=priority,
             idempotency_key=idempotency_key,
+            deadline=deadline,
             submitted_by=submitted_by,
             metadata=metadata or {},
         )

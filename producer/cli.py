@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -101,6 +101,8 @@ async def _submit(args: argparse.Namespace) -> int:
                 options=options,
                 job_id=args.job_id if len(args.files) == 1 else None,
                 priority=args.priority,
+                idempotency_key=args.idempotency_key,
+                deadline=datetime.now(UTC) + timedelta(seconds=args.deadline) if args.deadline else None,
                 submitted_by=args.submitted_by,
             )
             requests.append(request)
@@ -283,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--priority", type=int, default=0, choices=range(10), metavar="0-9", help="higher goes first")
     p.add_argument("--job-id", help="use this job id (one file only)")
     p.add_argument("--submitted-by", help="who asks (stored with the job)")
+    p.add_argument(
+        "--idempotency-key", help="the same key gives the same job: a second submit with it is not read again"
+    )
+    p.add_argument("--deadline", type=float, metavar="SECONDS", help="drop work still to do this many seconds from now")
     p.add_argument("--wait", action="store_true", help="follow the job with a progress bar until it ends")
     p.add_argument("--timeout", type=float, default=3600, help="with --wait: give up after this many seconds")
     p.add_argument("--json", action="store_true", help="print JSON (the job id; with --wait, the status row)")

@@ -45,6 +45,7 @@ class ErrorCode(StrEnum):
     ENGINE_UNAVAILABLE = "engine_unavailable"
     STORAGE_UNAVAILABLE = "storage_unavailable"
     RETRIES_EXHAUSTED = "retries_exhausted"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
     INTERNAL_ERROR = "internal_error"
     # Queries (client side)
     JOB_NOT_FOUND = "job_not_found"

@@ -8,6 +8,7 @@ other languages; a test fails when it drifts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from datetime import UTC, datetime
@@ -85,11 +86,22 @@ class JobRequest(_Model):
     job_id: str = Field(default_factory=_new_id, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     source: Source
     options: JobOptions = Field(default_factory=JobOptions)
-    priority: int = Field(default=0, ge=0, le=9)
-    idempotency_key: str | None = Field(default=None, max_length=256)
+    priority: int = Field(default=0, ge=0, le=9, description=">= 5 goes to the high-priority lane")
+    idempotency_key: str | None = Field(
+        default=None, max_length=256, description="the same key gives the same job (its id is derived from it)"
+    )
+    deadline: datetime | None = Field(default=None, description="work still to do after it is dropped")
     submitted_by: str | None = Field(default=None, max_length=256)
     submitted_at: datetime = Field(default_factory=_now)
     metadata: dict[str, str] = Field(default_factory=dict, max_length=32)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _job_id_from_key(cls, data: Any) -> Any:
+        # Derived, not random: a request sent twice with one key, by any producer, is one job.
+        if isinstance(data, dict) and not data.get("job_id") and data.get("idempotency_key"):
+            data = {**data, "job_id": idempotent_job_id(str(data["idempotency_key"]))}
+        return data
 
 
 class PageTask(_Model):
@@ -103,6 +115,8 @@ class PageTask(_Model):
     first_page: int = Field(ge=1)
     last_page: int = Field(ge=1)
     options: JobOptions
+    priority: int = Field(default=0, ge=0, le=9)
+    deadline: datetime | None = None
 
 
 # --- events (fanout exchange ``{prefix}.events``) ---------------------------
@@ -135,7 +149,11 @@ class JobStarted(_Event):
     total_pages: int = Field(ge=1, description="pages to read (after the page range)")
     first_page: int = Field(ge=1)
     last_page: int = Field(ge=1)
-    tasks: int = Field(ge=1)
+    tasks: int = Field(ge=0, description="page tasks queued (pages from the page cache need none)")
+    cached_pages: int = Field(default=0, ge=0, description="pages answered from the page cache")
+    priority: int = Field(default=0, ge=0, le=9)
+    idempotency_key: str | None = None
+    deadline: datetime | None = None
 
 
 class Block(_Model):
@@ -294,6 +312,35 @@ def job_id_of(body: bytes) -> str | None:
     ):
         return job_id
     return None
+
+
+CACHE_WORKER = "page-cache"
+"""The ``worker`` of a page answered from the page cache instead of read again."""
+
+
+def options_key(options: JobOptions) -> str:
+    """The options that shape a page's text, as the page cache keys them."""
+    return f"{options.engine}:{options.dpi}"
+
+
+def parse_job_request(body: bytes, message_id: str | None, max_bytes: int = 16 * 1024 * 1024) -> JobRequest:
+    """A ``JobRequest`` off the jobs queue; one without a job id or key gets an id derived from the message.
+
+    A random default would give a request delivered twice two job ids.
+    """
+    data = _load(body, max_bytes)
+    if not data.get("job_id") and not data.get("idempotency_key"):
+        seed = message_id or hashlib.sha256(body).hexdigest()
+        data["job_id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"pagewire:message:{seed}"))
+    try:
+        return JobRequest.model_validate(data)
+    except ValidationError as exc:
+        raise PermanentError(ErrorCode.MALFORMED_MESSAGE, _validation_message(exc)) from exc
+
+
+def idempotent_job_id(idempotency_key: str) -> str:
+    """The job id that an idempotency key stands for."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"pagewire:idempotency:{idempotency_key}"))
 
 
 def completion_event_id(job_id: str, kind: str) -> str:

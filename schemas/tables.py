@@ -71,6 +71,10 @@ jobs = Table(
     Column("finished_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("completion_published_at", DateTime(timezone=True)),
+    Column("expired_at", DateTime(timezone=True)),
+    Column("idempotency_key", Text),
+    Column("deadline", DateTime(timezone=True)),
+    Column("source_sha256", Text),
 )
 
 pages = Table(
@@ -101,4 +105,27 @@ applied_events = Table(
     Column("job_id", Text, nullable=False),
     Column("type", Text, nullable=False),
     Column("applied_at", DateTime(timezone=True), nullable=False),
+)
+
+job_plans = Table(
+    "job_plans",
+    metadata,
+    Column("job_id", Text, primary_key=True),
+    Column("tasks", Integer, nullable=False),
+    Column("cached_pages", Integer, nullable=False, server_default="0"),
+    Column("planned_at", DateTime(timezone=True), nullable=False),
+)
+
+page_cache = Table(
+    "page_cache",
+    metadata,
+    Column("sha256", Text, nullable=False),
+    Column("page_no", Integer, nullable=False),
+    Column("options_key", Text, nullable=False),
+    Column("engine", Text, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("blocks", JSONB),
+    Column("confidence", Float, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("sha256", "options_key", "page_no"),
 )

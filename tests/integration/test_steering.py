@@ -6,18 +6,20 @@ import asyncio
 import secrets
 import signal
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from consumer import devstack
 from consumer.samples import DEMO_TEXT, lines, scanned_pdf, text_pdf
 from producer.api import Client
-from schemas.messages import Engine, Event, JobOptions, PageCompleted
-from schemas.tables import jobs, pages
+from schemas.errors import ErrorCode
+from schemas.messages import CACHE_WORKER, Engine, Event, JobFailed, JobOptions, JobStarted, PageCompleted, PageFailed
+from schemas.tables import job_plans, jobs, pages
 from tests.integration.stack import Stack
 
 
@@ -143,3 +145,91 @@ async def test_a_high_priority_job_overtakes_a_backlog(
     # Then it finishes first, with most of the backlog still waiting
     assert order == [high.job_id, normal.job_id]
     assert normal_done < 150
+
+
+@pytest.fixture
+def steady_stack(services: Any, stacks: list[Stack], tmp_path: Path) -> Stack:
+    stack = new_stack(services, tmp_path, stacks)
+    for role in ("planner", "worker", "recorder"):
+        stack.start(role)
+    stack.wait_ready()
+    return stack
+
+
+async def follow(client: Client, job_ids: set[str], events: Any) -> list[Event]:
+    return [event async for event in events.for_jobs(job_ids)]
+
+
+async def test_the_same_idempotency_key_gives_one_job_planned_once(steady_stack: Stack, db: AsyncEngine) -> None:
+    pdf = text_pdf([lines([f"idempotent page {n}"]) for n in range(1, 4)])
+    async with Client(steady_stack.settings) as client, client.subscribe() as events:
+        first = await client.submit(pdf, options=JobOptions(engine=Engine.TEXT), idempotency_key="invoice-42")
+        seen = await follow(client, {first.job_id}, events)
+        # When the same request comes again (a producer's retry)
+        second = await client.submit(pdf, options=JobOptions(engine=Engine.TEXT), idempotency_key="invoice-42")
+        await asyncio.sleep(2)  # time for a second plan, were there one
+
+    # Then it is the same job, planned once, its pages read once
+    assert second.job_id == first.job_id
+    assert sum(e.type == "JobStarted" for e in seen) == 1
+    row = await job_row(db, first.job_id)
+    assert (row["status"], row["pages_ok"], row["idempotency_key"]) == ("completed", 3, "invoice-42")
+    async with db.connect() as conn:
+        plans = (await conn.execute(select(job_plans).where(job_plans.c.job_id == first.job_id))).all()
+    assert len(plans) == 1
+    assert "planned already" in steady_stack.log("planner")
+
+
+async def test_the_same_pdf_read_again_comes_from_the_page_cache(steady_stack: Stack, db: AsyncEngine) -> None:
+    pdf = text_pdf([lines([f"cached page {n} {secrets.token_hex(4)}"]) for n in range(1, 21)])
+    async with Client(steady_stack.settings) as client, client.subscribe() as events:
+        first = await client.submit(pdf, options=JobOptions(engine=Engine.TEXT))
+        await follow(client, {first.job_id}, events)
+        # When the same content is submitted again as a new job with the same options
+        again = await client.submit(pdf, options=JobOptions(engine=Engine.TEXT))
+        seen = await follow(client, {again.job_id}, events)
+
+    # Then no page is read again: no task, every page answered from the cache with the same text
+    started = next(e for e in seen if isinstance(e, JobStarted))
+    assert (started.tasks, started.cached_pages) == (0, 20)
+    cached = [e for e in seen if isinstance(e, PageCompleted)]
+    assert sorted(e.page_no for e in cached) == list(range(1, 21))
+    assert {e.worker for e in cached} == {CACHE_WORKER}
+    async with db.connect() as conn:
+        texts = dict(
+            (
+                await conn.execute(
+                    select(pages.c.job_id, func.string_agg(pages.c.text, "|"))
+                    .group_by(pages.c.job_id)
+                    .where(pages.c.job_id.in_([first.job_id, again.job_id]))
+                )
+            ).all()
+        )
+    assert texts[first.job_id] == texts[again.job_id]
+    assert (await job_row(db, again.job_id))["status"] == "completed"
+
+
+async def test_a_deadline_already_passed_fails_the_job(steady_stack: Stack) -> None:
+    async with Client(steady_stack.settings) as client, client.subscribe() as events:
+        request = await client.submit(
+            text_pdf([lines(["too late"])]), deadline=datetime.now(UTC) - timedelta(seconds=1)
+        )
+        seen = await follow(client, {request.job_id}, events)
+        status = await client.final_status(request.job_id)
+    assert [e.error_code for e in seen if isinstance(e, JobFailed)] == [ErrorCode.DEADLINE_EXCEEDED]
+    assert (status["status"], status["error_code"]) == ("failed", "deadline_exceeded")
+
+
+@pytest.mark.ocr
+async def test_work_past_the_deadline_is_dropped_and_the_job_says_why(steady_stack: Stack, db: AsyncEngine) -> None:
+    async with Client(steady_stack.settings) as client, client.subscribe() as events:
+        request = await client.submit(
+            scanned_pdf([lines(DEMO_TEXT)] * 3),
+            options=JobOptions(engine=Engine.RAPIDOCR),
+            deadline=datetime.now(UTC) + timedelta(seconds=1),
+        )
+        seen = await follow(client, {request.job_id}, events)
+        status = await client.final_status(request.job_id)
+    late = [e for e in seen if isinstance(e, PageFailed) and e.error_code == ErrorCode.DEADLINE_EXCEEDED]
+    assert {e.page_no for e in late} >= {2, 3}
+    assert (status["status"], status["error_code"]) == ("completed_with_errors", "deadline_exceeded")
