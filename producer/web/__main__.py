@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from producer.web.app import add_parser
+from producer.web.command import add_parser
 
 
 def main() -> int:
