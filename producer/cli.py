@@ -359,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-roles", action="store_true", help="with up: start services and migrate, but no roles")
     p.set_defaults(func=_dev)
 
+    from producer.web import add_parser as add_http_parser
+
+    add_http_parser(sub)
+
     from consumer.bench import add_parser as add_bench_parser
 
     add_bench_parser(sub)
