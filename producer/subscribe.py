@@ -28,7 +28,8 @@ exception) counts as done and acks it. So deduplicate on ``event.event_id``,
 or make what the body does idempotent (keying pages by ``(job_id, page_no)``
 is enough for page text). A job processed twice (a crash in the drop folder's
 or a producer's publish window) sends fresh page events under the same job id:
-``(job_id, page_no)`` covers that too.
+``(job_id, page_no)`` covers that too. An event handed back comes again
+after events that were behind it: order is not kept on redelivery.
 
 Bodies that do not parse (a newer event type this code does not know, say)
 are acked and skipped with a warning, so one cannot block the queue. With
