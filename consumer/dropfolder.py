@@ -71,7 +71,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import Counter, Gauge
 from pydantic import Field, model_validator
-from sqlalchemy import Column, DateTime, MetaData, PrimaryKeyConstraint, Table, Text, and_, select, tuple_, update
+from sqlalchemy import and_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -83,7 +83,7 @@ from schemas.errors import ErrorCode, PermanentError
 from schemas.messages import Engine, JobFailed, JobOptions, JobQueued, JobRequest, Source, completion_event_id
 from schemas.s3keys import validate_bucket, validate_key
 from schemas.settings import Settings
-from schemas.tables import jobs
+from schemas.tables import dropfolder_claims, jobs
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -98,26 +98,6 @@ JOB_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://pagewire/dropfolder")
 META_JOB_ID = "pagewire-job-id"
 META_INBOX_KEY = "pagewire-inbox-key"
 META_ERROR_CODE = "pagewire-error-code"
-
-# To move to schemas/tables.py (the DDL is alembic/versions/0002_dropfolder.py).
-claims_metadata = MetaData()
-dropfolder_claims = Table(
-    "dropfolder_claims",
-    claims_metadata,
-    Column("bucket", Text, nullable=False),
-    Column("key", Text, nullable=False),
-    Column("etag", Text, nullable=False),
-    Column("last_modified", DateTime(timezone=True), nullable=False),
-    Column("job_id", Text, nullable=False, unique=True),
-    Column("claimed_by", Text, nullable=False),
-    Column("claimed_at", DateTime(timezone=True), nullable=False),
-    Column("published_at", DateTime(timezone=True)),
-    Column("done_at", DateTime(timezone=True)),
-    Column("outcome", Text),
-    Column("target_key", Text),
-    Column("error_code", Text),
-    PrimaryKeyConstraint("bucket", "key", "etag", "last_modified"),
-)
 
 OBJECTS = Counter(
     "pagewire_dropfolder_objects",
@@ -691,10 +671,10 @@ async def run(settings: DropFolderSettings, stopper: Stopper | None = None) -> N
 
 
 async def _command(args: argparse.Namespace) -> int:
-    from producer.cli import _configure_logging
+    from producer.cli import configure_logging
 
     settings = DropFolderSettings()
-    _configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format)
     if args.once:
         return await _scan_once(settings)
     await run(settings)

@@ -273,9 +273,13 @@ class Client:
     async def result(self, job_id: str, fmt: str = "md") -> bytes:
         """The assembled result file of a finished job."""
         async with self.db.connect() as conn:
-            row = (
-                await conn.execute(select(jobs.c.result_bucket, jobs.c.result_keys).where(jobs.c.job_id == job_id))
-            ).first()
+            query = select(jobs.c.result_bucket, jobs.c.result_keys, jobs.c.expired_at).where(jobs.c.job_id == job_id)
+            row = (await conn.execute(query)).first()
+        if row is not None and row.expired_at is not None:
+            raise PermanentError(
+                ErrorCode.RESULT_NOT_READY,
+                f"job {job_id!r} expired at {row.expired_at:%Y-%m-%d %H:%M}: retention deleted its results",
+            )
         if row is None or not row.result_keys or fmt not in row.result_keys:
             raise PermanentError(ErrorCode.RESULT_NOT_READY, f"job {job_id!r} has no {fmt} result (yet)")
         return await asyncio.to_thread(self.storage.get_bytes, row.result_bucket, row.result_keys[fmt])

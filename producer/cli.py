@@ -34,7 +34,7 @@ Configuration comes from PAGEWIRE_* environment variables (see README).
 """
 
 
-def _configure_logging(level: str, fmt: str) -> None:
+def configure_logging(level: str, fmt: str) -> None:
     from consumer.metrics import LogContextFilter
 
     handler = logging.StreamHandler(sys.stderr)
@@ -207,7 +207,7 @@ async def _planner(args: argparse.Namespace) -> int:
     from schemas.settings import PlannerSettings
 
     settings = PlannerSettings()
-    _configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format)
     await planner.run(settings, grace_s=args.grace)
     return EXIT_OK
 
@@ -217,7 +217,7 @@ async def _worker(args: argparse.Namespace) -> int:
     from schemas.settings import WorkerSettings
 
     settings = WorkerSettings()
-    _configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format)
     await worker.run(settings, grace_s=args.grace)
     return EXIT_OK
 
@@ -227,7 +227,7 @@ async def _recorder(args: argparse.Namespace) -> int:
     from schemas.settings import RecorderSettings
 
     settings = RecorderSettings()
-    _configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format)
     await recorder.run(settings, grace_s=args.grace)
     return EXIT_OK
 
@@ -358,6 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default=".dev", help="where the stack keeps its data, logs and pids (.dev)")
     p.add_argument("--no-roles", action="store_true", help="with up: start services and migrate, but no roles")
     p.set_defaults(func=_dev)
+
+    from consumer.dropfolder import add_parser as add_dropfolder_parser
+    from producer.jobs import add_parser as add_jobs_parser
+
+    add_dropfolder_parser(sub)
+    add_jobs_parser(sub)
 
     from producer.web import add_parser as add_http_parser
 

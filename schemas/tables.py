@@ -129,3 +129,21 @@ page_cache = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("sha256", "options_key", "page_no"),
 )
+
+dropfolder_claims = Table(
+    "dropfolder_claims",
+    metadata,
+    Column("bucket", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("etag", Text, nullable=False),
+    Column("last_modified", DateTime(timezone=True), nullable=False),
+    Column("job_id", Text, nullable=False, unique=True),
+    Column("claimed_by", Text, nullable=False),
+    Column("claimed_at", DateTime(timezone=True), nullable=False),
+    Column("published_at", DateTime(timezone=True)),
+    Column("done_at", DateTime(timezone=True)),
+    Column("outcome", Text),
+    Column("target_key", Text),
+    Column("error_code", Text),
+    PrimaryKeyConstraint("bucket", "key", "etag", "last_modified"),
+)

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from consumer.dropfolder import DropFolderSettings
 from producer.cli import build_parser
+from producer.jobs import RetentionSettings
+from producer.web.app import HttpSettings
 from schemas.settings import PlannerSettings, RecorderSettings, Settings, WorkerSettings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
 def test_every_setting_is_documented() -> None:
-    for cls in (Settings, PlannerSettings, WorkerSettings, RecorderSettings):
+    for cls in (
+        Settings,
+        PlannerSettings,
+        WorkerSettings,
+        RecorderSettings,
+        DropFolderSettings,
+        RetentionSettings,
+        HttpSettings,
+    ):
         for name, field in cls.model_fields.items():
             variable = str(field.validation_alias or f"PAGEWIRE_{name.upper()}")
             assert f"`{variable}`" in README, f"{variable} is not in the README's configuration table"
