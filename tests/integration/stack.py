@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from consumer import devstack
 from producer.api import TERMINAL_EVENTS, Client
@@ -123,3 +127,30 @@ async def run_job(stack: Stack, pdf: bytes, *, options: JobOptions | None = None
         assert isinstance(seen[-1], TERMINAL_EVENTS)
         status = await client.final_status(request.job_id)
     return JobRun(request.job_id, seen, status)
+
+
+@contextmanager
+def running_stack(
+    services: Any,
+    log_dir: Path,
+    *,
+    roles: tuple[str, ...] = ("planner", "worker", "recorder"),
+    role_env: dict[str, dict[str, str]] | None = None,
+    extra_queues: tuple[str, ...] = (),
+) -> Iterator[Stack]:
+    """Role processes on a fresh prefix, ready to consume; stopped and their queues deleted afterwards.
+
+    ``role_env`` adds variables for one role (``{"planner": {"PAGEWIRE_MAX_PAGES": "50"}}``);
+    ``extra_queues`` names queues of the prefix beyond the topology's (``dropfolder`` for
+    ``{prefix}.dropfolder``), to delete too.
+    """
+    stack = Stack(services.env(f"t{secrets.token_hex(6)}"), log_dir)
+    try:
+        for role in roles:
+            stack.start(role, extra_env=(role_env or {}).get(role))
+        stack.wait_ready({role: devstack.role_queues(stack.topology)[role] for role in roles}, timeout=90)
+        yield stack
+    finally:
+        stack.stop_all()
+        prefix = stack.topology.prefix
+        devstack.delete_topology(services.amqp_url, stack.topology, [f"{prefix}.{name}" for name in extra_queues])

@@ -8,7 +8,6 @@ and a message, and then a good job on the same roles still completes.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,29 +15,20 @@ from typing import Any
 import aio_pika
 import pytest
 
-from consumer import devstack
 from consumer.samples import encrypted_pdf, lines, text_pdf, zero_page_pdf
 from producer.api import Client
 from schemas.errors import ErrorCode
 from schemas.messages import Engine, JobFailed, JobOptions, JobRequest, Source
-from tests.integration.stack import JobRun, Stack, run_job
+from tests.integration.stack import JobRun, Stack, run_job, running_stack
 
 MAX_PAGES = 50
 
 
 @pytest.fixture(scope="module")
 def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    prefix = f"t{secrets.token_hex(6)}"
-    stack = Stack(services.env(prefix), tmp_path_factory.mktemp("roles"))
-    stack.start("planner", extra_env={"PAGEWIRE_MAX_PAGES": str(MAX_PAGES)})
-    stack.start("worker")
-    stack.start("recorder")
-    try:
-        stack.wait_ready(timeout=90)
+    role_env = {"planner": {"PAGEWIRE_MAX_PAGES": str(MAX_PAGES)}}
+    with running_stack(services, tmp_path_factory.mktemp("roles"), role_env=role_env) as stack:
         yield stack
-    finally:
-        stack.stop_all()
-        devstack.delete_topology(services.amqp_url, stack.topology)
 
 
 def assert_failed(run: JobRun, code: ErrorCode) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from consumer import devstack
 from consumer.samples import DEMO_TEXT, mixed_sample
 from schemas.messages import Engine, JobOptions, PageCompleted
 from schemas.tables import applied_events, jobs, pages
-from tests.integration.stack import JobRun, Stack, run_job
+from tests.integration.stack import JobRun, Stack, run_job, running_stack
 from tests.textcheck import cer, expected_pages
 
 BORN_DIGITAL_CER = 0.01
@@ -41,16 +39,8 @@ TWO_COLUMN_CER = 0.10
 
 @pytest.fixture(scope="module")
 def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    prefix = f"t{secrets.token_hex(6)}"
-    stack = Stack(services.env(prefix), tmp_path_factory.mktemp("roles"))
-    for role in ("planner", "worker", "recorder"):
-        stack.start(role)
-    try:
-        stack.wait_ready(timeout=90)
+    with running_stack(services, tmp_path_factory.mktemp("roles")) as stack:
         yield stack
-    finally:
-        stack.stop_all()
-        devstack.delete_topology(services.amqp_url, stack.topology)
 
 
 @pytest.fixture

@@ -44,23 +44,15 @@ from consumer.storage import Storage
 from schemas.messages import JobRequest, parse_as
 from schemas.names import JOB_ROUTING_KEY
 from schemas.tables import jobs
-from tests.integration.stack import REPO_ROOT, Stack
+from tests.integration.stack import REPO_ROOT, Stack, running_stack
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    prefix = f"t{secrets.token_hex(6)}"
-    stack = Stack(services.env(prefix), tmp_path_factory.mktemp("roles"))
-    for role in ("planner", "worker", "recorder"):
-        stack.start(role)
-    try:
-        stack.wait_ready(timeout=90)
+    with running_stack(services, tmp_path_factory.mktemp("roles"), extra_queues=("dropfolder",)) as stack:
         yield stack
-    finally:
-        stack.stop_all()
-        devstack.delete_topology(services.amqp_url, stack.topology, [f"{stack.topology.prefix}.dropfolder"])
 
 
 class Folder:

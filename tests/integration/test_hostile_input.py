@@ -34,7 +34,6 @@ from typing import Any
 import aio_pika
 import pytest
 
-from consumer import devstack
 from consumer.samples import concat, lines, text_pdf
 from producer.api import Client
 from producer.dead import DeadLetters
@@ -49,7 +48,7 @@ from schemas.messages import (
     Source,
     to_body,
 )
-from tests.integration.stack import JobRun, Stack, run_job
+from tests.integration.stack import JobRun, Stack, run_job, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -67,24 +66,13 @@ def planner_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def stack(services: Any, planner_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Planner with a small file and message limit."""
-    prefix = f"t{secrets.token_hex(6)}"
-    stack = Stack(services.env(prefix), tmp_path_factory.mktemp("roles"))
-    stack.start(
-        "planner",
-        extra_env={
-            "PAGEWIRE_MAX_PDF_BYTES": str(MAX_PDF_BYTES),
-            "PAGEWIRE_MAX_MESSAGE_BYTES": str(MAX_MESSAGE_BYTES),
-            "PAGEWIRE_CACHE_DIR": str(planner_cache),
-        },
-    )
-    stack.start("worker")
-    stack.start("recorder")
-    try:
-        stack.wait_ready(timeout=90)
+    planner_env = {
+        "PAGEWIRE_MAX_PDF_BYTES": str(MAX_PDF_BYTES),
+        "PAGEWIRE_MAX_MESSAGE_BYTES": str(MAX_MESSAGE_BYTES),
+        "PAGEWIRE_CACHE_DIR": str(planner_cache),
+    }
+    with running_stack(services, tmp_path_factory.mktemp("roles"), role_env={"planner": planner_env}) as stack:
         yield stack
-    finally:
-        stack.stop_all()
-        devstack.delete_topology(services.amqp_url, stack.topology)
 
 
 def assert_failed(run: JobRun, code: ErrorCode) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -17,12 +16,11 @@ from typing import Any
 import aio_pika
 import pytest
 
-from consumer import devstack
 from consumer.samples import lines, text_pdf
 from producer.api import Client
 from producer.subscribe import subscribe
 from schemas.messages import Engine, Event, JobCompleted, JobOptions, PageCompleted
-from tests.integration.stack import REPO_ROOT, Stack
+from tests.integration.stack import REPO_ROOT, Stack, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -31,16 +29,8 @@ TEXT = JobOptions(engine=Engine.TEXT)
 
 @pytest.fixture(scope="module")
 def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    prefix = f"t{secrets.token_hex(6)}"
-    stack = Stack(services.env(prefix), tmp_path_factory.mktemp("roles"))
-    for role in ("planner", "worker", "recorder"):
-        stack.start(role)
-    try:
-        stack.wait_ready(timeout=90)
+    with running_stack(services, tmp_path_factory.mktemp("roles")) as stack:
         yield stack
-    finally:
-        stack.stop_all()
-        devstack.delete_topology(services.amqp_url, stack.topology)
 
 
 def three_pages() -> bytes:
