@@ -8,6 +8,10 @@
 
 Every engine returns boxes as page fractions and its text in reading order
 (:mod:`consumer.layout`), whatever order the engine found the boxes in.
+:class:`UprightEngine` wraps an engine so that pages scanned sideways or upside
+down are detected and read turned upright (:func:`read_upright`);
+:func:`make_engine` hands out engines so wrapped.
+
 ``read`` blocks; the worker calls it from a thread, one call at a time per
 engine. Engine failures while reading raise
 :class:`~schemas.errors.RetryableError` (``OCR_FAILED``); an engine that
@@ -29,7 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from consumer.layout import blocks_to_text, order_blocks
+from consumer.layout import UPRIGHT_CONFIDENCE, blocks_to_text, detect_rotation, order_blocks, rotate_box
 from schemas.errors import ErrorCode, PermanentError, RetryableError
 from schemas.messages import Block, Engine
 
@@ -39,8 +43,10 @@ __all__ = [
     "OcrEngine",
     "PageText",
     "RapidOcrEngine",
+    "UprightEngine",
     "make_engine",
     "page_text_from_blocks",
+    "read_upright",
 ]
 
 log = logging.getLogger(__name__)
@@ -59,6 +65,8 @@ class PageText:
     """The boxes in reading order, in page fractions."""
     confidence: float
     """Mean confidence of the blocks, 0..1 (1.0 for a text layer, 0.0 when nothing was found)."""
+    rotation: int = 0
+    """How far the page's text was turned clockwise (0, 90, 180, 270); it was read turned back."""
 
 
 class OcrEngine(Protocol):
@@ -255,6 +263,62 @@ class NemotronEngine:
         return page_text_from_blocks(blocks)
 
 
+# --- pages scanned sideways or upside down ---------------------------------------------
+
+# A turned reading must beat the upright one by this much mean confidence to be taken:
+# turned readings of an upright page can come close on a poor scan, never by this margin.
+ROTATION_MARGIN = 0.05
+
+
+def read_upright(engine: OcrEngine, image: Image) -> PageText:
+    """Read a page image; if it looks sideways or upside down, read it turned back too and keep the better.
+
+    An upright page costs one reading (and nothing more unless its mean
+    confidence is under :data:`consumer.layout.UPRIGHT_CONFIDENCE`); a turned
+    page costs two or three. Boxes of a turned reading are mapped back to the
+    page as displayed; the text keeps the upright reading order.
+    """
+    first = engine.read(image)
+    height, width = int(image.shape[0]), int(image.shape[1])
+    candidates = detect_rotation(first.blocks, width, height)
+    # A sideways reading has its lines in the wrong order even where each line was read
+    # right (rapidocr turns tall line crops itself: one way round it reads them at 0.99),
+    # so a turned reading need only be about as confident; otherwise it must do better.
+    sideways = 90 in candidates
+    bar = first.confidence - ROTATION_MARGIN if sideways else first.confidence + ROTATION_MARGIN
+    best = first
+    for rotation in candidates:
+        # np.rot90 turns counter-clockwise: k quarter turns undo text turned k quarters clockwise.
+        turned = engine.read(np.ascontiguousarray(np.rot90(image, rotation // 90)))
+        if turned.confidence > bar and (best is first or turned.confidence > best.confidence):
+            best = PageText(text=turned.text, blocks=turned.blocks, confidence=turned.confidence, rotation=rotation)
+        if best is not first and best.confidence >= UPRIGHT_CONFIDENCE:
+            break  # read well: the other quarter turn would only cost another reading
+    if best.rotation == 0:
+        return first
+    blocks = [block.model_copy(update={"bbox": rotate_box(block.bbox, best.rotation)}) for block in best.blocks]
+    log.info(
+        "page read turned back by %d degrees (confidence %.2f, upright %.2f)",
+        best.rotation,
+        best.confidence,
+        first.confidence,
+    )
+    return PageText(text=best.text, blocks=blocks, confidence=best.confidence, rotation=best.rotation)
+
+
+class UprightEngine:
+    """An OCR engine that detects pages turned 90, 180 or 270 degrees and reads them upright (:func:`read_upright`)."""
+
+    def __init__(self, inner: OcrEngine) -> None:
+        """Wrap ``inner``; the wrapper has its name."""
+        self.inner = inner
+        self.name: Engine = inner.name
+
+    def read(self, image: Image) -> PageText:
+        """Read the page the right way up."""
+        return read_upright(self.inner, image)
+
+
 # --- a fake for tests ----------------------------------------------------------------
 
 
@@ -289,9 +353,12 @@ class FakeEngine:
 
 
 def make_engine(engine: Engine, *, threads: int = 0, model_dir: Path | None = None) -> OcrEngine:
-    """Make the OCR engine for ``engine`` (``rapidocr`` or ``nemotron``); ``text`` and ``auto`` are not OCR engines."""
+    """Make the OCR engine for ``engine`` (``rapidocr`` or ``nemotron``); ``text`` and ``auto`` are not OCR engines.
+
+    The engine comes wrapped in :class:`UprightEngine`, so turned pages are read the right way up.
+    """
     if engine == Engine.RAPIDOCR:
-        return RapidOcrEngine(threads=threads)
+        return UprightEngine(RapidOcrEngine(threads=threads))
     if engine == Engine.NEMOTRON:
-        return NemotronEngine(model_dir)
+        return UprightEngine(NemotronEngine(model_dir))
     raise ValueError(f"{engine} is not an OCR engine")

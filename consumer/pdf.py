@@ -15,15 +15,22 @@ lock and never leaves a pdfium object for the garbage collector.
 Bad input becomes a :class:`~schemas.errors.PermanentError` with a stable code:
 ``EMPTY_FILE``, ``NOT_A_PDF``, ``TRUNCATED_PDF``, ``ENCRYPTED_PDF``,
 ``NO_PAGES``, ``TOO_MANY_PAGES``, ``PAGE_TOO_LARGE`` and ``RENDER_FAILED``.
+
+Where a page's text should come from (:class:`PageSource`) is judged from its
+text and its page objects, without rendering (:func:`judge_page`): a text
+layer counts only when it is real text *and* it is what a reader sees, not an
+invisible OCR layer over a scan or text painted over by an image.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import threading
 import unicodedata
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 
@@ -37,11 +44,14 @@ from schemas.messages import Block
 
 __all__ = [
     "PDFIUM_LOCK",
+    "PageContent",
+    "PageSource",
     "PdfDocument",
     "PdfInfo",
     "TextLayer",
     "has_real_text",
     "inspect_pdf",
+    "judge_page",
 ]
 
 PDFIUM_LOCK = threading.Lock()
@@ -63,6 +73,44 @@ _MIN_ALNUM = 10
 _MAX_BAD_SHARE = 0.25
 _MIN_ALNUM_SHARE = 0.1
 
+# judge_page thresholds, see its docstring.
+# An image this large (share of the page) is a scan when the text is not visible on it.
+_SCAN_IMAGE_SHARE = 0.5
+# Below this share of visible text objects, the text layer is not what a reader sees.
+_MIN_VISIBLE_SHARE = 0.5
+# An image this large with no visible text over it may hold text of its own: read it too.
+# pdflatex-image.pdf's figure covers 0.12 of its page, cmyk-image.pdf's photo 0.60.
+_HYBRID_IMAGE_SHARE = 0.25
+# Images smaller than this are never looked at (bullets, logos, rules drawn as images).
+_MIN_IMAGE_SHARE = 0.02
+# Page objects visited at most (forms included), so a page of 10^6 tiny objects costs bounded time.
+_MAX_OBJECTS = 20_000
+
+
+class PageSource(StrEnum):
+    """Where a page's text comes from in ``auto`` mode."""
+
+    TEXT = "text"
+    """The text layer alone: it holds real text and covers what is visible."""
+    OCR = "ocr"
+    """OCR alone: no text layer, garbage, or one the reader does not see (an invisible OCR layer on a scan)."""
+    HYBRID = "hybrid"
+    """Both: a real, visible text layer and a large image with no text over it (a scan pasted into the page)."""
+
+
+@dataclass(frozen=True)
+class PageContent:
+    """What a page is made of, from its page objects (forms included); nothing rendered."""
+
+    text_objects: int = 0
+    """Text objects on the page."""
+    visible_text_objects: int = 0
+    """Of those, the ones a reader sees: drawn (not render mode 3 or 7) and not painted over by a later large image."""
+    image_share: float = 0.0
+    """The largest image's share of the page area (clipped to the page), 0..1."""
+    bare_image_share: float = 0.0
+    """The largest image's share of the page among those with no visible text object over them."""
+
 
 @dataclass(frozen=True)
 class PdfInfo:
@@ -70,7 +118,9 @@ class PdfInfo:
 
     page_count: int
     text_pages: tuple[bool, ...]
-    """Per page (index 0 is page 1): does the text layer hold real text."""
+    """Per page (index 0 is page 1): is the text layer alone enough (:attr:`PageSource.TEXT`)."""
+    sources: tuple[PageSource, ...] = ()
+    """Per page: where ``auto`` takes its text from (:func:`judge_page`)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +130,40 @@ class TextLayer:
     text: str
     blocks: list[Block]
     chars: int
+    content: PageContent | None = None
+    """The page's objects, when the layer was read from a page (None: judge the text alone)."""
+
+    @property
+    def source(self) -> PageSource:
+        """Where ``auto`` should take this page's text from (:func:`judge_page`)."""
+        if self.content is None:
+            return PageSource.TEXT if has_real_text(self.text) else PageSource.OCR
+        return judge_page(self.text, self.content)
+
+
+def judge_page(text: str, content: PageContent) -> PageSource:
+    """Decide where ``auto`` takes a page's text from: its text layer, OCR, or both.
+
+    * ``ocr`` when the text is not real (:func:`has_real_text`: empty, a stray
+      glyph, garbage from fonts without a character map);
+    * ``ocr`` when fewer than half the text objects are visible (render mode 3
+      "invisible", the OCR layer a scanner adds, or text an image is painted
+      over) and an image covers half the page or more: what a reader sees is
+      the scan, and a scanner's OCR layer is often poor (issue12963.pdf);
+    * ``hybrid`` when the visible text is real but an image of a quarter of
+      the page or more has no visible text over it: it may be a scan pasted in
+      with text of its own, so the page is read both ways and merged;
+    * ``text`` otherwise: born-digital pages, figures and background images
+      with text on them included.
+    """
+    if not has_real_text(text):
+        return PageSource.OCR
+    visible = content.visible_text_objects >= _MIN_VISIBLE_SHARE * content.text_objects
+    if not visible and content.image_share >= _SCAN_IMAGE_SHARE:
+        return PageSource.OCR
+    if content.bare_image_share >= _HYBRID_IMAGE_SHARE:
+        return PageSource.HYBRID
+    return PageSource.TEXT
 
 
 def has_real_text(text: str) -> bool:
@@ -165,8 +249,8 @@ def _load_page_unlocked(doc: pdfium.PdfDocument, page_no: int) -> pdfium.PdfPage
 def inspect_pdf(data: bytes, *, max_pages: int) -> PdfInfo:
     """Open a PDF held in memory, check it against the limits and judge each page's text layer.
 
-    Cheap (about 1 ms per page): it extracts each page's text once and applies
-    :func:`has_real_text`; it renders nothing. Raises :class:`PermanentError`
+    Cheap (a few ms per page): it extracts each page's text once, looks at its
+    page objects and applies :func:`judge_page`; it renders nothing. Raises :class:`PermanentError`
     with ``EMPTY_FILE``, ``NOT_A_PDF``, ``TRUNCATED_PDF``, ``ENCRYPTED_PDF``,
     ``NO_PAGES`` or ``TOO_MANY_PAGES``.
     """
@@ -175,13 +259,13 @@ def inspect_pdf(data: bytes, *, max_pages: int) -> PdfInfo:
         try:
             count = len(doc)
             _check_page_count(count, max_pages)
-            text_pages = []
+            sources = []
             for page_no in range(1, count + 1):
                 page = _load_page_unlocked(doc, page_no)
                 try:
                     textpage = page.get_textpage()
                     try:
-                        text_pages.append(has_real_text(textpage.get_text_range()))
+                        sources.append(judge_page(textpage.get_text_range(), _page_content_unlocked(page)))
                     finally:
                         textpage.close()
                 except pdfium.PdfiumError as exc:
@@ -192,7 +276,9 @@ def inspect_pdf(data: bytes, *, max_pages: int) -> PdfInfo:
                     page.close()
         finally:
             doc.close()
-    return PdfInfo(page_count=count, text_pages=tuple(text_pages))
+    return PdfInfo(
+        page_count=count, text_pages=tuple(source == PageSource.TEXT for source in sources), sources=tuple(sources)
+    )
 
 
 class PdfDocument:
@@ -250,23 +336,35 @@ class PdfDocument:
 
         The text is pdfium's text in content order with line ends as ``\\n``;
         boxes are fractions of the displayed page (origin top-left). A page
-        without text gives an empty layer, not an error.
+        without text gives an empty layer, not an error. ``content`` describes
+        the page's objects, so :attr:`TextLayer.source` can judge the layer.
         """
         with PDFIUM_LOCK:
             page = self._page_unlocked(page_no)
             try:
-                textpage = page.get_textpage()
+                # pdfium orders a page's text as displayed: on a page turned by /Rotate 90 it
+                # gives the lines bottom to top. Read it unturned (in memory only, put back
+                # at once), and turn the boxes ourselves.
+                rotation = page.get_rotation()
+                if rotation:
+                    pdfium_c.FPDFPage_SetRotation(page.raw, 0)
+                try:
+                    textpage = page.get_textpage()
+                finally:
+                    if rotation:
+                        pdfium_c.FPDFPage_SetRotation(page.raw, rotation // 90)
                 try:
                     text = _normalise_text(textpage.get_text_range())
-                    blocks = _blocks_unlocked(page, textpage)
+                    blocks = _blocks_unlocked(page, textpage, rotation)
                     chars = textpage.count_chars()
+                    content = _page_content_unlocked(page)
                 finally:
                     textpage.close()
             except pdfium.PdfiumError as exc:
                 raise PermanentError(ErrorCode.TRUNCATED_PDF, f"page {page_no} has no readable text: {exc}") from exc
             finally:
                 page.close()
-        return TextLayer(text=text, blocks=blocks, chars=chars)
+        return TextLayer(text=text, blocks=blocks, chars=chars, content=content)
 
     def render(self, page_no: int, *, dpi: int, max_megapixels: float) -> npt.NDArray[np.uint8]:
         """Render a page to an RGB ``uint8`` array of shape (height, width, 3).
@@ -312,13 +410,12 @@ class PdfDocument:
                 self._source = b""
 
 
-def _blocks_unlocked(page: pdfium.PdfPage, textpage: pdfium.PdfTextPage) -> list[Block]:
-    """One block per run of text on a line, in page fractions. Caller holds the lock."""
+def _blocks_unlocked(page: pdfium.PdfPage, textpage: pdfium.PdfTextPage, rotation: int) -> list[Block]:
+    """One block per run of text on a line, in fractions of the page turned by ``rotation``. Caller holds the lock."""
     left, bottom, right, top = page.get_bbox()
     width, height = right - left, top - bottom
     if width <= 0 or height <= 0:
         return []
-    rotation = page.get_rotation()
     blocks = []
     for x0, y0, x1, y1 in _merge_rects([textpage.get_rect(i) for i in range(textpage.count_rects())]):
         text = " ".join(_normalise_text(textpage.get_text_bounded(x0, y0, x1, y1)).split())
@@ -376,3 +473,112 @@ def _rotate_box(box: tuple[float, float, float, float], rotation: int) -> tuple[
 
 def _clamp(value: float) -> float:
     return min(1.0, max(0.0, value))
+
+
+# --- what a page is made of -----------------------------------------------------------
+
+Matrix = tuple[float, float, float, float, float, float]
+_IDENTITY: Matrix = (1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
+_HIDDEN_MODES = (pdfium_c.FPDF_TEXTRENDERMODE_INVISIBLE, pdfium_c.FPDF_TEXTRENDERMODE_CLIP)
+
+
+def _page_content_unlocked(page: pdfium.PdfPage) -> PageContent:
+    """Walk the page objects (into forms) once: text objects, which are visible, and the images. Caller holds the lock.
+
+    Objects are visited in painting order, so an image met after a text
+    object is drawn over it. Boxes are in PDF user space (unrotated), which is
+    all a share of the page needs.
+    """
+    left, bottom, right, top = page.get_bbox()
+    area = (right - left) * (top - bottom)
+    if area <= 0:
+        return PageContent()
+    texts: list[tuple[int, float, float, bool]] = []  # paint order, centre x, y, drawn
+    images: list[tuple[int, Rect]] = []  # paint order, box clipped to the page
+    order = 0
+    # Depth first, in painting order, with an explicit stack: forms nest, and how deep is the PDF's choice.
+    work: list[tuple[object, bool, int, Matrix]] = [(page.raw, False, 0, _IDENTITY)]  # container, form?, next, matrix
+    while work and order < _MAX_OBJECTS:
+        container, is_form, index, matrix = work.pop()
+        count = pdfium_c.FPDFFormObj_CountObjects(container) if is_form else pdfium_c.FPDFPage_CountObjects(container)
+        if index >= count:
+            continue
+        work.append((container, is_form, index + 1, matrix))
+        obj = (
+            pdfium_c.FPDFFormObj_GetObject(container, index)
+            if is_form
+            else pdfium_c.FPDFPage_GetObject(container, index)
+        )
+        order += 1
+        kind = pdfium_c.FPDFPageObj_GetType(obj)
+        if kind == pdfium_c.FPDF_PAGEOBJ_FORM:
+            work.append((obj, True, 0, _compose(_object_matrix(obj), matrix)))
+            continue
+        if kind not in (pdfium_c.FPDF_PAGEOBJ_TEXT, pdfium_c.FPDF_PAGEOBJ_IMAGE):
+            continue
+        box = _transform_box(_object_bounds(obj), matrix)
+        if kind == pdfium_c.FPDF_PAGEOBJ_TEXT:
+            drawn = pdfium_c.FPDFTextObj_GetTextRenderMode(obj) not in _HIDDEN_MODES
+            texts.append((order, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, drawn))
+        else:
+            clipped = (max(box[0], left), max(box[1], bottom), min(box[2], right), min(box[3], top))
+            if _area(clipped) >= _MIN_IMAGE_SHARE * area:
+                images.append((order, clipped))
+    return _summarise(texts, images, area)
+
+
+def _summarise(texts: list[tuple[int, float, float, bool]], images: list[tuple[int, Rect]], area: float) -> PageContent:
+    big = [(order, box) for order, box in images if _area(box) >= _SCAN_IMAGE_SHARE * area]
+    visible = [
+        (x, y)
+        for order, x, y, drawn in texts
+        if drawn and not any(later > order and _inside(x, y, box) for later, box in big)
+    ]
+    bare = [box for _, box in images if not any(_inside(x, y, box) for x, y in visible)]
+    return PageContent(
+        text_objects=len(texts),
+        visible_text_objects=len(visible),
+        image_share=max((_area(box) for _, box in images), default=0.0) / area,
+        bare_image_share=max((_area(box) for box in bare), default=0.0) / area,
+    )
+
+
+def _object_bounds(obj: object) -> Rect:
+    x0, y0, x1, y1 = (ctypes.c_float(), ctypes.c_float(), ctypes.c_float(), ctypes.c_float())
+    if not pdfium_c.FPDFPageObj_GetBounds(obj, x0, y0, x1, y1):
+        return (0.0, 0.0, 0.0, 0.0)
+    return (x0.value, y0.value, x1.value, y1.value)
+
+
+def _object_matrix(obj: object) -> Matrix:
+    m = pdfium_c.FS_MATRIX()
+    if not pdfium_c.FPDFPageObj_GetMatrix(obj, m):
+        return _IDENTITY
+    return (m.a, m.b, m.c, m.d, m.e, m.f)
+
+
+def _compose(inner: Matrix, outer: Matrix) -> Matrix:
+    """The matrix that applies ``inner`` then ``outer`` (PDF row-vector convention)."""
+    a, b, c, d, e, f = inner
+    p, q, r, s, t, u = outer
+    return (a * p + b * r, a * q + b * s, c * p + d * r, c * q + d * s, e * p + f * r + t, e * q + f * s + u)
+
+
+def _transform_box(box: Rect, m: Matrix) -> Rect:
+    if m == _IDENTITY:
+        return box
+    a, b, c, d, e, f = m
+    x0, y0, x1, y1 = box
+    xs, ys = [], []
+    for x, y in ((x0, y0), (x0, y1), (x1, y0), (x1, y1)):
+        xs.append(a * x + c * y + e)
+        ys.append(b * x + d * y + f)
+    return (min(xs), min(ys), max(xs), max(ys))
+
+
+def _area(box: Rect) -> float:
+    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+
+def _inside(x: float, y: float, box: Rect) -> bool:
+    return box[0] <= x <= box[2] and box[1] <= y <= box[3]

@@ -70,6 +70,59 @@ def make_pdf(
     return out.getvalue()
 
 
+def image_text_pdf(
+    runs: list[TextRun],
+    *,
+    image_box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0),
+    text_mode: int = 0,
+    text_first: bool = False,
+    size: tuple[float, float] = (612.0, 792.0),
+) -> bytes:
+    """A one-page PDF with a grey image over ``image_box`` (page fractions, origin top-left) and text runs.
+
+    ``text_mode`` is the text render mode (3: invisible, as scanners write
+    their OCR layer); ``text_first`` paints the text before the image, so the
+    image hides it.
+    """
+    from PIL import Image
+
+    width, height = size
+    x0, y0, x1, y1 = image_box
+    with PDFIUM_LOCK:
+        doc = pdfium.PdfDocument.new()
+        try:
+            page = doc.new_page(width, height)
+
+            def add_text() -> None:
+                for x, y, text in runs:
+                    obj = pdfium_c.FPDFPageObj_NewTextObj(doc.raw, b"Helvetica", ctypes.c_float(12.0))
+                    encoded = (text + "\0").encode("utf-16-le")
+                    buffer = ctypes.create_string_buffer(encoded, len(encoded))
+                    pdfium_c.FPDFText_SetText(obj, ctypes.cast(buffer, ctypes.POINTER(pdfium_c.FPDF_WCHAR)))
+                    pdfium_c.FPDFTextObj_SetTextRenderMode(obj, text_mode)
+                    pdfium_c.FPDFPageObj_Transform(obj, 1, 0, 0, 1, x, height - y)
+                    pdfium_c.FPDFPage_InsertObject(page.raw, obj)
+
+            if text_first:
+                add_text()
+            image = pdfium.PdfImage.new(doc)
+            bitmap = pdfium.PdfBitmap.from_pil(Image.new("RGB", (40, 50), (200, 200, 200)))
+            image.set_bitmap(bitmap)
+            bitmap.close()
+            w, h = (x1 - x0) * width, (y1 - y0) * height
+            image.set_matrix(pdfium.PdfMatrix().scale(w, h).translate(x0 * width, (1 - y1) * height))
+            page.insert_obj(image)
+            if not text_first:
+                add_text()
+            page.gen_content()
+            page.close()
+            out = io.BytesIO()
+            doc.save(out)
+        finally:
+            doc.close()
+    return out.getvalue()
+
+
 def zero_page_pdf() -> bytes:
     """A valid PDF with an empty page tree, as pdfium itself writes one."""
     with PDFIUM_LOCK:
@@ -160,6 +213,12 @@ MakePdf = Callable[..., bytes]
 def make_pdf_fixture() -> MakePdf:
     """:func:`make_pdf`: ``make_pdf(pages, size=..., font_size=..., rotation=...) -> bytes``."""
     return make_pdf
+
+
+@pytest.fixture(name="image_text_pdf")
+def image_text_pdf_fixture() -> MakePdf:
+    """:func:`image_text_pdf`: ``image_text_pdf(runs, image_box=..., text_mode=..., text_first=...) -> bytes``."""
+    return image_text_pdf
 
 
 @pytest.fixture(name="encrypted_pdf")

@@ -21,9 +21,11 @@ from consumer.engines import (
     FakeEngine,
     PageText,
     RapidOcrEngine,
+    UprightEngine,
     available_cores,
     make_engine,
     page_text_from_blocks,
+    read_upright,
 )
 from consumer.pdf import PdfDocument
 from schemas.errors import ErrorCode, PermanentError, RetryableError
@@ -100,6 +102,80 @@ def test_page_text_orders_blocks_and_averages_confidence() -> None:
     assert page_text_from_blocks([]) == PageText(text="", blocks=[], confidence=0.0)
 
 
+# --- pages turned sideways or upside down -------------------------------------------------
+
+
+class MarkerEngine:
+    """A fake that reads well only upright: the page's marker (a black square) must be at the top left.
+
+    Turned a quarter, its one line comes out as a tall box; upside down, as a wide one; either way
+    with low confidence, as rapidocr does (0.65 to 0.75 on the corpus).
+    """
+
+    name = Engine.RAPIDOCR
+
+    def __init__(self, sideways_confidence: float = 0.6) -> None:
+        self.calls = 0
+        self.sideways_confidence = sideways_confidence
+
+    def read(self, image: np.ndarray) -> PageText:
+        self.calls += 1
+        h, w = image.shape[:2]
+        marker = [bool(image[y, x, 0] == 0) for y, x in ((2, 2), (2, w - 3), (h - 3, w - 3), (h - 3, 2))]
+        if marker[0]:
+            block = Block(text="upright text", bbox=(0.0, 0.0, 0.5, 0.1), confidence=0.99)
+        elif marker[2]:
+            block = Block(text="txet nwod edispu", bbox=(0.5, 0.9, 1.0, 1.0), confidence=0.6)
+        else:
+            block = Block(text="sideways", bbox=(0.9, 0.0, 1.0, 0.5), confidence=self.sideways_confidence)
+        return PageText(text=block.text, blocks=[block], confidence=block.confidence)
+
+
+def marked_page() -> np.ndarray:
+    image = np.full((200, 160, 3), 255, dtype=np.uint8)
+    image[:8, :8] = 0
+    return image
+
+
+def test_upright_page_is_read_once() -> None:
+    engine = MarkerEngine()
+    result = read_upright(engine, marked_page())
+    assert (result.text, result.rotation, engine.calls) == ("upright text", 0, 1)
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_turned_page_is_read_upright_and_boxes_map_back(rotation: int) -> None:
+    engine = MarkerEngine()
+    # np.rot90 with a negative k turns clockwise: the page as a scanner turned it.
+    turned = np.ascontiguousarray(np.rot90(marked_page(), -rotation // 90))
+    result = read_upright(engine, turned)
+    assert (result.text, result.rotation) == ("upright text", rotation)
+    assert engine.calls == {90: 2, 180: 2, 270: 3}[rotation]
+    # The box of the upright reading's top-left line, on the page as displayed.
+    want = {90: (0.9, 0.0, 1.0, 0.5), 180: (0.5, 0.9, 1.0, 1.0), 270: (0.0, 0.5, 0.1, 1.0)}[rotation]
+    assert result.blocks[0].bbox == pytest.approx(want)
+
+
+def test_sideways_page_read_confidently_is_still_turned() -> None:
+    # rapidocr turns tall line crops itself and reads them well one way round, but the lines
+    # come out as tall boxes in no reading order: the page is read again, turned.
+    engine = MarkerEngine(sideways_confidence=0.99)
+    result = read_upright(engine, np.ascontiguousarray(np.rot90(marked_page(), -1)))
+    assert (result.text, result.rotation, engine.calls) == ("upright text", 90, 2)
+
+
+def test_upright_engine_wraps_and_keeps_the_name() -> None:
+    engine = UprightEngine(FakeEngine(text="hello", confidence=0.99))
+    assert engine.name == Engine.RAPIDOCR
+    assert engine.read(marked_page()).text == "hello"
+
+
+def test_a_blank_page_is_not_turned() -> None:
+    engine = FakeEngine(text="")
+    assert read_upright(engine, marked_page()).rotation == 0
+    assert engine.calls == 1
+
+
 # --- rapidocr on real pages ---------------------------------------------------------------
 
 
@@ -142,3 +218,14 @@ def test_rapidocr_reads_two_columns_in_order(rapidocr: RapidOcrEngine, corpus: P
 def test_rapidocr_blank_page_reads_nothing(rapidocr: RapidOcrEngine) -> None:
     result = rapidocr.read(np.full((600, 400, 3), 255, dtype=np.uint8))
     assert result == PageText(text="", blocks=[], confidence=0.0)
+
+
+@pytest.mark.ocr
+def test_rapidocr_reads_a_page_scanned_upside_down(corpus: Path) -> None:
+    # One page, two readings (upright reading is poor, the turned one is taken): about 10 s.
+    engine = make_engine(Engine.RAPIDOCR)
+    image = np.ascontiguousarray(np.rot90(render(corpus, "scanned/google-doc-document-scan.pdf", 1), 2))
+    result = engine.read(image)
+    assert isinstance(result, PageText)
+    assert result.rotation == 180
+    assert cer(result.text, expected(corpus, "scanned/google-doc-document-scan.pdf.expected.json", 1)) <= GOOGLE_DOC_CER

@@ -1,10 +1,12 @@
-"""Reading order on hand-made boxes: one column, two columns, a table, a title over two columns."""
+"""Reading order on hand-made boxes: one column, two columns, a table, a title over two columns; rotation; merging."""
 
 from __future__ import annotations
 
 import random
 
-from consumer.layout import blocks_to_text, order_blocks
+import pytest
+
+from consumer.layout import blocks_to_text, detect_rotation, merge_blocks, order_blocks, rotate_box
 from schemas.messages import Block
 
 LINE = 0.02  # line height as a page fraction
@@ -135,3 +137,75 @@ def test_a_few_side_by_side_lines_are_not_columns() -> None:
     blocks = [box("Signed A", 0.1, 0.8, 0.3), box("Signed B", 0.6, 0.8, 0.8)]
     blocks += [box("Name A", 0.1, 0.83, 0.3), box("Name B", 0.6, 0.83, 0.8)]
     assert blocks_to_text(blocks) == "Signed A Signed B\nName A Name B"
+
+
+def test_skewed_full_width_lines_are_not_merged() -> None:
+    # On a skewed scan a full-width line's box is taller than the line and overlaps the next by most
+    # of its height; side by side they are not, so they stay two lines (scanned_noisy.pdf page 16).
+    first = Block(text="Any litigation relating", bbox=(0.10, 0.100, 0.90, 0.135), confidence=0.99)
+    second = Block(text="defendant maintains", bbox=(0.10, 0.108, 0.88, 0.143), confidence=0.99)
+    assert texts(order_blocks([second, first])) == ["Any litigation relating", "defendant maintains"]
+
+
+# --- rotation -------------------------------------------------------------------------
+
+
+def _lines(n: int, confidence: float, *, tall: bool = False) -> list[Block]:
+    """n lines of text; ``tall``: running down the page (narrow, tall boxes)."""
+    if tall:
+        return [
+            Block(text=f"line {i}", bbox=(0.1 + 0.05 * i, 0.1, 0.13 + 0.05 * i, 0.9), confidence=confidence)
+            for i in range(n)
+        ]
+    return [
+        Block(text=f"line {i}", bbox=(0.1, 0.1 + 0.05 * i, 0.9, 0.12 + 0.05 * i), confidence=confidence)
+        for i in range(n)
+    ]
+
+
+def test_upright_confident_page_needs_no_second_reading() -> None:
+    assert detect_rotation(_lines(10, 0.99), 1275, 1650) == ()
+
+
+def test_sideways_page_tries_both_quarter_turns() -> None:
+    assert detect_rotation(_lines(10, 0.7, tall=True), 1650, 1275) == (90, 270)
+
+
+def test_tall_boxes_of_single_digits_are_not_sideways_lines() -> None:
+    digits = [
+        Block(text=str(i % 10), bbox=(0.1 + 0.02 * i, 0.1, 0.11 + 0.02 * i, 0.12), confidence=0.99) for i in range(20)
+    ]
+    assert detect_rotation(digits + _lines(3, 0.99), 1275, 1650) == ()
+
+
+def test_horizontal_lines_read_poorly_may_be_upside_down() -> None:
+    assert detect_rotation(_lines(10, 0.7), 1275, 1650) == (180,)
+
+
+def test_nothing_read_is_not_judged() -> None:
+    assert detect_rotation([], 1275, 1650) == ()
+    assert detect_rotation(_lines(3, 0.9), 0, 0) == ()
+
+
+def test_rotate_box_maps_back_to_the_turned_page() -> None:
+    top_left = (0.1, 0.0, 0.3, 0.1)  # a box at the top left of the upright image
+    # Text turned 90 degrees clockwise: the top left of the text is at the top right of the page.
+    assert rotate_box(top_left, 90) == pytest.approx((0.9, 0.1, 1.0, 0.3))
+    assert rotate_box(top_left, 180) == pytest.approx((0.7, 0.9, 0.9, 1.0))
+    assert rotate_box(top_left, 270) == pytest.approx((0.0, 0.7, 0.1, 0.9))
+    assert rotate_box(top_left, 0) == top_left
+    with pytest.raises(ValueError, match="rotation"):
+        rotate_box(top_left, 45)
+
+
+# --- merging a text layer with OCR ----------------------------------------------------------
+
+
+def test_merge_keeps_the_layer_and_adds_only_what_it_lacks() -> None:
+    layer = [box("Invoice 2024-001", 0.1, 0.05, 0.5), box("Dear customer,", 0.1, 0.10, 0.4)]
+    ocr = [
+        Block(text="Invoice 2024-00l", bbox=(0.099, 0.049, 0.51, 0.071), confidence=0.9),  # the layer's line read again
+        box("Scanned receipt total 12.50", 0.1, 0.50, 0.7),
+    ]
+    merged = merge_blocks(layer, ocr)
+    assert [b.text for b in merged] == ["Invoice 2024-001", "Dear customer,", "Scanned receipt total 12.50"]

@@ -12,7 +12,7 @@ import numpy as np
 import pypdfium2
 import pytest
 
-from consumer.pdf import PdfDocument, has_real_text, inspect_pdf
+from consumer.pdf import PageContent, PageSource, PdfDocument, has_real_text, inspect_pdf, judge_page
 from schemas.errors import ErrorCode, PermanentError
 
 MakePdf = Callable[..., bytes]
@@ -157,6 +157,16 @@ def test_text_layer_boxes_follow_page_rotation(make_pdf: MakePdf) -> None:
     assert y1 - y0 > 0.15
 
 
+def test_text_layer_of_a_turned_page_keeps_its_reading_order(make_pdf: MakePdf) -> None:
+    # pdfium orders text as displayed: unhelped, /Rotate 90 gives the lines bottom to top.
+    lines = [(72.0, 72.0 + 20 * i, f"Line number {i} of the page") for i in range(6)]
+    want = "\n".join(text for _, _, text in lines)
+    for rotation in (90, 180, 270):
+        with PdfDocument(make_pdf([lines], rotation=rotation)) as doc:
+            assert doc.text_layer(1).text == want, rotation
+            assert doc.page_size(1)[0] == (792.0 if rotation in (90, 270) else 612.0)
+
+
 def test_text_layer_of_an_image_page_is_empty(corpus: Path) -> None:
     with PdfDocument(corpus / "real" / "cmyk-image.pdf") as doc:
         layer = doc.text_layer(1)
@@ -250,3 +260,80 @@ def test_documents_can_be_used_from_many_threads(corpus: Path) -> None:
 )
 def test_has_real_text(text: str, real: bool) -> None:
     assert has_real_text(text) is real
+
+
+# --- judge_page: text layer, OCR or both ----------------------------------------------
+
+PARAGRAPH = [(72.0, 100.0 + 16 * i, f"This is line {i} of a paragraph of real text.") for i in range(5)]
+
+
+@pytest.mark.parametrize(
+    ("content", "source"),
+    [
+        (PageContent(text_objects=40, visible_text_objects=40), PageSource.TEXT),
+        (
+            PageContent(text_objects=40, visible_text_objects=40, image_share=0.12, bare_image_share=0.12),
+            PageSource.TEXT,
+        ),
+        (PageContent(text_objects=40, visible_text_objects=40, image_share=1.0, bare_image_share=0.0), PageSource.TEXT),
+        (PageContent(text_objects=40, visible_text_objects=0, image_share=0.99, bare_image_share=0.99), PageSource.OCR),
+        (PageContent(text_objects=40, visible_text_objects=1, image_share=1.0), PageSource.OCR),
+        (
+            PageContent(text_objects=40, visible_text_objects=40, image_share=0.4, bare_image_share=0.4),
+            PageSource.HYBRID,
+        ),
+    ],
+    ids=["born-digital", "small-figure", "text-on-background", "text-under-scan", "invisible-layer", "pasted-scan"],
+)
+def test_judge_page(content: PageContent, source: PageSource) -> None:
+    assert judge_page("Real words on a real page of text.", content) == source
+
+
+def test_judge_page_garbage_is_ocr_whatever_the_objects() -> None:
+    assert judge_page("\x01\x02\x03" * 20, PageContent(text_objects=5, visible_text_objects=5)) == PageSource.OCR
+
+
+def test_invisible_ocr_layer_on_a_scan_goes_to_ocr(image_text_pdf: MakePdf) -> None:
+    data = image_text_pdf(PARAGRAPH, text_mode=3)
+    with PdfDocument(data) as doc:
+        layer = doc.text_layer(1)
+    assert layer.content == PageContent(text_objects=5, visible_text_objects=0, image_share=1.0, bare_image_share=1.0)
+    assert layer.source == PageSource.OCR
+    assert inspect_pdf(data, max_pages=5).sources == (PageSource.OCR,)
+
+
+def test_text_painted_under_a_scan_goes_to_ocr(image_text_pdf: MakePdf) -> None:
+    with PdfDocument(image_text_pdf(PARAGRAPH, text_first=True)) as doc:
+        assert doc.text_layer(1).source == PageSource.OCR
+
+
+def test_text_over_a_background_image_stays_text(image_text_pdf: MakePdf) -> None:
+    with PdfDocument(image_text_pdf(PARAGRAPH)) as doc:
+        assert doc.text_layer(1).source == PageSource.TEXT
+
+
+def test_pasted_scan_beside_real_text_is_hybrid(image_text_pdf: MakePdf) -> None:
+    data = image_text_pdf(PARAGRAPH, image_box=(0.1, 0.4, 0.9, 0.9))
+    with PdfDocument(data) as doc:
+        layer = doc.text_layer(1)
+    assert layer.source == PageSource.HYBRID
+    assert layer.content is not None and layer.content.bare_image_share == pytest.approx(0.4, abs=0.01)
+    info = inspect_pdf(data, max_pages=5)
+    assert (info.sources, info.text_pages) == ((PageSource.HYBRID,), (False,))
+
+
+def test_sources_follow_the_corpus_classes(corpus: Path) -> None:
+    for entry in _manifest(corpus):
+        cls, name = str(entry["class"]), str(entry["file"])
+        sources = set(inspect_pdf((corpus / name).read_bytes(), max_pages=5000).sources)
+        if cls.startswith("born-digital"):
+            assert sources == {PageSource.TEXT}, name
+        else:  # scanned, image-no-text, scanned-with-poor-text-layer (an invisible or hidden OCR layer)
+            assert sources == {PageSource.OCR}, name
+
+
+def test_text_layer_without_content_is_judged_on_its_text() -> None:
+    from consumer.pdf import TextLayer
+
+    assert TextLayer(text="Hello world, a page of text.", blocks=[], chars=28).source == PageSource.TEXT
+    assert TextLayer(text="", blocks=[], chars=0).source == PageSource.OCR

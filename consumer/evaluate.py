@@ -1,0 +1,751 @@
+"""``pagewire eval``: how right is the text, per class of page and per engine, against the corpus's expected text.
+
+Every page is read in this process with the functions the worker uses
+(:class:`~consumer.pdf.PdfDocument`, :func:`consumer.worker.read_page`,
+:func:`consumer.worker.ocr_page` and :class:`consumer.worker.Engines`), then
+scored on whitespace-normalised text:
+
+* **CER**: Levenshtein edits over the expected characters (reading order counts);
+* **order-free CER**: the same on the words sorted, so a page read in the wrong
+  order but with the right words scores near 0;
+* **word recall**: the share of expected words (as a multiset) found.
+
+Sums go over pages before dividing, so a long page weighs more than a short
+one. Classes come from the corpus manifest, the synthetic pages split by
+layout (``scanned-one-col``, ``scanned-two-col``, ...), and pages made on the
+fly: ``rotated`` (scans whose page is turned 90 and 180 degrees with
+``/Rotate``), ``born-digital-rotated`` and ``low-contrast`` (a born-digital
+page rendered, lightened to grey on white and placed as an image-only page).
+
+Engines: ``text`` (the text layer), ``rapidocr``, ``auto`` (the judged text
+layer of :attr:`consumer.pdf.TextLayer.source`: text, OCR, or both merged) and
+``auto-worker`` (:func:`consumer.worker.read_page` with ``auto`` as the worker
+runs it today). OCR results are cached by image, so engines that OCR the same
+page pay for it once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import math
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rapidfuzz.distance import Levenshtein
+
+from consumer.engines import Image, OcrEngine, PageText, make_engine, page_text_from_blocks
+from consumer.layout import merge_blocks
+from consumer.pdf import PDFIUM_LOCK, PageSource, PdfDocument
+from consumer.worker import Engines, PageResult, ocr_page, read_page, takes_text_layer
+from schemas.messages import Engine, JobOptions
+
+__all__ = [
+    "ENGINES",
+    "GOALS",
+    "Goal",
+    "Reading",
+    "Sample",
+    "Score",
+    "add_parser",
+    "check_goals",
+    "corpus_samples",
+    "evaluate",
+    "low_contrast_pdf",
+    "read_auto",
+    "rotated_pdf",
+    "score_page",
+]
+
+DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+"""``../shared/corpus`` next to the repository."""
+
+ENGINES = ("text", "rapidocr", "auto", "auto-worker")
+DEFAULT_ENGINES = ("text", "rapidocr", "auto")
+MAX_MEGAPIXELS = 50.0
+# Low contrast: ink is lightened to this grey (0 black, 255 white) on a white page.
+LOW_CONTRAST_INK = 180
+# Turns of the rotated classes (clockwise, as /Rotate).
+ROTATIONS = (90, 180)
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def normalise(text: str) -> str:
+    """Whitespace-normalised text: words joined by single spaces."""
+    return " ".join(text.split())
+
+
+@dataclass
+class Score:
+    """Sums over pages; the rates divide them."""
+
+    pages: int = 0
+    chars: int = 0
+    edits: int = 0
+    sorted_edits: int = 0
+    words: int = 0
+    words_found: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: Score) -> None:
+        """Add another page's (or class's) sums."""
+        self.pages += other.pages
+        self.chars += other.chars
+        self.edits += other.edits
+        self.sorted_edits += other.sorted_edits
+        self.words += other.words
+        self.words_found += other.words_found
+        self.seconds += other.seconds
+
+    @property
+    def cer(self) -> float:
+        """Character error rate in reading order (edits over expected characters)."""
+        return self.edits / self.chars if self.chars else (0.0 if self.edits == 0 else 1.0)
+
+    @property
+    def order_free_cer(self) -> float:
+        """Character error rate on the words sorted (reading order does not count)."""
+        return self.sorted_edits / self.chars if self.chars else (0.0 if self.sorted_edits == 0 else 1.0)
+
+    @property
+    def word_recall(self) -> float:
+        """Share of the expected words found (as a multiset)."""
+        return self.words_found / self.words if self.words else 1.0
+
+
+def score_page(got: str, want: str, seconds: float = 0.0) -> Score:
+    """Score one page's text against its expected text."""
+    got_n, want_n = normalise(got), normalise(want)
+    got_words, want_words = got_n.split(), want_n.split()
+    found = sum((Counter(got_words) & Counter(want_words)).values())
+    return Score(
+        pages=1,
+        chars=len(want_n),
+        edits=Levenshtein.distance(got_n, want_n),
+        sorted_edits=Levenshtein.distance(" ".join(sorted(got_words)), " ".join(sorted(want_words))),
+        words=len(want_words),
+        words_found=found,
+        seconds=seconds,
+    )
+
+
+# --------------------------------------------------------------------------- the pages
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One page to read: where it is, its class, and the text a perfect reader would give."""
+
+    cls: str
+    name: str
+    source: Path | bytes = field(repr=False)
+    page_no: int
+    expected: str | None
+
+
+def _layout_class(cls: str, layout: str) -> str:
+    return f"{cls}-{layout.replace('_', '-')}" if cls == "scanned" else cls
+
+
+def corpus_samples(corpus: Path, *, generated: bool = True) -> list[Sample]:
+    """Every corpus page as a sample, then the generated classes (``generated``), in a stable order."""
+    manifest: list[dict[str, Any]] = json.loads((corpus / "manifest.json").read_text())
+    samples: list[Sample] = []
+    expected_of: dict[str, list[str]] = {}
+    for entry in manifest:
+        path = corpus / entry["file"]
+        expected: list[str] | None = json.loads((corpus / entry["expected"]).read_text()) if entry["expected"] else None
+        if expected is not None:
+            expected_of[entry["file"]] = expected
+        layouts: list[str] | None = (
+            json.loads((corpus / entry["layouts"]).read_text()) if entry.get("layouts") else None
+        )
+        for page_no in range(1, int(entry["pages"]) + 1):
+            cls = entry["class"] if layouts is None else _layout_class(entry["class"], layouts[page_no - 1])
+            want = expected[page_no - 1] if expected is not None else None
+            samples.append(Sample(cls, f"{entry['file']}:{page_no}", path, page_no, want))
+    if not generated:
+        return samples
+    # Sources of the generated classes: one-column pages, a synthetic and a real one.
+    turned = [
+        ("rotated", "synthetic/scanned_noisy.pdf", 1),
+        ("rotated", "scanned/google-doc-document-scan.pdf", 1),
+        ("born-digital-rotated", "synthetic/born_digital.pdf", 1),
+    ]
+    for cls, name, page_no in turned:
+        want = expected_of[name][page_no - 1]
+        for rotation in ROTATIONS:
+            data = rotated_pdf(corpus / name, page_no, rotation)
+            samples.append(Sample(cls, f"{name}:{page_no} turned {rotation}", data, 1, want))
+    for name, page_no in (("synthetic/born_digital.pdf", 1), ("real/google-doc-document.pdf", 1)):
+        want = expected_of[name][page_no - 1]
+        samples.append(
+            Sample("low-contrast", f"{name}:{page_no} lightened", low_contrast_pdf(corpus / name, page_no), 1, want)
+        )
+    return samples
+
+
+def rotated_pdf(path: Path, page_no: int, rotation: int) -> bytes:
+    """One page of ``path`` as a PDF of its own, its ``/Rotate`` turned ``rotation`` more degrees clockwise."""
+    import pypdfium2 as pdfium
+    import pypdfium2.raw as pdfium_c
+
+    with PDFIUM_LOCK:
+        src = pdfium.PdfDocument(path)
+        doc = pdfium.PdfDocument.new()
+        try:
+            doc.import_pages(src, [page_no - 1])
+            page = doc[0]
+            try:
+                pdfium_c.FPDFPage_SetRotation(page.raw, ((page.get_rotation() + rotation) // 90) % 4)
+            finally:
+                page.close()
+            out = io.BytesIO()
+            doc.save(out)
+        finally:
+            doc.close()
+            src.close()
+    return out.getvalue()
+
+
+def low_contrast_pdf(path: Path, page_no: int, *, dpi: int = 150, ink: int = LOW_CONTRAST_INK) -> bytes:
+    """One page of ``path`` rendered in grey at ``dpi``, its ink lightened to ``ink``, as an image-only PDF.
+
+    Grey levels are mapped linearly from 0..255 to ``ink``..255: black text
+    becomes light grey, white stays white (a faded photocopy).
+    """
+    import pypdfium2 as pdfium
+    from PIL import Image as PilImage
+
+    with PdfDocument(path) as src:
+        width, height = src.page_size(page_no)
+        rgb = src.render(page_no, dpi=dpi, max_megapixels=MAX_MEGAPIXELS)
+    grey = rgb.mean(axis=2)
+    faded = (ink + grey * (255 - ink) / 255).round().astype(np.uint8)
+    with PDFIUM_LOCK:
+        doc = pdfium.PdfDocument.new()
+        try:
+            page = doc.new_page(width, height)
+            image = pdfium.PdfImage.new(doc)
+            bitmap = pdfium.PdfBitmap.from_pil(PilImage.fromarray(faded, mode="L").convert("RGB"))
+            try:
+                image.set_bitmap(bitmap)
+            finally:
+                bitmap.close()
+            image.set_matrix(pdfium.PdfMatrix().scale(width, height))
+            page.insert_obj(image)
+            page.gen_content()
+            page.close()
+            out = io.BytesIO()
+            doc.save(out)
+        finally:
+            doc.close()
+    return out.getvalue()
+
+
+def spread(samples: Sequence[Sample]) -> list[Sample]:
+    """Samples of one class in round-robin order over their documents, so the first N span many documents."""
+    by_doc: dict[str, list[Sample]] = {}
+    for sample in samples:
+        by_doc.setdefault(sample.name.rsplit(":", 1)[0], []).append(sample)
+    queues = list(by_doc.values())
+    ordered: list[Sample] = []
+    while any(queues):
+        for queue in queues:
+            if queue:
+                ordered.append(queue.pop(0))
+    return ordered
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class CachedEngine:
+    """An OCR engine that remembers what it read, by image content: engines OCRing one page pay once."""
+
+    def __init__(self, make: Callable[[], OcrEngine], name: Engine) -> None:
+        """Wrap the engine ``make`` returns, made on the first reading (a run that needs no OCR loads no model)."""
+        self._make = make
+        self.inner: OcrEngine | None = None
+        self.name: Engine = name
+        self.cache: dict[str, tuple[PageText, float]] = {}
+        self.reads = 0
+
+    def read(self, image: Image) -> PageText:
+        """The cached reading of an identical image, else a new one."""
+        key = hashlib.sha1(image.tobytes() + repr(image.shape).encode()).hexdigest()
+        if key not in self.cache:
+            if self.inner is None:
+                self.inner = self._make()
+            started = time.perf_counter()
+            result = self.inner.read(image)
+            self.reads += 1
+            self.cache[key] = (result, time.perf_counter() - started)
+        return self.cache[key][0]
+
+    def seconds(self, image: Image) -> float:
+        """What reading ``image`` cost the first time (0 if never read)."""
+        key = hashlib.sha1(image.tobytes() + repr(image.shape).encode()).hexdigest()
+        return self.cache.get(key, (None, 0.0))[1]
+
+
+def read_auto(
+    doc: PdfDocument, page_no: int, options: JobOptions, engines: Engines, max_megapixels: float
+) -> PageResult:
+    """``auto`` as the worker should run it: the judged text layer, OCR, or both merged (see the report).
+
+    :attr:`~consumer.pdf.TextLayer.source` decides: ``text`` takes the layer,
+    ``ocr`` reads the page with OCR (:func:`consumer.worker.ocr_page`), and
+    ``hybrid`` does both and keeps the OCR text the layer does not already
+    have (:func:`consumer.layout.merge_blocks`). The engine reported is
+    ``text`` or the OCR engine.
+    """
+    layer = doc.text_layer(page_no)
+    source = layer.source
+    if source == PageSource.TEXT:
+        return layer.text, list(layer.blocks), 1.0, Engine.TEXT, 0.0
+    text, blocks, confidence, engine, render_ms = ocr_page(doc, page_no, options, engines, max_megapixels)
+    if source == PageSource.OCR:
+        return text, blocks, confidence, engine, render_ms
+    merged = page_text_from_blocks(merge_blocks(list(layer.blocks), blocks))
+    return merged.text, merged.blocks, merged.confidence, engine, render_ms
+
+
+@dataclass
+class Reading:
+    """One page read by one engine."""
+
+    cls: str
+    name: str
+    engine: str
+    source: str
+    """What actually read it: ``text``, or the OCR engine (``hybrid`` for auto's merged pages)."""
+    seconds: float
+    score: Score | None
+
+
+def _needs_ocr(doc: PdfDocument, page_no: int, engine: str) -> tuple[bool, str]:
+    """Whether ``engine`` would OCR the page, decided as it decides, before any OCR; and the judged source."""
+    if engine == "text":
+        return False, "text"
+    if engine == "rapidocr":
+        return True, "rapidocr"
+    layer = doc.text_layer(page_no)
+    if engine == "auto":
+        return layer.source != PageSource.TEXT, str(layer.source)
+    return not takes_text_layer(JobOptions(engine=Engine.AUTO), layer), "text"
+
+
+def _read(doc: PdfDocument, page_no: int, engine: str, engines: Engines, dpi: int) -> tuple[str, str]:
+    """Read one page as ``engine`` does; its text and what read it."""
+    if engine == "auto":
+        source = doc.text_layer(page_no).source
+        text, _, _, used, _ = read_auto(doc, page_no, JobOptions(engine=Engine.AUTO, dpi=dpi), engines, MAX_MEGAPIXELS)
+        return text, "hybrid" if source == PageSource.HYBRID else str(used)
+    wanted = {"text": Engine.TEXT, "rapidocr": Engine.RAPIDOCR, "auto-worker": Engine.AUTO}[engine]
+    text, _, _, used, _ = read_page(doc, page_no, JobOptions(engine=wanted, dpi=dpi), engines, MAX_MEGAPIXELS)
+    return text, str(used)
+
+
+@dataclass
+class Report:
+    """Everything one run measured."""
+
+    engines: list[str]
+    readings: list[Reading] = field(default_factory=list)
+    decisions: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per class: how many pages ``auto``'s judgement sends to text, ocr and hybrid."""
+    judge_ms: list[float] = field(default_factory=list)
+    """Per page: the text layer with its page objects judged (what ``auto`` pays on every page)."""
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Per ``class/engine``: pages left out by ``--max-ocr-pages``."""
+    ocr_reads: int = 0
+    wall_s: float = 0.0
+
+
+def evaluate(
+    samples: Sequence[Sample],
+    engines_wanted: Sequence[str],
+    *,
+    max_ocr_pages: int,
+    dpi: int = 150,
+    threads: int = 0,
+    progress: Any = None,
+) -> Report:
+    """Read every sample with every engine (at most ``max_ocr_pages`` OCR pages per class and engine); blocking."""
+    report = Report(engines=list(engines_wanted))
+    started = time.perf_counter()
+    engines = Engines(threads=threads, default=Engine.RAPIDOCR)
+    cache: CachedEngine | None = None
+    if any(e != "text" for e in engines_wanted):
+        cache = CachedEngine(lambda: make_engine(Engine.RAPIDOCR, threads=threads), Engine.RAPIDOCR)
+        engines.loaded[Engine.RAPIDOCR] = cache
+    by_class: dict[str, list[Sample]] = {}
+    for sample in samples:
+        by_class.setdefault(sample.cls, []).append(sample)
+    for cls, members in by_class.items():
+        ocr_used: Counter[str] = Counter()
+        decisions: Counter[str] = Counter()
+        for sample in spread(members):
+            with PdfDocument(sample.source) as doc:
+                t0 = time.perf_counter()
+                decisions[str(doc.text_layer(sample.page_no).source)] += 1
+                report.judge_ms.append((time.perf_counter() - t0) * 1000)
+                if sample.expected is None:
+                    continue  # nothing to score: the decision is all this page tells
+                for engine in engines_wanted:
+                    needs, _ = _needs_ocr(doc, sample.page_no, engine)
+                    if needs and ocr_used[engine] >= max_ocr_pages:
+                        report.skipped[f"{cls}/{engine}"] = report.skipped.get(f"{cls}/{engine}", 0) + 1
+                        continue
+                    ocr_used[engine] += needs
+                    t1 = time.perf_counter()
+                    text, source = _read(doc, sample.page_no, engine, engines, dpi)
+                    seconds = time.perf_counter() - t1
+                    if needs and cache is not None:
+                        # A cached page was paid for by the first engine that read it: charge its real cost.
+                        seconds = max(seconds, _ocr_seconds(cache, doc, sample.page_no, dpi))
+                    report.readings.append(
+                        Reading(cls, sample.name, engine, source, seconds, score_page(text, sample.expected, seconds))
+                    )
+                    if progress is not None:
+                        progress(f"{cls:22} {engine:11} {source:8} {seconds:6.2f} s  {sample.name}")
+        report.decisions[cls] = dict(decisions)
+    report.ocr_reads = cache.reads if cache is not None else 0
+    report.wall_s = time.perf_counter() - started
+    return report
+
+
+def _ocr_seconds(cache: CachedEngine, doc: PdfDocument, page_no: int, dpi: int) -> float:
+    image = doc.render(page_no, dpi=dpi, max_megapixels=MAX_MEGAPIXELS)
+    return cache.seconds(image)
+
+
+# --------------------------------------------------------------------------- summary and goals
+
+
+@dataclass(frozen=True)
+class Row:
+    """One class read by one engine."""
+
+    cls: str
+    engine: str
+    score: Score
+    sources: dict[str, int]
+
+
+def summarise(report: Report) -> list[Row]:
+    """Per class and engine, the sums of the pages read."""
+    rows: dict[tuple[str, str], Row] = {}
+    for r in report.readings:
+        row = rows.setdefault((r.cls, r.engine), Row(r.cls, r.engine, Score(), {}))
+        if r.score is not None:
+            row.score.add(r.score)
+        row.sources[r.source] = row.sources.get(r.source, 0) + 1
+    return list(rows.values())
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A bound the issue sets on a class."""
+
+    name: str
+    classes: tuple[str, ...]
+    engines: tuple[str, ...]
+    bound: float
+    """The most CER allowed (0.0: exact)."""
+
+
+GOALS = (
+    Goal(
+        "born-digital exact",
+        ("born-digital", "born-digital-form", "born-digital-table", "born-digital-rotated"),
+        ("text", "auto"),
+        0.0,
+    ),
+    Goal("scanned one-column <= 0.03", ("scanned", "scanned-one-col"), ("rapidocr", "auto"), 0.03),
+    Goal("scanned two-column <= 0.05", ("scanned-two-col",), ("rapidocr", "auto"), 0.05),
+    Goal("rotated pages read (<= 0.05, our bar)", ("rotated",), ("rapidocr", "auto"), 0.05),
+    Goal("low contrast read (<= 0.05, our bar)", ("low-contrast",), ("rapidocr", "auto"), 0.05),
+)
+
+
+@dataclass(frozen=True)
+class GoalCheck:
+    """One goal on one class and engine."""
+
+    goal: str
+    cls: str
+    engine: str
+    value: float
+    bound: float
+    met: bool
+
+
+def check_goals(report: Report) -> list[GoalCheck]:
+    """Every goal on every class and engine the report has, and auto against the best single engine per class."""
+    rows = {(row.cls, row.engine): row for row in summarise(report)}
+    checks = []
+    for goal in GOALS:
+        for cls in goal.classes:
+            for engine in goal.engines:
+                row = rows.get((cls, engine))
+                if row is not None and row.score.pages:
+                    value = row.score.cer
+                    checks.append(GoalCheck(goal.name, cls, engine, value, goal.bound, value <= goal.bound + 1e-12))
+    singles = [e for e in ("text", "rapidocr") if e in report.engines]
+    if "auto" in report.engines and singles:
+        for cls in sorted({r.cls for r in report.readings}):
+            # Compare on the pages every engine read (--max-ocr-pages may leave some out for some engines).
+            names = [{r.name for r in report.readings if r.cls == cls and r.engine == e} for e in [*singles, "auto"]]
+            common = set.intersection(*names)
+            if not common:
+                continue
+            cers = {}
+            for engine in [*singles, "auto"]:
+                total = Score()
+                for r in report.readings:
+                    if r.cls == cls and r.engine == engine and r.name in common and r.score is not None:
+                        total.add(r.score)
+                cers[engine] = total.cer
+            best = min(cers[e] for e in singles)
+            checks.append(
+                GoalCheck(
+                    "auto never worse than the best engine",
+                    cls,
+                    "auto",
+                    cers["auto"],
+                    best,
+                    cers["auto"] <= best + 1e-12,
+                )
+            )
+    return checks
+
+
+# --------------------------------------------------------------------------- output
+
+
+def to_json(report: Report) -> dict[str, Any]:
+    """The report as one JSON-ready object."""
+    return {
+        "engines": report.engines,
+        "classes": [
+            {
+                "class": row.cls,
+                "engine": row.engine,
+                "pages": row.score.pages,
+                "cer": row.score.cer,
+                "order_free_cer": row.score.order_free_cer,
+                "word_recall": row.score.word_recall,
+                "seconds_per_page": row.score.seconds / row.score.pages if row.score.pages else 0.0,
+                "sources": row.sources,
+            }
+            for row in summarise(report)
+        ],
+        "goals": [asdict(check) for check in check_goals(report)],
+        "auto_decisions": report.decisions,
+        "judge_ms": _stats(report.judge_ms),
+        "skipped": report.skipped,
+        "ocr_reads": report.ocr_reads,
+        "wall_s": report.wall_s,
+        "pages": [
+            {
+                "class": r.cls,
+                "page": r.name,
+                "engine": r.engine,
+                "source": r.source,
+                "seconds": r.seconds,
+                "cer": r.score.cer if r.score else None,
+                "order_free_cer": r.score.order_free_cer if r.score else None,
+                "word_recall": r.score.word_recall if r.score else None,
+            }
+            for r in report.readings
+        ],
+    }
+
+
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    return {
+        "pages": len(ordered),
+        "mean": sum(ordered) / len(ordered),
+        "p50": ordered[len(ordered) // 2],
+        "p95": ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)],
+        "max": ordered[-1],
+    }
+
+
+def render_report(report: Report, console: Any) -> None:
+    """Print the tables: per class and engine, the goals, auto's decisions."""
+    from rich.table import Table
+
+    table = Table(title="Text quality per class and engine (CER: character error rate, lower is better)")
+    for name, justify in (
+        ("class", "left"),
+        ("engine", "left"),
+        ("pages", "right"),
+        ("CER", "right"),
+        ("order-free CER", "right"),
+        ("word recall", "right"),
+        ("s/page", "right"),
+        ("read by", "left"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    previous = None
+    for row in summarise(report):
+        if previous is not None and row.cls != previous:
+            table.add_section()
+        previous = row.cls
+        s = row.score
+        table.add_row(
+            row.cls,
+            row.engine,
+            str(s.pages),
+            f"{s.cer:.4f}",
+            f"{s.order_free_cer:.4f}",
+            f"{s.word_recall:.4f}",
+            f"{s.seconds / s.pages:.2f}" if s.pages else "",
+            ", ".join(f"{k} {v}" for k, v in sorted(row.sources.items())),
+        )
+    console.print(table)
+    goals = Table(title="Goals")
+    for name in ("goal", "class", "engine", "CER", "bound", ""):
+        goals.add_column(name)
+    for check in check_goals(report):
+        goals.add_row(
+            check.goal,
+            check.cls,
+            check.engine,
+            f"{check.value:.4f}",
+            f"{check.bound:.4f}",
+            "[green]met[/green]" if check.met else "[red]missed[/red]",
+        )
+    console.print(goals)
+    decisions = Table(title="auto's judgement per page (text layer, OCR, or both)")
+    for name in ("class", "pages", "text", "ocr", "hybrid"):
+        decisions.add_column(name, justify="left" if name == "class" else "right")
+    for cls, counts in report.decisions.items():
+        decisions.add_row(cls, str(sum(counts.values())), *(str(counts.get(k, 0)) for k in ("text", "ocr", "hybrid")))
+    console.print(decisions)
+    judge = _stats(report.judge_ms)
+    if judge:
+        console.print(
+            f"judging a page (text layer + page objects): mean {judge['mean']:.2f} ms, p50 {judge['p50']:.2f}, "
+            f"p95 {judge['p95']:.2f}, max {judge['max']:.2f} over {int(judge['pages'])} pages"
+        )
+    if report.skipped:
+        console.print(
+            "left out by --max-ocr-pages: " + ", ".join(f"{k} {v}" for k, v in sorted(report.skipped.items()))
+        )
+    console.print(f"{report.ocr_reads} OCR readings, {report.wall_s:.0f} s in all")
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``eval`` to ``pagewire``'s subcommands; its ``func`` is :func:`run`."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "eval",
+        help="measure text quality per class of page and engine against the corpus",
+        description=(
+            "Read the corpus pages in this process with each engine (as the worker does) and print character error "
+            "rate, order-free error rate and word recall per class of page, with the goals of issue 7."
+        ),
+    )
+    _add_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help=f"the corpus directory ({DEFAULT_CORPUS})")
+    p.add_argument(
+        "--engines",
+        type=_csv,
+        default=list(DEFAULT_ENGINES),
+        help=f"comma-separated, of {', '.join(ENGINES)} (default {','.join(DEFAULT_ENGINES)})",
+    )
+    p.add_argument("--classes", type=_csv, default=None, help="comma-separated classes to read (default: all)")
+    p.add_argument(
+        "--max-ocr-pages",
+        type=int,
+        default=4,
+        help="at most this many OCR pages per class and engine (4; OCR costs ~5 s a page on 2 cores)",
+    )
+    p.add_argument("--dpi", type=int, default=150, help="render resolution for OCR (150)")
+    p.add_argument("--threads", type=int, default=0, help="OCR threads (0: the cores this process may use)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``pagewire eval``: read, score, print; 0, or 1 with ``--check`` when a goal is missed (2: bad arguments)."""
+    from rich.console import Console
+
+    console = Console(stderr=args.json, width=None if sys.stdout.isatty() else 140)
+    errors = Console(stderr=True)
+    unknown = [e for e in args.engines if e not in ENGINES]
+    if unknown or not args.engines:
+        errors.print(f"unknown engines: {', '.join(unknown) or '(none given)'}; choose from {', '.join(ENGINES)}")
+        return 2
+    if not (args.corpus / "manifest.json").is_file():
+        errors.print(f"no corpus at {args.corpus} (no manifest.json)")
+        return 2
+    samples = corpus_samples(args.corpus, generated=_wants_generated(args.classes))
+    if args.classes:
+        known = {s.cls for s in samples}
+        missing = [c for c in args.classes if c not in known]
+        if missing:
+            errors.print(f"unknown classes: {', '.join(missing)}; the corpus has {', '.join(sorted(known))}")
+            return 2
+        samples = [s for s in samples if s.cls in args.classes]
+    report = evaluate(
+        samples,
+        args.engines,
+        max_ocr_pages=args.max_ocr_pages,
+        dpi=args.dpi,
+        threads=args.threads,
+        progress=None if args.quiet else errors.log,
+    )
+    if args.json:
+        print(json.dumps(to_json(report), indent=2))
+    else:
+        render_report(report, console)
+    missed = [check for check in check_goals(report) if not check.met]
+    return 1 if args.check and missed else 0
+
+
+def _wants_generated(classes: Iterable[str] | None) -> bool:
+    return classes is None or bool({"rotated", "born-digital-rotated", "low-contrast"} & set(classes))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m consumer.evaluate``: the same command outside ``pagewire``."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m consumer.evaluate", description="pagewire eval")
+    _add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
