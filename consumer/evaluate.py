@@ -642,7 +642,8 @@ def render_report(report: Report, console: Any) -> None:
     judge = _stats(report.judge_ms)
     if judge:
         console.print(
-            f"judging a page (text layer + page objects): mean {judge['mean']:.2f} ms, p50 {judge['p50']:.2f}, "
+            "text layer with its page objects, per page (what auto reads before deciding): "
+            f"mean {judge['mean']:.2f} ms, p50 {judge['p50']:.2f}, "
             f"p95 {judge['p95']:.2f}, max {judge['max']:.2f} over {int(judge['pages'])} pages"
         )
     if report.skipped:
