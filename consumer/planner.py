@@ -37,6 +37,7 @@ from schemas.messages import (
     JobStarted,
     PageCompleted,
     PageTask,
+    TextSource,
     job_id_of,
     options_key,
     parse_job_request,
@@ -262,6 +263,7 @@ class Planner:
                 blocks=row["blocks"] or [],
                 confidence=row["confidence"],
                 engine=Engine(row["engine"]),
+                text_source=TextSource.TEXT if row["engine"] == Engine.TEXT else TextSource.OCR,
                 duration_ms=0,
                 worker=CACHE_WORKER,
             )

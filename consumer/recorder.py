@@ -102,6 +102,10 @@ def _page_row(event: PageEvent, now: datetime) -> dict[str, Any]:
         "render_ms": None,
         "error_code": None,
         "error_message": None,
+        "text_source": None,
+        "rotation": 0,
+        "number_disagreements": [],
+        "number_disagreement_count": 0,
     }
     if isinstance(event, PageCompleted):
         row.update(
@@ -111,6 +115,10 @@ def _page_row(event: PageEvent, now: datetime) -> dict[str, Any]:
             confidence=event.confidence,
             duration_ms=event.duration_ms,
             render_ms=event.render_ms,
+            text_source=str(event.text_source),
+            rotation=event.rotation,
+            number_disagreements=[d.model_dump(mode="json") for d in event.number_disagreements],
+            number_disagreement_count=len(event.number_disagreements),
         )
     else:
         row.update(error_code=str(event.error_code), error_message=event.message)

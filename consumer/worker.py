@@ -23,14 +23,26 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from consumer import metrics
 from consumer.amqp import Publisher, ack, attempt_of
 from consumer.cancel import CancelledJobs
-from consumer.engines import OcrEngine, make_engine
+from consumer.engines import OcrEngine, PageText, make_engine, page_text_from_blocks
 from consumer.lanes import PriorityGate
-from consumer.pdf import PdfDocument, TextLayer, has_real_text
+from consumer.layout import merge_blocks
+from consumer.pdf import PageSource, PdfDocument, TextLayer, has_real_text
 from consumer.sandbox import Sandbox
 from consumer.service import Handler, run_consumer, settle_failure
 from consumer.storage import PdfCache, Storage
+from consumer.witness import number_disagreements
 from schemas.errors import ErrorCode, PagewireError, PermanentError
-from schemas.messages import Block, Engine, JobOptions, PageCompleted, PageFailed, PageTask, parse_as
+from schemas.messages import (
+    Block,
+    Engine,
+    JobOptions,
+    NumberDisagreement,
+    PageCompleted,
+    PageFailed,
+    PageTask,
+    TextSource,
+    parse_as,
+)
 from schemas.names import HIGH_TASK_ROUTING_KEY
 from schemas.settings import WorkerSettings
 
@@ -59,32 +71,40 @@ PageResult = tuple[str, list[Block], float, Engine, float]
 
 
 def takes_text_layer(options: JobOptions, layer: TextLayer) -> bool:
-    """``text`` always takes the layer; ``auto`` only when :func:`has_real_text` says it is real,
-    so a born-digital page never reaches OCR and a scan always does."""
-    return options.engine == Engine.TEXT or (options.engine == Engine.AUTO and has_real_text(layer.text))
+    """``text`` always takes the layer; ``auto`` only when the page was judged ``text`` (real text that
+    covers what is visible), so a born-digital page never reaches OCR and a scan always does."""
+    return options.engine == Engine.TEXT or (options.engine == Engine.AUTO and layer.source == PageSource.TEXT)
+
+
+def _ocr(
+    doc: PdfDocument, page_no: int, options: JobOptions, engines: Engines, max_megapixels: float
+) -> tuple[PageText, Engine, float]:
+    engine = engines.get(options.engine)
+    started = time.perf_counter()
+    image = doc.render(page_no, dpi=options.dpi, max_megapixels=max_megapixels)
+    render_ms = (time.perf_counter() - started) * 1000
+    return engine.read(image), engine.name, render_ms
 
 
 def ocr_page(
     doc: PdfDocument, page_no: int, options: JobOptions, engines: Engines, max_megapixels: float
 ) -> PageResult:
     """Render a page and read it with the OCR engine the job asked for; blocking."""
-    engine = engines.get(options.engine)
-    started = time.perf_counter()
-    image = doc.render(page_no, dpi=options.dpi, max_megapixels=max_megapixels)
-    render_ms = (time.perf_counter() - started) * 1000
-    result = engine.read(image)
-    return result.text, list(result.blocks), result.confidence, engine.name, render_ms
+    result, engine, render_ms = _ocr(doc, page_no, options, engines, max_megapixels)
+    return result.text, list(result.blocks), result.confidence, engine, render_ms
 
 
 def read_page(
     doc: PdfDocument, page_no: int, options: JobOptions, engines: Engines, max_megapixels: float
 ) -> PageResult:
-    """Read one page in this process; blocking. The bare engine loop of ``pagewire bench``."""
+    """Read one page in this process, as the worker does; blocking. The bare engine loop of ``pagewire bench``."""
+    layer: TextLayer | None = None
     if options.engine in (Engine.TEXT, Engine.AUTO):
         layer = doc.text_layer(page_no)
         if takes_text_layer(options, layer):
             return layer.text, list(layer.blocks), 1.0, Engine.TEXT, 0.0
-    return ocr_page(doc, page_no, options, engines, max_megapixels)
+    reading = combine(layer, *_ocr(doc, page_no, options, engines, max_megapixels))
+    return reading.text, reading.blocks, reading.confidence, reading.engine, reading.render_ms
 
 
 # --- the sandbox child's side: pdfium and the engines live there -------------------
@@ -114,10 +134,56 @@ def child_text_layer(path: str, page_no: int) -> TextLayer:
     return _child_doc(path).text_layer(page_no)
 
 
-def child_ocr_page(path: str, page_no: int, options: JobOptions, max_megapixels: float) -> PageResult:
-    """In the sandbox child: render and OCR a page."""
+def child_ocr_page(
+    path: str, page_no: int, options: JobOptions, max_megapixels: float
+) -> tuple[PageText, Engine, float]:
+    """In the sandbox child: render and OCR a page (text, the engine, render ms)."""
     assert _child_engines is not None, "child_setup did not run"
-    return ocr_page(_child_doc(path), page_no, options, _child_engines, max_megapixels)
+    return _ocr(_child_doc(path), page_no, options, _child_engines, max_megapixels)
+
+
+@dataclass(frozen=True)
+class PageReading:
+    """What the worker publishes of a page."""
+
+    text: str
+    blocks: list[Block]
+    confidence: float
+    engine: Engine
+    render_ms: float
+    source: TextSource
+    rotation: int = 0
+    disagreements: list[NumberDisagreement] = field(default_factory=list)
+
+
+def combine(layer: TextLayer | None, ocr: PageText, engine: Engine, render_ms: float) -> PageReading:
+    """OCR of a page, merged with its text layer where the layer was judged ``hybrid``.
+
+    Where the layer holds real text too (hybrid, or an invisible layer under a
+    scan), it is a witness: numbers, amounts and dates the two read
+    differently are listed, for a user to query.
+    """
+    witness = layer is not None and has_real_text(layer.text)
+    disagreements = (
+        [NumberDisagreement.model_validate(d) for d in number_disagreements(layer.text, ocr.text)]
+        if witness and layer is not None
+        else []
+    )
+    if layer is not None and layer.source == PageSource.HYBRID:
+        merged = page_text_from_blocks(merge_blocks(list(layer.blocks), list(ocr.blocks)))
+        return PageReading(
+            merged.text,
+            list(merged.blocks),
+            merged.confidence,
+            engine,
+            render_ms,
+            TextSource.HYBRID,
+            ocr.rotation,
+            disagreements,
+        )
+    return PageReading(
+        ocr.text, list(ocr.blocks), ocr.confidence, engine, render_ms, TextSource.OCR, ocr.rotation, disagreements
+    )
 
 
 class Worker:
@@ -189,21 +255,23 @@ class Worker:
             with metrics.log_context(job_id=task.job_id, page_no=page_no):
                 await self.run_page(task, str(path), page_no, attempt, done)
 
-    async def read(self, path: str, page_no: int, options: JobOptions) -> PageResult:
+    async def read(self, path: str, page_no: int, options: JobOptions) -> PageReading:
         """Read a page in the sandbox: the text layer on a short budget, OCR on a long one."""
+        layer: TextLayer | None = None
         if options.engine in (Engine.TEXT, Engine.AUTO):
             layer = await self.sandbox.call(child_text_layer, path, page_no, budget_s=self.settings.text_budget_s)
             if takes_text_layer(options, layer):
-                return layer.text, list(layer.blocks), 1.0, Engine.TEXT, 0.0
-        return await self.sandbox.call(
+                return PageReading(layer.text, list(layer.blocks), 1.0, Engine.TEXT, 0.0, TextSource.TEXT)
+        ocr, engine, render_ms = await self.sandbox.call(
             child_ocr_page, path, page_no, options, self.settings.max_megapixels, budget_s=self.settings.ocr_budget_s
         )
+        return combine(layer, ocr, engine, render_ms)
 
     async def run_page(self, task: PageTask, path: str, page_no: int, attempt: int, done: set[int]) -> None:
         """Read one page and publish its event; a bad page fails alone."""
         started = time.perf_counter()
         try:
-            text, blocks, confidence, engine, render_ms = await self.read(path, page_no, task.options)
+            reading = await self.read(path, page_no, task.options)
         except PermanentError as exc:
             await self.page_failed(task, page_no, exc, attempt, final=True)
             done.add(page_no)
@@ -211,19 +279,22 @@ class Worker:
         event = PageCompleted(
             job_id=task.job_id,
             page_no=page_no,
-            text=text,
-            blocks=blocks,
-            confidence=max(0.0, min(1.0, confidence)),
-            engine=engine,
+            text=reading.text,
+            blocks=reading.blocks,
+            confidence=max(0.0, min(1.0, reading.confidence)),
+            engine=reading.engine,
+            text_source=reading.source,
+            rotation=reading.rotation,
+            number_disagreements=reading.disagreements,
             duration_ms=(time.perf_counter() - started) * 1000,
-            render_ms=render_ms,
+            render_ms=reading.render_ms,
             worker=self.settings.worker_name,
             attempt=attempt,
         )
         await self.publisher.publish_event(event)
-        metrics.observe_page(engine, "completed", event.duration_ms / 1000)
+        metrics.observe_page(reading.engine, "completed", event.duration_ms / 1000)
         done.add(page_no)
-        log.info("job %s page %s read by %s in %.0f ms", task.job_id, page_no, engine, event.duration_ms)
+        log.info("job %s page %s read by %s in %.0f ms", task.job_id, page_no, reading.engine, event.duration_ms)
 
     async def page_failed(self, task: PageTask, page_no: int, error: PagewireError, attempt: int, final: bool) -> None:
         log.warning("job %s page %s failed (%s): %s", task.job_id, page_no, error.code, error.message)

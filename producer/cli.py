@@ -369,6 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_http_parser(sub)
 
+    from consumer.evaluate import add_parser as add_eval_parser
+
+    add_eval_parser(sub)
+
     from consumer.bench import add_parser as add_bench_parser
 
     add_bench_parser(sub)

@@ -156,6 +156,24 @@ class JobStarted(_Event):
     deadline: datetime | None = None
 
 
+class TextSource(StrEnum):
+    """Where a page's text came from: its text layer, OCR, or both merged."""
+
+    TEXT = "text"
+    OCR = "ocr"
+    HYBRID = "hybrid"
+
+
+class NumberDisagreement(_Model):
+    """A number, amount or date the text layer and OCR read differently (or only one of them has)."""
+
+    kind: str = Field(description="date, currency or number")
+    text_layer: str | None
+    ocr: str | None
+    text_layer_offset: int | None = None
+    ocr_offset: int | None = None
+
+
 class Block(_Model):
     """A piece of text on the page with its box, in page fractions (0..1, origin top-left)."""
 
@@ -173,6 +191,11 @@ class PageCompleted(_Event):
     blocks: list[Block] = Field(default_factory=list)
     confidence: float = Field(ge=0.0, le=1.0)
     engine: Engine
+    text_source: TextSource = Field(default=TextSource.TEXT, description="text layer, OCR, or both merged")
+    rotation: int = Field(default=0, description="degrees the page was turned to be read (OCR)")
+    number_disagreements: list[NumberDisagreement] = Field(
+        default_factory=list, description="where the text layer and OCR both read the page: numbers that differ"
+    )
     duration_ms: float = Field(ge=0)
     render_ms: float = Field(default=0, ge=0)
     worker: str

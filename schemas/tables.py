@@ -16,6 +16,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     PrimaryKeyConstraint,
+    SmallInteger,
     Table,
     Text,
 )
@@ -95,6 +96,10 @@ pages = Table(
     Column("error_message", Text),
     Column("event_id", Text),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("text_source", Text),
+    Column("rotation", SmallInteger, nullable=False, server_default="0"),
+    Column("number_disagreements", JSONB, nullable=False, server_default="[]"),
+    Column("number_disagreement_count", Integer, nullable=False, server_default="0"),
     PrimaryKeyConstraint("job_id", "page_no"),
 )
 

@@ -163,7 +163,8 @@ async def test_auto_mode_uses_ocr_only_where_there_is_no_text_layer(stack: Stack
     assert cer("\n".join(DEMO_TEXT), first.text) == 0
     assert cer("\n".join(DEMO_TEXT[::-1]), second.text) <= SCANNED_CER
     rows = await page_rows(db, run.job_id)
-    assert [r["engine"] for r in rows] == ["text", "rapidocr"]
+    assert [(r["engine"], r["text_source"]) for r in rows] == [("text", "text"), ("rapidocr", "ocr")]
+    assert (first.text_source, second.text_source) == ("text", "ocr")
 
 
 async def test_every_event_is_recorded_once(stack: Stack, corpus: Path, db: Any) -> None:
