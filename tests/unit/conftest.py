@@ -7,7 +7,6 @@ shows its input; the shared corpus is used where real files matter.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import io
 import os
 from collections.abc import Callable
@@ -18,6 +17,7 @@ import pypdfium2.raw as pdfium_c
 import pytest
 
 from consumer.pdf import PDFIUM_LOCK
+from consumer.samples import encrypted_pdf, zero_page_pdf
 
 
 def corpus_dir() -> Path:
@@ -121,60 +121,6 @@ def image_text_pdf(
         finally:
             doc.close()
     return out.getvalue()
-
-
-def zero_page_pdf() -> bytes:
-    """A valid PDF with an empty page tree, as pdfium itself writes one."""
-    with PDFIUM_LOCK:
-        doc = pdfium.PdfDocument.new()
-        out = io.BytesIO()
-        doc.save(out)
-        doc.close()
-    return out.getvalue()
-
-
-# --- an encrypted PDF, written by hand ---------------------------------------
-# pdfium cannot write encrypted files, so this writes the smallest one the
-# standard security handler allows (revision 2, 40-bit RC4, PDF 1.7 spec
-# 7.6.3.3, algorithms 2, 3 and 4) with a non-empty user password. The page
-# holds no strings or streams, so nothing else needs encrypting.
-
-_PAD = bytes.fromhex("28BF4E5E4E758A4164004E56FFFA01082E2E00B6D0683E802F0CA9FE6453697A")
-
-
-def _rc4(key: bytes, data: bytes) -> bytes:
-    s = list(range(256))
-    j = 0
-    for i in range(256):
-        j = (j + s[i] + key[i % len(key)]) % 256
-        s[i], s[j] = s[j], s[i]
-    out = bytearray()
-    i = j = 0
-    for byte in data:
-        i = (i + 1) % 256
-        j = (j + s[i]) % 256
-        s[i], s[j] = s[j], s[i]
-        out.append(byte ^ s[(s[i] + s[j]) % 256])
-    return bytes(out)
-
-
-def encrypted_pdf(user_password: bytes = b"secret", owner_password: bytes = b"owner") -> bytes:
-    """A one-page PDF that opens only with ``user_password``."""
-    file_id = hashlib.md5(b"pagewire-test").digest()
-    permissions = -4  # every permission bit set; the value does not matter here
-    owner_key = hashlib.md5((owner_password + _PAD)[:32]).digest()[:5]
-    o_entry = _rc4(owner_key, (user_password + _PAD)[:32])
-    key = hashlib.md5((user_password + _PAD)[:32] + o_entry + permissions.to_bytes(4, "little", signed=True) + file_id)
-    u_entry = _rc4(key.digest()[:5], _PAD)
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>",
-        b"<< /Filter /Standard /V 1 /R 2 /O <%s> /U <%s> /P %d >>"
-        % (o_entry.hex().encode(), u_entry.hex().encode(), permissions),
-    ]
-    ids = b"<%s> <%s>" % (file_id.hex().encode(), file_id.hex().encode())
-    return write_pdf(objects, b"/Encrypt 4 0 R /ID [%s]" % ids)
 
 
 def broken_page_pdf() -> bytes:
