@@ -6,6 +6,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from consumer.layout import order_blocks
+from schemas.messages import Block
+
 
 @dataclass(frozen=True)
 class PageRow:
@@ -36,8 +39,30 @@ def assemble_markdown(pages: list[PageRow]) -> str:
     return "\n".join(parts)
 
 
+def lines_of(blocks: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """A page's boxes grouped into lines in reading order (columns, then top to bottom), each with
+    its text, the box around it and its mean confidence."""
+    boxes = [Block.model_validate(b) for b in blocks or [] if "bbox" in b]
+    out = []
+    for line in order_blocks(boxes):
+        out.append(
+            {
+                "text": " ".join(b.text for b in line),
+                "bbox": [
+                    min(b.bbox[0] for b in line),
+                    min(b.bbox[1] for b in line),
+                    max(b.bbox[2] for b in line),
+                    max(b.bbox[3] for b in line),
+                ],
+                "confidence": round(sum(b.confidence for b in line) / len(line), 4),
+            }
+        )
+    return out
+
+
 def assemble_json(job: dict[str, Any], pages: list[PageRow]) -> str:
-    """The whole job as JSON: job fields, then each page with its blocks (boxes and confidence)."""
+    """The whole job as JSON: job fields, then each page with its boxes as read (``blocks``)
+    and those boxes as lines in reading order (``lines``), with coordinates and confidence."""
     document = {
         "job_id": job["job_id"],
         "status": job["status"],
@@ -53,6 +78,7 @@ def assemble_json(job: dict[str, Any], pages: list[PageRow]) -> str:
                 "confidence": p.confidence,
                 "text": p.text,
                 "blocks": p.blocks or [],
+                "lines": lines_of(p.blocks),
                 "error_code": p.error_code,
                 "error_message": p.error_message,
             }

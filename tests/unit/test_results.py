@@ -50,6 +50,23 @@ def test_markdown_keeps_page_order_and_names_failures() -> None:
     assert md.index("page 1") < md.index("Hello") < md.index("page 2 failed: render_failed: bad page")
 
 
+def test_json_groups_boxes_into_lines_in_reading_order() -> None:
+    boxes = [
+        {"text": "right", "bbox": [0.55, 0.1, 0.9, 0.12], "confidence": 0.8},
+        {"text": "Left", "bbox": [0.1, 0.1, 0.3, 0.12], "confidence": 1.0},
+        {"text": "below", "bbox": [0.1, 0.2, 0.3, 0.22], "confidence": 0.9},
+    ]
+    doc = json.loads(
+        assemble_json(
+            {"job_id": "j", "status": "completed"}, [PageRow(1, "completed", "rapidocr", "", boxes, 0.9, None, None)]
+        )
+    )
+    lines = doc["pages"][0]["lines"]
+    assert [line["text"] for line in lines][-1] == "below"
+    assert all(0 <= line["bbox"][0] <= line["bbox"][2] <= 1 for line in lines)
+    assert sum(len(line["text"].split()) for line in lines) == 3
+
+
 def test_json_holds_every_page_with_blocks() -> None:
     doc = json.loads(assemble_json({"job_id": "j", "status": "completed_with_errors"}, rows()))
     assert [p["page_no"] for p in doc["pages"]] == [1, 2]
