@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -57,7 +55,3 @@ async def print_events(events: Subscription, *, as_json: bool) -> None:
         elif isinstance(event, JobStarted):
             detail = f"{event.total_pages} pages in {event.tasks} tasks"
         print(f"{event.occurred_at:%H:%M:%S} {event.type:<13} {event.job_id} {detail}", flush=True)
-
-
-def dumps(obj: object) -> str:
-    return json.dumps(obj, default=str)

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from consumer import devstack
@@ -361,11 +361,6 @@ async def test_retryable_failure_is_retried_then_dead_lettered_and_named(
         assert headers["x-pagewire-error-code"] == "storage_unavailable"
         assert headers["x-pagewire-queue"] == stack.topology.tasks_queue
         await message.nack(requeue=True)
-
-
-async def count_rows(db: AsyncEngine, job_id: str) -> int:
-    async with db.connect() as conn:
-        return int((await conn.execute(select(func.count()).where(pages.c.job_id == job_id))).scalar_one())
 
 
 def sandbox_children(pid: int) -> list[int]:
