@@ -31,26 +31,38 @@ DEMO_TEXT = [
 ]
 
 
-def _add_text(doc: pdfium.PdfDocument, page: pdfium.PdfPage, runs: list[TextRun], font_size: float) -> None:
+def add_text(
+    doc: pdfium.PdfDocument, page: pdfium.PdfPage, runs: list[TextRun], *, font_size: float = 12.0, render_mode: int = 0
+) -> None:
+    """Insert Helvetica text runs on ``page``; the caller holds :data:`PDFIUM_LOCK` and generates the content.
+
+    ``render_mode`` is the PDF text render mode (3: invisible, as scanners write their OCR layer).
+    """
     height = page.get_height()
     for x, y, text in runs:
         obj = pdfium_c.FPDFPageObj_NewTextObj(doc.raw, b"Helvetica", ctypes.c_float(font_size))
         encoded = (text + "\0").encode("utf-16-le")
         buffer = ctypes.create_string_buffer(encoded, len(encoded))
         pdfium_c.FPDFText_SetText(obj, ctypes.cast(buffer, ctypes.POINTER(pdfium_c.FPDF_WCHAR)))
+        if render_mode:
+            pdfium_c.FPDFTextObj_SetTextRenderMode(obj, render_mode)
         pdfium_c.FPDFPageObj_Transform(obj, 1, 0, 0, 1, x, height - y)
         pdfium_c.FPDFPage_InsertObject(page.raw, obj)
-    pdfium_c.FPDFPage_GenerateContent(page.raw)
 
 
-def text_pdf(pages: list[list[TextRun]], *, size: tuple[float, float] = LETTER, font_size: float = 12.0) -> bytes:
-    """A born-digital PDF with Helvetica text runs on each page."""
+def text_pdf(
+    pages: list[list[TextRun]], *, size: tuple[float, float] = LETTER, font_size: float = 12.0, rotation: int = 0
+) -> bytes:
+    """A born-digital PDF with Helvetica text runs on each page (``rotation``: each page's /Rotate)."""
     with PDFIUM_LOCK:
         doc = pdfium.PdfDocument.new()
         try:
             for runs in pages:
                 page = doc.new_page(*size)
-                _add_text(doc, page, runs, font_size)
+                add_text(doc, page, runs, font_size=font_size)
+                pdfium_c.FPDFPage_GenerateContent(page.raw)
+                if rotation:
+                    pdfium_c.FPDFPage_SetRotation(page.raw, rotation // 90)
                 page.close()
             out = io.BytesIO()
             doc.save(out)

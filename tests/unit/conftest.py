@@ -6,18 +6,16 @@ shows its input; the shared corpus is used where real files matter.
 
 from __future__ import annotations
 
-import ctypes
 import io
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pypdfium2 as pdfium
-import pypdfium2.raw as pdfium_c
 import pytest
 
 from consumer.pdf import PDFIUM_LOCK
-from consumer.samples import encrypted_pdf, zero_page_pdf
+from consumer.samples import TextRun, add_text, encrypted_pdf, text_pdf, zero_page_pdf
 
 
 def corpus_dir() -> Path:
@@ -34,40 +32,8 @@ def corpus() -> Path:
     return path
 
 
-TextRun = tuple[float, float, str]
-"""x, y of the baseline start in points from the top-left corner, and the text."""
-
-
-def make_pdf(
-    pages: list[list[TextRun]],
-    *,
-    size: tuple[float, float] = (612.0, 792.0),
-    font_size: float = 12.0,
-    rotation: int = 0,
-) -> bytes:
-    """A born-digital PDF with Helvetica text runs placed on each page (``rotation``: the page's /Rotate)."""
-    width, height = size
-    with PDFIUM_LOCK:
-        doc = pdfium.PdfDocument.new()
-        try:
-            for runs in pages:
-                page = doc.new_page(width, height)
-                for x, y, text in runs:
-                    obj = pdfium_c.FPDFPageObj_NewTextObj(doc.raw, b"Helvetica", ctypes.c_float(font_size))
-                    encoded = (text + "\0").encode("utf-16-le")
-                    buffer = ctypes.create_string_buffer(encoded, len(encoded))
-                    pdfium_c.FPDFText_SetText(obj, ctypes.cast(buffer, ctypes.POINTER(pdfium_c.FPDF_WCHAR)))
-                    pdfium_c.FPDFPageObj_Transform(obj, 1, 0, 0, 1, x, height - y)
-                    pdfium_c.FPDFPage_InsertObject(page.raw, obj)
-                pdfium_c.FPDFPage_GenerateContent(page.raw)
-                if rotation:
-                    pdfium_c.FPDFPage_SetRotation(page.raw, rotation // 90)
-                page.close()
-            out = io.BytesIO()
-            doc.save(out)
-        finally:
-            doc.close()
-    return out.getvalue()
+make_pdf = text_pdf
+"""``make_pdf(pages, size=..., font_size=..., rotation=...)``: born-digital pages of text runs."""
 
 
 def image_text_pdf(
@@ -93,18 +59,8 @@ def image_text_pdf(
         try:
             page = doc.new_page(width, height)
 
-            def add_text() -> None:
-                for x, y, text in runs:
-                    obj = pdfium_c.FPDFPageObj_NewTextObj(doc.raw, b"Helvetica", ctypes.c_float(12.0))
-                    encoded = (text + "\0").encode("utf-16-le")
-                    buffer = ctypes.create_string_buffer(encoded, len(encoded))
-                    pdfium_c.FPDFText_SetText(obj, ctypes.cast(buffer, ctypes.POINTER(pdfium_c.FPDF_WCHAR)))
-                    pdfium_c.FPDFTextObj_SetTextRenderMode(obj, text_mode)
-                    pdfium_c.FPDFPageObj_Transform(obj, 1, 0, 0, 1, x, height - y)
-                    pdfium_c.FPDFPage_InsertObject(page.raw, obj)
-
             if text_first:
-                add_text()
+                add_text(doc, page, runs, render_mode=text_mode)
             image = pdfium.PdfImage.new(doc)
             bitmap = pdfium.PdfBitmap.from_pil(Image.new("RGB", (40, 50), (200, 200, 200)))
             image.set_bitmap(bitmap)
@@ -113,7 +69,7 @@ def image_text_pdf(
             image.set_matrix(pdfium.PdfMatrix().scale(w, h).translate(x0 * width, (1 - y1) * height))
             page.insert_obj(image)
             if not text_first:
-                add_text()
+                add_text(doc, page, runs, render_mode=text_mode)
             page.gen_content()
             page.close()
             out = io.BytesIO()
