@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from consumer import devstack
 from schemas.names import Topology
 from schemas.settings import Settings
+from tests.integration.stack import ROLES, MakeStack, Stack
 
 LOCAL_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 LOCAL_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -173,3 +176,37 @@ def pagewire_settings(pagewire_env: dict[str, str], monkeypatch: pytest.MonkeyPa
     for name, value in pagewire_env.items():
         monkeypatch.setenv(name, value)
     return Settings()
+
+
+@pytest.fixture
+def make_stack(services: Services, tmp_path: Path) -> Iterator[MakeStack]:
+    """Role stacks for one test, each on a fresh prefix: ``make_stack(roles=..., role_env=..., **PAGEWIRE_VARS)``.
+
+    The ``roles`` (default: planner, worker, recorder) are started and awaited;
+    pass ``roles=()`` to start them by hand. Every stack is stopped and its
+    queues deleted when the test ends.
+    """
+    made: list[Stack] = []
+
+    def make(
+        *, roles: tuple[str, ...] = ROLES, role_env: dict[str, dict[str, str]] | None = None, **variables: str
+    ) -> Stack:
+        env = services.env(f"t{secrets.token_hex(6)}") | {"PAGEWIRE_RETRY_BACKOFF_S": "0.2"} | variables
+        stack = Stack(env, tmp_path / f"stack-{len(made)}")
+        made.append(stack)
+        if roles:
+            stack.start_roles(roles, role_env)
+        return stack
+
+    yield make
+    for stack in made:
+        stack.stop_all()
+        devstack.delete_topology(services.amqp_url, stack.topology)
+
+
+@pytest.fixture
+async def db(services: Services) -> AsyncIterator[AsyncEngine]:
+    """An engine on the test database, for reading the rows a user would query."""
+    engine = create_async_engine(services.database_url)
+    yield engine
+    await engine.dispose()

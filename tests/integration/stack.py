@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,7 @@ from schemas.names import Topology
 from schemas.settings import ClientSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+ROLES = ("planner", "worker", "recorder")
 
 
 @dataclass
@@ -77,6 +78,12 @@ class Stack:
                 raise AssertionError(f"roles not ready after {timeout} s: {counts}")
             time.sleep(0.2)
 
+    def start_roles(self, roles: tuple[str, ...] = ROLES, role_env: dict[str, dict[str, str]] | None = None) -> None:
+        """Start ``roles`` (``role_env`` adds variables for one role) and wait until each consumes."""
+        for role in roles:
+            self.start(role, extra_env=(role_env or {}).get(role))
+        self.wait_ready({role: devstack.role_queues(self.topology)[role] for role in roles}, timeout=90)
+
     def log(self, name: str) -> str:
         path = self.log_dir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
@@ -99,6 +106,10 @@ class Stack:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+MakeStack = Callable[..., Stack]
+"""The ``make_stack`` fixture: ``make_stack(roles=..., role_env=..., **PAGEWIRE_VARS) -> Stack``."""
 
 
 @dataclass
@@ -134,7 +145,7 @@ def running_stack(
     services: Any,
     log_dir: Path,
     *,
-    roles: tuple[str, ...] = ("planner", "worker", "recorder"),
+    roles: tuple[str, ...] = ROLES,
     role_env: dict[str, dict[str, str]] | None = None,
     extra_queues: tuple[str, ...] = (),
 ) -> Iterator[Stack]:
@@ -146,9 +157,7 @@ def running_stack(
     """
     stack = Stack(services.env(f"t{secrets.token_hex(6)}"), log_dir)
     try:
-        for role in roles:
-            stack.start(role, extra_env=(role_env or {}).get(role))
-        stack.wait_ready({role: devstack.role_queues(stack.topology)[role] for role in roles}, timeout=90)
+        stack.start_roles(roles, role_env)
         yield stack
     finally:
         stack.stop_all()

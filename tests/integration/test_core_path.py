@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from consumer.samples import DEMO_TEXT, mixed_sample
 from schemas.messages import Engine, JobOptions, PageCompleted
@@ -41,13 +40,6 @@ TWO_COLUMN_CER = 0.10
 def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with running_stack(services, tmp_path_factory.mktemp("roles")) as stack:
         yield stack
-
-
-@pytest.fixture
-async def db(services: Any) -> AsyncIterator[Any]:
-    engine = create_async_engine(services.database_url)
-    yield engine
-    await engine.dispose()
 
 
 async def page_rows(db: Any, job_id: str) -> list[dict[str, object]]:

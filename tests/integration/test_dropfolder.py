@@ -25,7 +25,7 @@ from typing import Any
 import aio_pika
 import pytest
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from consumer import devstack
 from consumer.amqp import Publisher, declare_topology
@@ -155,13 +155,6 @@ async def folder(stack: Stack, tmp_path: Path) -> AsyncIterator[Folder]:
     await folder.open_tap()
     yield folder
     await folder.close()
-
-
-@pytest.fixture
-async def db(services: Any) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(services.database_url)
-    yield engine
-    await engine.dispose()
 
 
 def small_pdf(n: int) -> bytes:

@@ -14,16 +14,14 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from consumer import devstack
 from consumer.recorder import apply_batch
 from consumer.samples import DEMO_TEXT, lines, scanned_pdf, text_pdf
 from producer.api import Client
@@ -39,30 +37,9 @@ from schemas.messages import (
 )
 from schemas.tables import jobs, pages
 from tests.integration.proxy import TcpProxy
-from tests.integration.stack import Stack
+from tests.integration.stack import MakeStack, Stack
 
 DB_OUTAGE_S = float(os.environ.get("PAGEWIRE_TEST_DB_OUTAGE_S", "30"))
-
-
-def new_stack(services: Any, tmp: Path, **overrides: str) -> Stack:
-    env = services.env(f"t{secrets.token_hex(6)}") | {"PAGEWIRE_RETRY_BACKOFF_S": "0.2"} | overrides
-    return Stack(env, tmp)
-
-
-@pytest.fixture
-def stacks(services: Any) -> Iterator[list[Stack]]:
-    made: list[Stack] = []
-    yield made
-    for stack in made:
-        stack.stop_all()
-        devstack.delete_topology(services.amqp_url, stack.topology)
-
-
-@pytest.fixture
-async def db(services: Any) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(services.database_url)
-    yield engine
-    await engine.dispose()
 
 
 def small_scan(n_pages: int) -> bytes:
@@ -127,15 +104,9 @@ async def assert_counted_once(db: AsyncEngine, job_id: str, total: int) -> None:
 
 
 @pytest.mark.ocr
-async def test_worker_killed_mid_task_loses_nothing(
-    services: Any, stacks: list[Stack], tmp_path: Path, db: AsyncEngine
-) -> None:
+async def test_worker_killed_mid_task_loses_nothing(make_stack: MakeStack, db: AsyncEngine) -> None:
     # Given one worker and tasks of two OCR pages each
-    stack = new_stack(services, tmp_path, PAGEWIRE_OCR_PAGES_PER_TASK="2")
-    stacks.append(stack)
-    for role in ("planner", "worker", "recorder"):
-        stack.start(role)
-    stack.wait_ready()
+    stack = make_stack(PAGEWIRE_OCR_PAGES_PER_TASK="2")
     follower = Follower(stack)
     await follower.submit(small_scan(2), JobOptions(engine=Engine.RAPIDOCR))
 
@@ -155,14 +126,8 @@ async def test_worker_killed_mid_task_loses_nothing(
 
 
 @pytest.mark.ocr
-async def test_sigterm_lets_the_worker_finish_its_page_and_exit_0(
-    services: Any, stacks: list[Stack], tmp_path: Path, db: AsyncEngine
-) -> None:
-    stack = new_stack(services, tmp_path)
-    stacks.append(stack)
-    for role in ("planner", "worker", "recorder"):
-        stack.start(role)
-    stack.wait_ready()
+async def test_sigterm_lets_the_worker_finish_its_page_and_exit_0(make_stack: MakeStack, db: AsyncEngine) -> None:
+    stack = make_stack()
     follower = Follower(stack)
     await follower.submit(small_scan(2), JobOptions(engine=Engine.RAPIDOCR))
     await follower.wait_for("JobStarted")
@@ -181,12 +146,8 @@ async def test_sigterm_lets_the_worker_finish_its_page_and_exit_0(
     await assert_counted_once(db, follower.job_id, 2)
 
 
-async def test_sigterm_stops_idle_roles_with_exit_0(services: Any, stacks: list[Stack], tmp_path: Path) -> None:
-    stack = new_stack(services, tmp_path)
-    stacks.append(stack)
-    for role in ("planner", "worker", "recorder"):
-        stack.start(role)
-    stack.wait_ready()
+async def test_sigterm_stops_idle_roles_with_exit_0(make_stack: MakeStack) -> None:
+    stack = make_stack()
     for role in ("planner", "worker", "recorder"):
         stack.signal(role, signal.SIGTERM)
     assert [stack.wait_exit(role, timeout=30) for role in ("planner", "worker", "recorder")] == [0, 0, 0]
@@ -206,16 +167,12 @@ def target_of(url: str, default_port: int) -> tuple[str, int]:
 
 @pytest.mark.ocr
 async def test_broker_connection_cut_every_role_comes_back(
-    services: Any, stacks: list[Stack], tmp_path: Path, db: AsyncEngine
+    services: Any, make_stack: MakeStack, db: AsyncEngine
 ) -> None:
     with TcpProxy(*target_of(services.amqp_url, 5672)) as proxy:
         # Given every role talking to the broker through a proxy
-        stack = new_stack(services, tmp_path)
-        stacks.append(stack)
-        role_env = {"PAGEWIRE_AMQP_URL": via_proxy(services.amqp_url, proxy)}
-        for role in ("planner", "worker", "recorder"):
-            stack.start(role, extra_env=role_env)
-        stack.wait_ready()
+        via = {"PAGEWIRE_AMQP_URL": via_proxy(services.amqp_url, proxy)}
+        stack = make_stack(role_env={role: via for role in ("planner", "worker", "recorder")})
         follower = Follower(stack)  # the test's own client talks to the broker directly
         await follower.submit(small_scan(3), JobOptions(engine=Engine.RAPIDOCR))
         await follower.wait_for("PageCompleted")
@@ -232,13 +189,10 @@ async def test_broker_connection_cut_every_role_comes_back(
         stack.stop_all()  # while the proxy still stands
 
 
-async def test_database_outage_delays_but_loses_nothing(
-    services: Any, stacks: list[Stack], tmp_path: Path, db: AsyncEngine
-) -> None:
+async def test_database_outage_delays_but_loses_nothing(services: Any, make_stack: MakeStack, db: AsyncEngine) -> None:
     with TcpProxy(*target_of(services.database_url, 5432)) as proxy:
         # Given a recorder that reaches PostgreSQL through a proxy, and the database unreachable
-        stack = new_stack(services, tmp_path)
-        stacks.append(stack)
+        stack = make_stack(roles=())
         db_via_proxy = services.database_url.replace(
             f":{target_of(services.database_url, 5432)[1]}/", f":{proxy.port}/"
         )
@@ -265,11 +219,10 @@ async def test_database_outage_delays_but_loses_nothing(
 
 
 async def test_completion_lost_in_a_crash_after_commit_goes_out_once(
-    services: Any, stacks: list[Stack], tmp_path: Path, db: AsyncEngine
+    services: Any, make_stack: MakeStack, db: AsyncEngine
 ) -> None:
     # Given a job the recorder committed as finished, then died before publishing its completion
-    stack = new_stack(services, tmp_path)
-    stacks.append(stack)
+    stack = make_stack(roles=())
     job_id = f"crash-{secrets.token_hex(4)}"
     source = Source(bucket=services.bucket, key=f"jobs/{job_id}/source.pdf")
     started = JobStarted(
@@ -316,11 +269,10 @@ async def test_completion_lost_in_a_crash_after_commit_goes_out_once(
 
 
 async def test_retryable_failure_is_retried_then_dead_lettered_and_named(
-    services: Any, stacks: list[Stack], tmp_path: Path, db: AsyncEngine
+    services: Any, make_stack: MakeStack, db: AsyncEngine
 ) -> None:
     # Given a worker that cannot reach S3 (a retryable fault), and a delivery limit of 2
-    stack = new_stack(services, tmp_path, PAGEWIRE_DELIVERY_LIMIT="2")
-    stacks.append(stack)
+    stack = make_stack(roles=(), PAGEWIRE_DELIVERY_LIMIT="2")
     stack.start("planner")
     stack.start("recorder")
     stack.start("worker", extra_env={"PAGEWIRE_S3_ENDPOINT_URL": "http://127.0.0.1:9"})
@@ -381,14 +333,8 @@ def sandbox_children(pid: int) -> list[int]:
 
 
 @pytest.mark.ocr
-async def test_a_native_crash_costs_one_attempt_not_the_worker(
-    services: Any, stacks: list[Stack], tmp_path: Path, db: AsyncEngine
-) -> None:
-    stack = new_stack(services, tmp_path)
-    stacks.append(stack)
-    for role in ("planner", "worker", "recorder"):
-        stack.start(role)
-    stack.wait_ready()
+async def test_a_native_crash_costs_one_attempt_not_the_worker(make_stack: MakeStack, db: AsyncEngine) -> None:
+    stack = make_stack()
     worker_pid = stack.processes["worker"].pid
     (child,) = sandbox_children(worker_pid)
 
@@ -410,15 +356,11 @@ async def test_a_native_crash_costs_one_attempt_not_the_worker(
 @pytest.mark.ocr
 @pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs the broker's rabbitmqctl on this machine")
 async def test_broker_stopped_and_started_every_role_comes_back(
-    services: Any, stacks: list[Stack], tmp_path: Path, db: AsyncEngine
+    services: Any, make_stack: MakeStack, db: AsyncEngine
 ) -> None:
     if "127.0.0.1" not in services.amqp_url and "localhost" not in services.amqp_url:
         pytest.skip("the broker is not this machine's")
-    stack = new_stack(services, tmp_path)
-    stacks.append(stack)
-    for role in ("planner", "worker", "recorder"):
-        stack.start(role)
-    stack.wait_ready()
+    stack = make_stack()
     follower = Follower(stack)
     await follower.submit(small_scan(3), JobOptions(engine=Engine.RAPIDOCR))
     await follower.wait_for("PageCompleted")

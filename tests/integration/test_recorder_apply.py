@@ -7,12 +7,10 @@ does, and check the rows a user would query.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from consumer.recorder import apply_batch
 from schemas.errors import ErrorCode
@@ -28,13 +26,6 @@ from schemas.messages import (
     Source,
 )
 from schemas.tables import jobs, pages
-
-
-@pytest.fixture
-async def db(services: Any) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(services.database_url)
-    yield engine
-    await engine.dispose()
 
 
 def job_events(job_id: str, total: int) -> tuple[JobQueued, JobStarted, list[PageCompleted]]:

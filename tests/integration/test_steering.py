@@ -5,44 +5,19 @@ from __future__ import annotations
 import asyncio
 import secrets
 import signal
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from consumer import devstack
 from consumer.samples import DEMO_TEXT, lines, scanned_pdf, text_pdf
 from producer.api import Client
 from schemas.errors import ErrorCode
 from schemas.messages import CACHE_WORKER, Engine, Event, JobFailed, JobOptions, JobStarted, PageCompleted, PageFailed
 from schemas.tables import job_plans, jobs, pages
-from tests.integration.stack import Stack
-
-
-@pytest.fixture
-def stacks(services: Any) -> Iterator[list[Stack]]:
-    made: list[Stack] = []
-    yield made
-    for stack in made:
-        stack.stop_all()
-        devstack.delete_topology(services.amqp_url, stack.topology)
-
-
-@pytest.fixture
-async def db(services: Any) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(services.database_url)
-    yield engine
-    await engine.dispose()
-
-
-def new_stack(services: Any, tmp: Path, stacks: list[Stack], **overrides: str) -> Stack:
-    stack = Stack(services.env(f"t{secrets.token_hex(6)}") | {"PAGEWIRE_RETRY_BACKOFF_S": "0.1"} | overrides, tmp)
-    stacks.append(stack)
-    return stack
+from tests.integration.stack import MakeStack, Stack
 
 
 async def job_row(db: AsyncEngine, job_id: str) -> Any:
@@ -51,14 +26,9 @@ async def job_row(db: AsyncEngine, job_id: str) -> Any:
 
 
 @pytest.mark.ocr
-async def test_cancel_stops_a_job_within_one_page(
-    services: Any, stacks: list[Stack], tmp_path: Path, db: AsyncEngine
-) -> None:
+async def test_cancel_stops_a_job_within_one_page(make_stack: MakeStack, db: AsyncEngine) -> None:
     # Given a six-page scan being read one page a task
-    stack = new_stack(services, tmp_path, stacks)
-    for role in ("planner", "worker", "recorder"):
-        stack.start(role)
-    stack.wait_ready()
+    stack = make_stack()
     async with Client(stack.settings) as client, client.subscribe() as events:
         request = await client.submit(scanned_pdf([lines(DEMO_TEXT)] * 6), options=JobOptions(engine=Engine.RAPIDOCR))
         seen: list[Event] = []
@@ -87,11 +57,9 @@ async def test_cancel_stops_a_job_within_one_page(
     assert "cancelled" in stack.log("worker")
 
 
-async def test_retry_requeues_only_the_failed_pages(
-    services: Any, stacks: list[Stack], tmp_path: Path, db: AsyncEngine
-) -> None:
+async def test_retry_requeues_only_the_failed_pages(make_stack: MakeStack, db: AsyncEngine) -> None:
     # Given a job whose page failed for good because the worker could not reach S3
-    stack = new_stack(services, tmp_path, stacks, PAGEWIRE_DELIVERY_LIMIT="0")
+    stack = make_stack(roles=(), PAGEWIRE_DELIVERY_LIMIT="0")
     stack.start("planner")
     stack.start("recorder")
     stack.start("worker", name="broken", extra_env={"PAGEWIRE_S3_ENDPOINT_URL": "http://127.0.0.1:9"})
@@ -118,14 +86,9 @@ async def test_retry_requeues_only_the_failed_pages(
     assert (row["status"], row["pages_ok"], row["pages_failed"]) == ("completed", 2, 0)
 
 
-async def test_a_high_priority_job_overtakes_a_backlog(
-    services: Any, stacks: list[Stack], tmp_path: Path, db: AsyncEngine
-) -> None:
+async def test_a_high_priority_job_overtakes_a_backlog(make_stack: MakeStack, db: AsyncEngine) -> None:
     # Given 200 normal pages queued, one task each, and one worker
-    stack = new_stack(services, tmp_path, stacks, PAGEWIRE_TEXT_PAGES_PER_TASK="1")
-    for role in ("planner", "worker", "recorder"):
-        stack.start(role)
-    stack.wait_ready()
+    stack = make_stack(PAGEWIRE_TEXT_PAGES_PER_TASK="1")
     backlog = text_pdf([lines([f"normal page {n}"]) for n in range(1, 201)])
     urgent = text_pdf([lines([f"urgent page {n}"]) for n in range(1, 4)])
     async with Client(stack.settings) as client, client.subscribe() as events:
@@ -148,11 +111,8 @@ async def test_a_high_priority_job_overtakes_a_backlog(
 
 
 @pytest.fixture
-def steady_stack(services: Any, stacks: list[Stack], tmp_path: Path) -> Stack:
-    stack = new_stack(services, tmp_path, stacks)
-    for role in ("planner", "worker", "recorder"):
-        stack.start(role)
-    stack.wait_ready()
+def steady_stack(make_stack: MakeStack) -> Stack:
+    stack = make_stack()
     return stack
 
 
