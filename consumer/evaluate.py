@@ -17,10 +17,10 @@ fly: ``rotated`` (scans whose page is turned 90 and 180 degrees with
 ``/Rotate``), ``born-digital-rotated`` and ``low-contrast`` (a born-digital
 page rendered, lightened to grey on white and placed as an image-only page).
 
-Engines: ``text`` (the text layer), ``rapidocr``, ``auto`` (the judged text
-layer of :attr:`consumer.pdf.TextLayer.source`: text, OCR, or both merged) and
-``auto-worker`` (:func:`consumer.worker.read_page` with ``auto`` as the worker
-runs it today). OCR results are cached by image, so engines that OCR the same
+Engines: ``text`` (the text layer), ``rapidocr`` and ``auto`` (the judged text
+layer of :attr:`consumer.pdf.TextLayer.source`: text, OCR, or both merged), all
+read by :func:`consumer.worker.read_page` exactly as the worker reads them;
+``auto-worker`` is kept as another name for ``auto``. OCR results are cached by image, so engines that OCR the same
 page pay for it once.
 """
 
@@ -42,10 +42,9 @@ from typing import Any
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
-from consumer.engines import Image, OcrEngine, PageText, make_engine, page_text_from_blocks
-from consumer.layout import merge_blocks
+from consumer.engines import Image, OcrEngine, PageText, make_engine
 from consumer.pdf import PDFIUM_LOCK, PageSource, PdfDocument
-from consumer.worker import Engines, PageResult, ocr_page, read_page, takes_text_layer
+from consumer.worker import Engines, read_page, takes_text_layer
 from schemas.messages import Engine, JobOptions
 
 __all__ = [
@@ -60,7 +59,6 @@ __all__ = [
     "corpus_samples",
     "evaluate",
     "low_contrast_pdf",
-    "read_auto",
     "rotated_pdf",
     "score_page",
 ]
@@ -299,28 +297,6 @@ class CachedEngine:
         return self.cache.get(key, (None, 0.0))[1]
 
 
-def read_auto(
-    doc: PdfDocument, page_no: int, options: JobOptions, engines: Engines, max_megapixels: float
-) -> PageResult:
-    """``auto`` as the worker should run it: the judged text layer, OCR, or both merged (see the report).
-
-    :attr:`~consumer.pdf.TextLayer.source` decides: ``text`` takes the layer,
-    ``ocr`` reads the page with OCR (:func:`consumer.worker.ocr_page`), and
-    ``hybrid`` does both and keeps the OCR text the layer does not already
-    have (:func:`consumer.layout.merge_blocks`). The engine reported is
-    ``text`` or the OCR engine.
-    """
-    layer = doc.text_layer(page_no)
-    source = layer.source
-    if source == PageSource.TEXT:
-        return layer.text, list(layer.blocks), 1.0, Engine.TEXT, 0.0
-    text, blocks, confidence, engine, render_ms = ocr_page(doc, page_no, options, engines, max_megapixels)
-    if source == PageSource.OCR:
-        return text, blocks, confidence, engine, render_ms
-    merged = page_text_from_blocks(merge_blocks(list(layer.blocks), blocks))
-    return merged.text, merged.blocks, merged.confidence, engine, render_ms
-
-
 @dataclass
 class Reading:
     """One page read by one engine."""
@@ -341,19 +317,15 @@ def _needs_ocr(doc: PdfDocument, page_no: int, engine: str) -> tuple[bool, str]:
     if engine == "rapidocr":
         return True, "rapidocr"
     layer = doc.text_layer(page_no)
-    if engine == "auto":
-        return layer.source != PageSource.TEXT, str(layer.source)
-    return not takes_text_layer(JobOptions(engine=Engine.AUTO), layer), "text"
+    return not takes_text_layer(JobOptions(engine=Engine.AUTO), layer), str(layer.source)
 
 
 def _read(doc: PdfDocument, page_no: int, engine: str, engines: Engines, dpi: int) -> tuple[str, str]:
     """Read one page as ``engine`` does; its text and what read it."""
-    if engine == "auto":
-        source = doc.text_layer(page_no).source
-        text, _, _, used, _ = read_auto(doc, page_no, JobOptions(engine=Engine.AUTO, dpi=dpi), engines, MAX_MEGAPIXELS)
-        return text, "hybrid" if source == PageSource.HYBRID else str(used)
-    wanted = {"text": Engine.TEXT, "rapidocr": Engine.RAPIDOCR, "auto-worker": Engine.AUTO}[engine]
+    wanted = {"text": Engine.TEXT, "rapidocr": Engine.RAPIDOCR, "auto": Engine.AUTO, "auto-worker": Engine.AUTO}[engine]
     text, _, _, used, _ = read_page(doc, page_no, JobOptions(engine=wanted, dpi=dpi), engines, MAX_MEGAPIXELS)
+    if wanted == Engine.AUTO and doc.text_layer(page_no).source == PageSource.HYBRID:
+        return text, "hybrid"
     return text, str(used)
 
 
