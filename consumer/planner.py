@@ -14,7 +14,6 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from sqlalchemy import func, select
@@ -95,19 +94,12 @@ def plan_tasks(
     return ranges
 
 
-def inspect_pdf_file(path: str, max_pages: int) -> PdfInfo:
-    """In the sandbox child: page count, limits and text layers of a PDF on disk."""
+def inspect_pdf_file(path: str, max_pages: int) -> tuple[PdfInfo, str]:
+    """In the sandbox child: page count, limits and text layers of a PDF on disk, and its sha256
+    (the page cache's key), from the one read of the file."""
     with open(path, "rb") as fh:
-        return inspect_pdf(fh.read(), max_pages=max_pages)
-
-
-def file_sha256(path: Path) -> str:
-    """The content hash that keys the page cache."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        data = fh.read()
+    return inspect_pdf(data, max_pages=max_pages), hashlib.sha256(data).hexdigest()
 
 
 def missing_runs(first: int, last: int, have: set[int]) -> list[tuple[int, int]]:
@@ -184,11 +176,11 @@ class Planner:
             log.info("job %s is planned already: request dropped", request.job_id)
             return
         path = await asyncio.to_thread(self.cache.fetch, request.source)
-        info = await self.sandbox.call(
+        info, sha256 = await self.sandbox.call(
             inspect_pdf_file, str(path), self.settings.max_pages, budget_s=self.settings.inspect_budget_s
         )
         first, last = page_range(request.options.first_page, request.options.last_page, info.page_count)
-        source = request.source.model_copy(update={"sha256": await asyncio.to_thread(file_sha256, path)})
+        source = request.source.model_copy(update={"sha256": sha256})
         cached = await self.cached_pages(source.sha256 or "", request.options, first, last)
         ranges = [
             task_range
