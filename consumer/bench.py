@@ -463,10 +463,30 @@ def service_pids() -> dict[str, list[int]]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (a role's sandbox child), from ``/proc``."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
 def cpu_snapshot(pids: dict[str, int]) -> dict[str, dict[int, float]]:
-    """CPU seconds so far, by group: each named role pid, the services, this process and the machine."""
+    """CPU seconds so far, by group: each named role with its sandbox child, the services, this process and
+    the machine."""
     snap: dict[str, dict[int, float]] = {}
-    groups: dict[str, list[int]] = {name: [pid] for name, pid in pids.items()} | service_pids()
+    groups: dict[str, list[int]] = {name: descendants(pid) for name, pid in pids.items()} | service_pids()
     for name, members in groups.items():
         snap[name] = {pid: cpu for pid in members if (cpu := process_cpu_s(pid)) is not None}
     snap["bench"] = {os.getpid(): time.process_time()}
@@ -498,6 +518,16 @@ def loadavg() -> float:
         return os.getloadavg()[0]
     except OSError:
         return 0.0
+
+
+def unique_copy(pdf: bytes) -> bytes:
+    """``pdf`` with a comment after its end, so its sha256 is new and the page cache cannot answer it.
+
+    The bench repeats corpus files to reach its page count, and runs again and
+    again on one stack: without this, every page after the first run of a file
+    would come from the planner's page cache instead of a worker.
+    """
+    return pdf + f"\n% pagewire bench {uuid.uuid4().hex}\n".encode()
 
 
 async def stack_run(
@@ -549,7 +579,7 @@ async def stack_run(
                 job.submit_start = time.time()
                 r = job.range
                 await client.submit(
-                    blobs[r.path],
+                    unique_copy(blobs[r.path]),
                     options=options.model_copy(update={"first_page": r.first, "last_page": r.last}),
                     job_id=job.job_id,
                     submitted_by="pagewire bench",
@@ -621,7 +651,7 @@ async def first_event_latency(settings: ClientSettings, pdf: bytes, *, runs: int
             async with client.subscribe() as events:
                 t0 = time.perf_counter()
                 request = await client.submit(
-                    pdf, options=JobOptions(engine=Engine.AUTO), submitted_by="pagewire bench"
+                    unique_copy(pdf), options=JobOptions(engine=Engine.AUTO), submitted_by="pagewire bench"
                 )
                 submit.append((time.perf_counter() - t0) * 1000)
                 seen_first = False

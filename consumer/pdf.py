@@ -27,8 +27,10 @@ from __future__ import annotations
 import ctypes
 import math
 import os
+import re
 import threading
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -182,12 +184,14 @@ def has_real_text(text: str) -> bool:
       or symbols alone does not pass (dot leaders in a table of contents do:
       about 24%).
     """
-    visible = [c for c in text if not c.isspace()]
-    if not visible:
+    # Each distinct character is looked at once: a page has about 1,500 characters but 80 distinct.
+    counts = Counter("".join(text.split()))
+    total = sum(counts.values())
+    if not total:
         return False
-    alnum = sum(1 for c in visible if c.isalnum())
-    bad = sum(1 for c in visible if _is_bad_char(c))
-    return alnum >= _MIN_ALNUM and bad <= _MAX_BAD_SHARE * len(visible) and alnum >= _MIN_ALNUM_SHARE * len(visible)
+    alnum = sum(n for c, n in counts.items() if c.isalnum())
+    bad = sum(n for c, n in counts.items() if _is_bad_char(c))
+    return alnum >= _MIN_ALNUM and bad <= _MAX_BAD_SHARE * total and alnum >= _MIN_ALNUM_SHARE * total
 
 
 def _is_bad_char(c: str) -> bool:
@@ -354,8 +358,9 @@ class PdfDocument:
                     if rotation:
                         pdfium_c.FPDFPage_SetRotation(page.raw, rotation // 90)
                 try:
-                    text = _normalise_text(textpage.get_text_range())
-                    blocks = _blocks_unlocked(page, textpage, rotation)
+                    raw = textpage.get_text_range()
+                    text = _normalise_text(raw)
+                    blocks = _blocks_unlocked(page, textpage, raw, rotation)
                     chars = textpage.count_chars()
                     content = _page_content_unlocked(page)
                 finally:
@@ -410,15 +415,37 @@ class PdfDocument:
                 self._source = b""
 
 
-def _blocks_unlocked(page: pdfium.PdfPage, textpage: pdfium.PdfTextPage, rotation: int) -> list[Block]:
-    """One block per run of text on a line, in fractions of the page turned by ``rotation``. Caller holds the lock."""
+def _blocks_unlocked(page: pdfium.PdfPage, textpage: pdfium.PdfTextPage, raw: str, rotation: int) -> list[Block]:
+    """One block per run of text on a line, in fractions of the page turned by ``rotation``. Caller holds the lock.
+
+    ``raw`` is the page's text as pdfium gives it, lines ended by CR LF. Each
+    pdfium line gets its box from pdfium's rectangles for its own characters;
+    a line whose rectangles fall apart (two columns on one baseline) is cut
+    there, each piece's text read back from its box. Then :func:`_merge_runs`
+    joins pieces that continue one visual line (pdfium breaks its lines at a
+    superscript). One pass over the characters, where asking pdfium for the
+    text inside every box would search the whole page once a line.
+    """
     left, bottom, right, top = page.get_bbox()
     width, height = right - left, top - bottom
     if width <= 0 or height <= 0:
         return []
+    handle = textpage.raw
+    runs: list[tuple[Rect, str]] = []
+    for line in _LINE.finditer(raw):
+        first = pdfium_c.FPDFText_GetCharIndexFromTextIndex(handle, line.start())
+        last = pdfium_c.FPDFText_GetCharIndexFromTextIndex(handle, line.end() - 1)
+        if first < 0 or last < first:
+            continue  # characters pdfium cannot place: no box to give them
+        rects = [textpage.get_rect(i) for i in range(textpage.count_rects(first, last - first + 1))]
+        pieces = _merge_runs([(rect, "") for rect in rects])
+        if len(pieces) == 1:
+            runs.append((pieces[0][0], line.group()))
+        else:
+            runs.extend((rect, textpage.get_text_bounded(*rect)) for rect, _ in pieces)
     blocks = []
-    for x0, y0, x1, y1 in _merge_rects([textpage.get_rect(i) for i in range(textpage.count_rects())]):
-        text = " ".join(_normalise_text(textpage.get_text_bounded(x0, y0, x1, y1)).split())
+    for (x0, y0, x1, y1), source in _merge_runs(runs):
+        text = " ".join(_normalise_text(source).split())
         if not text:
             continue
         # PDF space has its origin bottom-left; blocks use top-left.
@@ -428,29 +455,32 @@ def _blocks_unlocked(page: pdfium.PdfPage, textpage: pdfium.PdfTextPage, rotatio
     return blocks
 
 
+# A line of pdfium's text: what lies between its line ends (CR LF, or a lone CR or LF).
+_LINE = re.compile(r"[^\r\n]+")
+
 Rect = tuple[float, float, float, float]
 
 
-def _merge_rects(rects: list[Rect]) -> list[Rect]:
-    """Join pdfium's text rectangles (in text order) that continue one line into one rectangle.
+def _merge_runs(runs: list[tuple[Rect, str]]) -> list[tuple[Rect, str]]:
+    """Join runs of text (in text order) that continue one line into one, their texts joined by a space.
 
     pdfium gives one rectangle per text object, and some writers (Google Docs)
     place every glyph on its own, which would make one block per letter. Two
-    rectangles merge when they overlap vertically by half the smaller height
-    and the second starts after the first within 0.8 of the line's height (a
+    runs merge when they overlap vertically by half the smaller height and
+    the second starts after the first within 0.8 of the line's height (a
     word space; a column gutter is wider).
     """
-    merged: list[Rect] = []
-    for rect in rects:
+    merged: list[tuple[Rect, str]] = []
+    for rect, text in runs:
         x0, y0, x1, y1 = rect
         if merged:
-            m0, n0, m1, n1 = merged[-1]
+            (m0, n0, m1, n1), held = merged[-1]
             line_height = max(y1 - y0, n1 - n0)
             overlap = min(y1, n1) - max(y0, n0)
             if overlap >= 0.5 * min(y1 - y0, n1 - n0) and x0 >= m1 - 0.2 * line_height and x0 - m1 <= 0.8 * line_height:
-                merged[-1] = (m0, min(y0, n0), max(x1, m1), max(y1, n1))
+                merged[-1] = ((m0, min(y0, n0), max(x1, m1), max(y1, n1)), f"{held} {text}" if held else text)
                 continue
-        merged.append(rect)
+        merged.append((rect, text))
     return merged
 
 
@@ -487,13 +517,14 @@ def _page_content_unlocked(page: pdfium.PdfPage) -> PageContent:
 
     Objects are visited in painting order, so an image met after a text
     object is drawn over it. Boxes are in PDF user space (unrotated), which is
-    all a share of the page needs.
+    all a share of the page needs. Where the page has no image worth a look
+    (most born-digital pages), the text objects' boxes are never asked for.
     """
     left, bottom, right, top = page.get_bbox()
     area = (right - left) * (top - bottom)
     if area <= 0:
         return PageContent()
-    texts: list[tuple[int, float, float, bool]] = []  # paint order, centre x, y, drawn
+    texts: list[tuple[int, object, Matrix, bool]] = []  # paint order, object, matrix, drawn
     images: list[tuple[int, Rect]] = []  # paint order, box clipped to the page
     order = 0
     # Depth first, in painting order, with an explicit stack: forms nest, and how deep is the PDF's choice.
@@ -516,15 +547,21 @@ def _page_content_unlocked(page: pdfium.PdfPage) -> PageContent:
             continue
         if kind not in (pdfium_c.FPDF_PAGEOBJ_TEXT, pdfium_c.FPDF_PAGEOBJ_IMAGE):
             continue
-        box = _transform_box(_object_bounds(obj), matrix)
         if kind == pdfium_c.FPDF_PAGEOBJ_TEXT:
-            drawn = pdfium_c.FPDFTextObj_GetTextRenderMode(obj) not in _HIDDEN_MODES
-            texts.append((order, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, drawn))
+            texts.append((order, obj, matrix, pdfium_c.FPDFTextObj_GetTextRenderMode(obj) not in _HIDDEN_MODES))
         else:
+            box = _transform_box(_object_bounds(obj), matrix)
             clipped = (max(box[0], left), max(box[1], bottom), min(box[2], right), min(box[3], top))
             if _area(clipped) >= _MIN_IMAGE_SHARE * area:
                 images.append((order, clipped))
-    return _summarise(texts, images, area)
+    if not images:
+        drawn = sum(1 for *_, is_drawn in texts if is_drawn)
+        return PageContent(text_objects=len(texts), visible_text_objects=drawn)
+    centres = []
+    for order, obj, matrix, is_drawn in texts:
+        box = _transform_box(_object_bounds(obj), matrix)
+        centres.append((order, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, is_drawn))
+    return _summarise(centres, images, area)
 
 
 def _summarise(texts: list[tuple[int, float, float, bool]], images: list[tuple[int, Rect]], area: float) -> PageContent:
