@@ -134,6 +134,24 @@ def child_text_layer(path: str, page_no: int) -> TextLayer:
     return _child_doc(path).text_layer(page_no)
 
 
+LayerReading = tuple[TextLayer | PermanentError, float]
+"""A page's text layer (or why it could not be read) and the milliseconds it took."""
+
+
+def child_text_layers(path: str, page_nos: list[int]) -> list[LayerReading]:
+    """In the sandbox child: the text layers of a run of pages, in one call; a bad page fails alone."""
+    doc = _child_doc(path)
+    out: list[LayerReading] = []
+    for page_no in page_nos:
+        started = time.perf_counter()
+        try:
+            layer: TextLayer | PermanentError = doc.text_layer(page_no)
+        except PermanentError as exc:
+            layer = exc
+        out.append((layer, (time.perf_counter() - started) * 1000))
+    return out
+
+
 def child_ocr_page(
     path: str, page_no: int, options: JobOptions, max_megapixels: float
 ) -> tuple[PageText, Engine, float]:
@@ -154,6 +172,11 @@ class PageReading:
     source: TextSource
     rotation: int = 0
     disagreements: list[NumberDisagreement] = field(default_factory=list)
+
+
+def from_text_layer(layer: TextLayer) -> PageReading:
+    """A page read from its text layer alone."""
+    return PageReading(layer.text, list(layer.blocks), 1.0, Engine.TEXT, 0.0, TextSource.TEXT)
 
 
 def combine(layer: TextLayer | None, ocr: PageText, engine: Engine, render_ms: float) -> PageReading:
@@ -184,6 +207,20 @@ def combine(layer: TextLayer | None, ocr: PageText, engine: Engine, render_ms: f
     return PageReading(
         ocr.text, list(ocr.blocks), ocr.confidence, engine, render_ms, TextSource.OCR, ocr.rotation, disagreements
     )
+
+
+TEXT_CHUNK = 8
+"""Text layers read in one sandbox call: a round trip per page would cost as much as reading it."""
+
+
+async def _confirmed(publishing: list[asyncio.Task[None]]) -> None:
+    """Wait for these publishes; the first that failed raises."""
+    if publishing:
+        tasks = publishing.copy()
+        publishing.clear()
+        for result in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
 
 
 class Worker:
@@ -241,41 +278,88 @@ class Worker:
         if task.job_id in self.cancelled:
             log.info("job %s is cancelled: task %s dropped", task.job_id, task.task_id)
             return
-        path = await asyncio.to_thread(self.cache.fetch, task.source)
-        for page_no in range(task.first_page, task.last_page + 1):
-            if task.deadline is not None and datetime.now(UTC) > task.deadline:
-                late = PermanentError(ErrorCode.DEADLINE_EXCEEDED, f"the job's deadline {task.deadline} has passed")
-                for late_page in range(page_no, task.last_page + 1):
-                    await self.page_failed(task, late_page, late, attempt, final=True)
-                    done.add(late_page)
-                return
-            if task.job_id in self.cancelled:  # checked between pages: a cancel stops a job within one page
-                log.info("job %s is cancelled: pages %s-%s dropped", task.job_id, page_no, task.last_page)
-                return
-            with metrics.log_context(job_id=task.job_id, page_no=page_no):
-                await self.run_page(task, str(path), page_no, attempt, done)
+        path = str(await asyncio.to_thread(self.cache.fetch, task.source))
+        layers: dict[int, LayerReading] = {}
+        # Pages read from their text layer are published without waiting for each confirm in turn;
+        # all are confirmed before the next OCR page, the end of the task, and its ack.
+        publishing: list[asyncio.Task[None]] = []
+        try:
+            for page_no in range(task.first_page, task.last_page + 1):
+                if task.deadline is not None and datetime.now(UTC) > task.deadline:
+                    await _confirmed(publishing)
+                    late = PermanentError(ErrorCode.DEADLINE_EXCEEDED, f"the job's deadline {task.deadline} has passed")
+                    for late_page in range(page_no, task.last_page + 1):
+                        await self.page_failed(task, late_page, late, attempt, final=True)
+                        done.add(late_page)
+                    return
+                if task.job_id in self.cancelled:  # checked between pages: a cancel stops a job within one page
+                    log.info("job %s is cancelled: pages %s-%s dropped", task.job_id, page_no, task.last_page)
+                    return
+                if task.options.engine in (Engine.TEXT, Engine.AUTO) and page_no not in layers:
+                    layers = await self.read_layers(path, list(range(page_no, task.last_page + 1))[:TEXT_CHUNK])
+                with metrics.log_context(job_id=task.job_id, page_no=page_no):
+                    given = layers.pop(page_no, None)
+                    if (
+                        given is not None
+                        and isinstance(given[0], TextLayer)
+                        and takes_text_layer(task.options, given[0])
+                    ):
+                        reading = from_text_layer(given[0])
+                        publish = self.publish_page(task, page_no, reading, given[1], attempt, done)
+                        publishing.append(asyncio.create_task(publish))
+                        continue
+                    await _confirmed(publishing)
+                    await self.run_page(task, path, page_no, attempt, done, given)
+            await _confirmed(publishing)
+        finally:
+            # On the way out with an error: every publish has settled, so ``done`` is exact.
+            await asyncio.gather(*publishing, return_exceptions=True)
 
-    async def read(self, path: str, page_no: int, options: JobOptions) -> PageReading:
-        """Read a page in the sandbox: the text layer on a short budget, OCR on a long one."""
-        layer: TextLayer | None = None
-        if options.engine in (Engine.TEXT, Engine.AUTO):
+    async def read_layers(self, path: str, page_nos: list[int]) -> dict[int, LayerReading]:
+        """The text layers of a run of pages in one sandbox call; empty (read each page alone) when the
+        run is one page, or when the call failed, so that a page over its budget or crashing pdfium
+        is found and fails on its own."""
+        if len(page_nos) < 2:
+            return {}
+        try:
+            readings = await self.sandbox.call(child_text_layers, path, page_nos, budget_s=self.settings.text_budget_s)
+        except PagewireError as exc:
+            log.warning("pages %s-%s failed together (%s): reading them one at a time", page_nos[0], page_nos[-1], exc)
+            return {}
+        return dict(zip(page_nos, readings, strict=True))
+
+    async def read(self, path: str, page_no: int, options: JobOptions, layer: TextLayer | None = None) -> PageReading:
+        """Read a page in the sandbox: the text layer on a short budget (unless it is given), OCR on a long one."""
+        if layer is None and options.engine in (Engine.TEXT, Engine.AUTO):
             layer = await self.sandbox.call(child_text_layer, path, page_no, budget_s=self.settings.text_budget_s)
-            if takes_text_layer(options, layer):
-                return PageReading(layer.text, list(layer.blocks), 1.0, Engine.TEXT, 0.0, TextSource.TEXT)
+        if layer is not None and takes_text_layer(options, layer):
+            return from_text_layer(layer)
         ocr, engine, render_ms = await self.sandbox.call(
             child_ocr_page, path, page_no, options, self.settings.max_megapixels, budget_s=self.settings.ocr_budget_s
         )
         return combine(layer, ocr, engine, render_ms)
 
-    async def run_page(self, task: PageTask, path: str, page_no: int, attempt: int, done: set[int]) -> None:
-        """Read one page and publish its event; a bad page fails alone."""
+    async def run_page(
+        self, task: PageTask, path: str, page_no: int, attempt: int, done: set[int], given: LayerReading | None = None
+    ) -> None:
+        """Read one page and publish its event; a bad page fails alone. ``given``: its text layer, read already."""
         started = time.perf_counter()
+        layer, layer_ms = given or (None, 0.0)
         try:
-            reading = await self.read(path, page_no, task.options)
+            if isinstance(layer, PermanentError):
+                raise layer
+            reading = await self.read(path, page_no, task.options, layer)
         except PermanentError as exc:
             await self.page_failed(task, page_no, exc, attempt, final=True)
             done.add(page_no)
             return
+        spent = (time.perf_counter() - started) * 1000 + layer_ms
+        await self.publish_page(task, page_no, reading, spent, attempt, done)
+
+    async def publish_page(
+        self, task: PageTask, page_no: int, reading: PageReading, duration_ms: float, attempt: int, done: set[int]
+    ) -> None:
+        """Publish a page's ``PageCompleted`` and count it done once the broker has confirmed it."""
         event = PageCompleted(
             job_id=task.job_id,
             page_no=page_no,
@@ -286,7 +370,7 @@ class Worker:
             text_source=reading.source,
             rotation=reading.rotation,
             number_disagreements=reading.disagreements,
-            duration_ms=(time.perf_counter() - started) * 1000,
+            duration_ms=duration_ms,
             render_ms=reading.render_ms,
             worker=self.settings.worker_name,
             attempt=attempt,
