@@ -279,7 +279,7 @@ class Worker:
             log.info("job %s is cancelled: task %s dropped", task.job_id, task.task_id)
             return
         path = str(await asyncio.to_thread(self.cache.fetch, task.source))
-        layers: dict[int, LayerReading] = {}
+        layers: dict[int, LayerReading | None] = {}
         # Pages read from their text layer are published without waiting for each confirm in turn;
         # all are confirmed before the next OCR page, the end of the task, and its ack.
         publishing: list[asyncio.Task[None]] = []
@@ -315,17 +315,17 @@ class Worker:
             # On the way out with an error: every publish has settled, so ``done`` is exact.
             await asyncio.gather(*publishing, return_exceptions=True)
 
-    async def read_layers(self, path: str, page_nos: list[int]) -> dict[int, LayerReading]:
-        """The text layers of a run of pages in one sandbox call; empty (read each page alone) when the
-        run is one page, or when the call failed, so that a page over its budget or crashing pdfium
-        is found and fails on its own."""
+    async def read_layers(self, path: str, page_nos: list[int]) -> dict[int, LayerReading | None]:
+        """The text layers of a run of pages in one sandbox call. None for a page means: read it alone.
+        That is each page's lot when the call failed (over its budget, or pdfium crashed), so that
+        the page at fault is found and fails on its own."""
         if len(page_nos) < 2:
-            return {}
+            return dict.fromkeys(page_nos)
         try:
             readings = await self.sandbox.call(child_text_layers, path, page_nos, budget_s=self.settings.text_budget_s)
         except PagewireError as exc:
             log.warning("pages %s-%s failed together (%s): reading them one at a time", page_nos[0], page_nos[-1], exc)
-            return {}
+            return dict.fromkeys(page_nos)
         return dict(zip(page_nos, readings, strict=True))
 
     async def read(self, path: str, page_no: int, options: JobOptions, layer: TextLayer | None = None) -> PageReading:

@@ -1,0 +1,110 @@
+"""A task's pages in the worker: text layers read a run at a time, every page published once, a run
+that fails together read again page by page. A real sandbox child reads a real PDF; the broker and
+S3 are stood in for by a list of published events and a path on disk."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from consumer.samples import lines, text_pdf
+from consumer.sandbox import Sandbox
+from consumer.worker import TEXT_CHUNK, Worker, child_text_layers
+from schemas.errors import ErrorCode, PermanentError
+from schemas.messages import Engine, JobOptions, PageCompleted, PageTask, Source
+from schemas.settings import WorkerSettings
+
+T = TypeVar("T")
+
+
+class Published:
+    """Stands in for the publisher: keeps what would have gone to the events exchange."""
+
+    def __init__(self) -> None:
+        self.events: list[BaseModel] = []
+
+    async def publish_event(self, message: BaseModel) -> None:
+        self.events.append(message)
+
+
+class LocalCache:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fetch(self, source: Source) -> Path:
+        return self.path
+
+
+class CountingSandbox(Sandbox):
+    """A real sandbox that counts its calls by function, and can refuse runs of text layers."""
+
+    def __init__(self, refuse_runs: bool = False) -> None:
+        super().__init__("test", memory_mb=0)
+        self.refuse_runs = refuse_runs
+        self.calls: list[str] = []
+
+    async def call(self, fn: Callable[..., T], *args: Any, budget_s: float) -> T:
+        self.calls.append(fn.__name__)
+        if self.refuse_runs and fn is child_text_layers:
+            raise PermanentError(ErrorCode.PDF_TOO_COMPLEX, "took longer than its budget")
+        return await super().call(fn, *args, budget_s=budget_s)
+
+
+def task_of(pages: int) -> PageTask:
+    return PageTask(
+        job_id="job-1",
+        source=Source(bucket="pagewire", key="jobs/job-1/source.pdf"),
+        first_page=1,
+        last_page=pages,
+        options=JobOptions(engine=Engine.AUTO),
+    )
+
+
+async def run(tmp_path: Path, pages: int, sandbox: CountingSandbox) -> tuple[Published, set[int]]:
+    path = tmp_path / "doc.pdf"
+    path.write_bytes(
+        text_pdf([lines([f"Page {n} of a born-digital document with a real text layer."]) for n in range(1, pages + 1)])
+    )
+    published = Published()
+    worker = Worker(WorkerSettings(), published, LocalCache(path), sandbox)  # type: ignore[arg-type]
+    done: set[int] = set()
+    try:
+        await worker.run_task(task_of(pages), attempt=1, done=done)
+    finally:
+        sandbox.close()
+    return published, done
+
+
+async def test_text_pages_are_read_a_run_at_a_time_and_each_published_once(tmp_path: Path) -> None:
+    sandbox = CountingSandbox()
+    published, done = await run(tmp_path, TEXT_CHUNK + 2, sandbox)
+
+    pages = [e.page_no for e in published.events if isinstance(e, PageCompleted)]
+    assert sorted(pages) == list(range(1, TEXT_CHUNK + 3))
+    assert done == set(pages)
+    assert all(isinstance(e, PageCompleted) and e.engine == Engine.TEXT for e in published.events)
+    assert next(e for e in published.events if isinstance(e, PageCompleted) and e.page_no == 3).text.startswith(
+        "Page 3 of"
+    )
+    # One call for the first eight pages, one for the last two.
+    assert sandbox.calls == ["child_text_layers", "child_text_layers"]
+
+
+async def test_a_run_that_fails_together_is_read_again_page_by_page(tmp_path: Path) -> None:
+    sandbox = CountingSandbox(refuse_runs=True)
+    published, done = await run(tmp_path, 3, sandbox)
+
+    assert sorted(e.page_no for e in published.events if isinstance(e, PageCompleted)) == [1, 2, 3]
+    assert done == {1, 2, 3}
+    assert sandbox.calls == ["child_text_layers", "child_text_layer", "child_text_layer", "child_text_layer"]
+
+
+async def test_a_single_page_task_is_read_alone(tmp_path: Path) -> None:
+    sandbox = CountingSandbox()
+    published, _ = await run(tmp_path, 1, sandbox)
+
+    assert [e.page_no for e in published.events if isinstance(e, PageCompleted)] == [1]
+    assert sandbox.calls == ["child_text_layer"]
