@@ -28,7 +28,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
-from sqlalchemy import and_, case, func, literal, or_, select, update
+from pydantic import TypeAdapter
+from sqlalchemy import (
+    ARRAY,
+    Text,
+    and_,
+    bindparam,
+    case,
+    cast,
+    column,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -41,12 +56,14 @@ from consumer.storage import Storage
 from schemas.errors import PermanentError
 from schemas.messages import (
     CACHE_WORKER,
+    Block,
     Event,
     JobCancelled,
     JobCompleted,
     JobFailed,
     JobQueued,
     JobStarted,
+    NumberDisagreement,
     OutputFormat,
     PageCompleted,
     PageFailed,
@@ -85,7 +102,20 @@ def merge_page_events(events: Sequence[PageEvent]) -> list[PageEvent]:
     return list(best.values())
 
 
+_BLOCKS = TypeAdapter(list[Block])
+_DISAGREEMENTS = TypeAdapter(list[NumberDisagreement])
+_JSON_NULL = "null"  # what the JSONB type stores for None (a JSON null, not SQL NULL)
+_EMPTY_LIST = "[]"
+_JSON_COLUMNS = frozenset({"blocks", "number_disagreements"})
+_PAGE_COLUMNS = [c.name for c in pages.columns]
+
+
 def _page_row(event: PageEvent, now: datetime) -> dict[str, Any]:
+    """The ``pages`` row of an event, its JSON columns as JSON text.
+
+    A page's boxes are serialised in one call of pydantic's encoder: about 13 times
+    faster than a ``model_dump`` a box and then ``json.dumps`` (60 boxes a page).
+    """
     row: dict[str, Any] = {
         "job_id": event.job_id,
         "page_no": event.page_no,
@@ -96,7 +126,7 @@ def _page_row(event: PageEvent, now: datetime) -> dict[str, Any]:
         "updated_at": now,
         "engine": None,
         "text": None,
-        "blocks": None,
+        "blocks": _JSON_NULL,
         "confidence": None,
         "duration_ms": None,
         "render_ms": None,
@@ -104,20 +134,24 @@ def _page_row(event: PageEvent, now: datetime) -> dict[str, Any]:
         "error_message": None,
         "text_source": None,
         "rotation": 0,
-        "number_disagreements": [],
+        "number_disagreements": _EMPTY_LIST,
         "number_disagreement_count": 0,
     }
     if isinstance(event, PageCompleted):
         row.update(
             engine=str(event.engine),
             text=event.text,
-            blocks=[b.model_dump(mode="json") for b in event.blocks],
+            blocks=_BLOCKS.dump_json(event.blocks).decode(),
             confidence=event.confidence,
             duration_ms=event.duration_ms,
             render_ms=event.render_ms,
             text_source=str(event.text_source),
             rotation=event.rotation,
-            number_disagreements=[d.model_dump(mode="json") for d in event.number_disagreements],
+            number_disagreements=(
+                _DISAGREEMENTS.dump_json(event.number_disagreements).decode()
+                if event.number_disagreements
+                else _EMPTY_LIST
+            ),
             number_disagreement_count=len(event.number_disagreements),
         )
     else:
@@ -129,6 +163,46 @@ def _rank(column: Any) -> Any:
     return case((column == PageStatus.COMPLETED, 3), (column == PageStatus.FAILED, 2), else_=1)
 
 
+def _upsert_pages_statement() -> Any:
+    """``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO UPDATE``: a batch's page rows in one statement.
+
+    One array a column, so the SQL is the same for every batch size (a multi-row
+    VALUES of a new size every batch is compiled afresh each time: measured 5x
+    slower), and one statement rather than an executemany of one per row (measured:
+    about 15 % less CPU in both the recorder and PostgreSQL). JSON columns travel as
+    text already serialised (see :func:`_page_row`) and are cast to JSONB there,
+    where the JSONB type would have run ``json.dumps`` on every value.
+    The rows must have distinct keys, which :func:`merge_page_events` makes sure of.
+    """
+    batch = (
+        func.unnest(
+            *[
+                bindparam(f"{c.name}_list", type_=ARRAY(Text() if c.name in _JSON_COLUMNS else c.type))
+                for c in pages.columns
+            ]
+        )
+        .table_valued(*[column(c.name, Text() if c.name in _JSON_COLUMNS else c.type) for c in pages.columns])
+        .render_derived(name="batch")
+    )
+    stmt = pg_insert(pages).from_select(
+        _PAGE_COLUMNS, select(*[cast(batch.c[n], JSONB) if n in _JSON_COLUMNS else batch.c[n] for n in _PAGE_COLUMNS])
+    )
+    new = stmt.excluded
+    keep = {"job_id", "page_no", "attempts"}
+    return stmt.on_conflict_do_update(
+        index_elements=[pages.c.job_id, pages.c.page_no],
+        set_={c.name: new[c.name] for c in pages.columns if c.name not in keep}
+        | {"attempts": func.greatest(pages.c.attempts, new.attempts)},
+        where=or_(
+            _rank(new.status) > _rank(pages.c.status),
+            and_(pages.c.status == PageStatus.RETRYING, new.status == PageStatus.RETRYING),
+        ),
+    )
+
+
+_UPSERT_PAGES = _upsert_pages_statement()
+
+
 async def _upsert_pages(conn: AsyncConnection, events: Sequence[PageEvent], now: datetime) -> None:
     merged = merge_page_events(events)
     job_ids = sorted({e.job_id for e in merged})
@@ -138,21 +212,8 @@ async def _upsert_pages(conn: AsyncConnection, events: Sequence[PageEvent], now:
         .values([{"job_id": j, "status": JobStatus.RUNNING, "created_at": now, "updated_at": now} for j in job_ids])
         .on_conflict_do_nothing()
     )
-    # executemany with one compiled statement: a multi-row VALUES of a new size
-    # every batch is compiled afresh each time (measured: 5x slower).
-    stmt = pg_insert(pages)
-    new = stmt.excluded
-    keep = {"job_id", "page_no", "attempts"}
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[pages.c.job_id, pages.c.page_no],
-        set_={c.name: new[c.name] for c in pages.columns if c.name not in keep}
-        | {"attempts": func.greatest(pages.c.attempts, new.attempts)},
-        where=or_(
-            _rank(new.status) > _rank(pages.c.status),
-            and_(pages.c.status == PageStatus.RETRYING, new.status == PageStatus.RETRYING),
-        ),
-    )
-    await conn.execute(stmt, [_page_row(e, now) for e in merged])
+    rows = [_page_row(e, now) for e in merged]
+    await conn.execute(_UPSERT_PAGES, {f"{name}_list": [row[name] for row in rows] for name in _PAGE_COLUMNS})
     # Pages just read (not those answered from the cache) go into the page cache, keyed by
     # content and the options that shape the text, for the next job on the same PDF.
     fresh = [e.event_id for e in merged if isinstance(e, PageCompleted) and e.worker != CACHE_WORKER]
