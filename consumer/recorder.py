@@ -31,6 +31,8 @@ from aio_pika.abc import AbstractIncomingMessage
 from pydantic import TypeAdapter
 from sqlalchemy import (
     ARRAY,
+    DateTime,
+    Integer,
     Text,
     and_,
     bindparam,
@@ -38,7 +40,6 @@ from sqlalchemy import (
     cast,
     column,
     func,
-    literal,
     or_,
     select,
     update,
@@ -216,27 +217,66 @@ async def _upsert_pages(conn: AsyncConnection, events: Sequence[PageEvent], now:
     await conn.execute(_UPSERT_PAGES, {f"{name}_list": [row[name] for row in rows] for name in _PAGE_COLUMNS})
     # Pages just read (not those answered from the cache) go into the page cache, keyed by
     # content and the options that shape the text, for the next job on the same PDF.
-    fresh = [e.event_id for e in merged if isinstance(e, PageCompleted) and e.worker != CACHE_WORKER]
+    fresh = [e for e in merged if isinstance(e, PageCompleted) and e.worker != CACHE_WORKER]
     if fresh:
         await conn.execute(
-            pg_insert(page_cache)
-            .from_select(
-                ["sha256", "page_no", "options_key", "engine", "text", "blocks", "confidence", "created_at"],
-                select(
-                    jobs.c.source_sha256,
-                    pages.c.page_no,
-                    jobs.c.options["engine"].astext + ":" + jobs.c.options["dpi"].astext,
-                    pages.c.engine,
-                    pages.c.text,
-                    pages.c.blocks,
-                    pages.c.confidence,
-                    literal(now),
-                )
-                .select_from(pages.join(jobs, pages.c.job_id == jobs.c.job_id))
-                .where(pages.c.event_id.in_(fresh), jobs.c.source_sha256.is_not(None)),
-            )
-            .on_conflict_do_nothing()
+            _FILL_PAGE_CACHE,
+            {
+                "now": now,
+                "fresh_job_ids": [e.job_id for e in fresh],
+                "fresh_page_nos": [e.page_no for e in fresh],
+                "fresh_event_ids": [e.event_id for e in fresh],
+            },
         )
+
+
+def _fill_page_cache() -> Any:
+    """``INSERT INTO page_cache`` the rows just written for the given events, of jobs with a source hash.
+
+    Rows are found by key, ``(job_id, page_no)`` with the event's id (so only rows this batch
+    wrote), through the primary key; a filter on ``event_id`` alone, which has no index,
+    read the whole ``pages`` table once a batch.
+    """
+    fresh = (
+        func.unnest(
+            bindparam("fresh_job_ids", type_=ARRAY(Text)),
+            bindparam("fresh_page_nos", type_=ARRAY(Integer)),
+            bindparam("fresh_event_ids", type_=ARRAY(Text)),
+        )
+        .table_valued(column("job_id", Text), column("page_no", Integer), column("event_id", Text))
+        .render_derived(name="fresh")
+    )
+    return (
+        pg_insert(page_cache)
+        .from_select(
+            ["sha256", "page_no", "options_key", "engine", "text", "blocks", "confidence", "created_at"],
+            select(
+                jobs.c.source_sha256,
+                pages.c.page_no,
+                jobs.c.options["engine"].astext + ":" + jobs.c.options["dpi"].astext,
+                pages.c.engine,
+                pages.c.text,
+                pages.c.blocks,
+                pages.c.confidence,
+                bindparam("now", type_=DateTime(timezone=True)),
+            )
+            .select_from(
+                fresh.join(
+                    pages,
+                    and_(
+                        pages.c.job_id == fresh.c.job_id,
+                        pages.c.page_no == fresh.c.page_no,
+                        pages.c.event_id == fresh.c.event_id,
+                    ),
+                ).join(jobs, pages.c.job_id == jobs.c.job_id)
+            )
+            .where(jobs.c.source_sha256.is_not(None)),
+        )
+        .on_conflict_do_nothing()
+    )
+
+
+_FILL_PAGE_CACHE = _fill_page_cache()
 
 
 async def _apply_job_event(conn: AsyncConnection, event: Event, now: datetime) -> None:

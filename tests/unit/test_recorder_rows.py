@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from consumer.recorder import _UPSERT_PAGES, _page_row
+from consumer.recorder import _FILL_PAGE_CACHE, _UPSERT_PAGES, _page_row
 from schemas.errors import ErrorCode
 from schemas.messages import Block, Engine, NumberDisagreement, PageCompleted, PageFailed
 
@@ -64,3 +64,6 @@ def test_the_statements_take_arrays_and_cast_json_text_to_jsonb() -> None:
     # One statement a batch, whatever its size; the JSON text is parsed by PostgreSQL as before.
     assert "FROM unnest(" in upsert
     assert "CAST(batch.blocks AS JSONB)" in upsert and "CAST(batch.number_disagreements AS JSONB)" in upsert
+    sql = str(_FILL_PAGE_CACHE.compile(dialect=dialect))
+    # The page cache is filled through the pages' primary key, not a scan for event ids.
+    assert "unnest(" in sql and "pages.job_id = fresh.job_id AND pages.page_no = fresh.page_no" in sql
