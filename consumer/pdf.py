@@ -120,9 +120,15 @@ class PdfInfo:
 
     page_count: int
     text_pages: tuple[bool, ...]
-    """Per page (index 0 is page 1): is the text layer alone enough (:attr:`PageSource.TEXT`)."""
+    """Per page judged (index 0 is :attr:`first_page`): is the text layer alone enough (:attr:`PageSource.TEXT`)."""
     sources: tuple[PageSource, ...] = ()
-    """Per page: where ``auto`` takes its text from (:func:`judge_page`)."""
+    """Per page judged: where ``auto`` takes its text from (:func:`judge_page`)."""
+    first_page: int = 1
+    """The first page judged; the last is ``first_page + len(sources) - 1``."""
+
+    @property
+    def last_page(self) -> int:
+        return self.first_page + len(self.sources) - 1
 
 
 @dataclass(frozen=True)
@@ -250,21 +256,27 @@ def _load_page_unlocked(doc: pdfium.PdfDocument, page_no: int) -> pdfium.PdfPage
         raise PermanentError(ErrorCode.TRUNCATED_PDF, f"page {page_no} cannot be loaded: {exc}") from exc
 
 
-def inspect_pdf(data: bytes, *, max_pages: int) -> PdfInfo:
-    """Open a PDF held in memory, check it against the limits and judge each page's text layer.
+def inspect_pdf(data: bytes, *, max_pages: int, first_page: int | None = None, last_page: int | None = None) -> PdfInfo:
+    """Open a PDF held in memory, check it against the limits and judge the text layer of each page
+    from ``first_page`` to ``last_page`` (the whole document by default; clipped to it).
 
     Cheap (a few ms per page): it extracts each page's text once, looks at its
     page objects and applies :func:`judge_page`; it renders nothing. Raises :class:`PermanentError`
     with ``EMPTY_FILE``, ``NOT_A_PDF``, ``TRUNCATED_PDF``, ``ENCRYPTED_PDF``,
-    ``NO_PAGES`` or ``TOO_MANY_PAGES``.
+    ``NO_PAGES``, ``TOO_MANY_PAGES``, or ``INVALID_OPTIONS`` for a first page past the end.
     """
     with PDFIUM_LOCK:
         doc = _open_unlocked(data)
         try:
             count = len(doc)
             _check_page_count(count, max_pages)
+            first = first_page or 1
+            if first > count:
+                raise PermanentError(
+                    ErrorCode.INVALID_OPTIONS, f"first_page {first} is beyond the document's {count} pages"
+                )
             sources = []
-            for page_no in range(1, count + 1):
+            for page_no in range(first, min(last_page or count, count) + 1):
                 page = _load_page_unlocked(doc, page_no)
                 try:
                     textpage = page.get_textpage()
@@ -281,7 +293,10 @@ def inspect_pdf(data: bytes, *, max_pages: int) -> PdfInfo:
         finally:
             doc.close()
     return PdfInfo(
-        page_count=count, text_pages=tuple(source == PageSource.TEXT for source in sources), sources=tuple(sources)
+        page_count=count,
+        text_pages=tuple(source == PageSource.TEXT for source in sources),
+        sources=tuple(sources),
+        first_page=first,
     )
 
 
@@ -510,6 +525,7 @@ def _clamp(value: float) -> float:
 Matrix = tuple[float, float, float, float, float, float]
 _IDENTITY: Matrix = (1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
 _HIDDEN_MODES = (pdfium_c.FPDF_TEXTRENDERMODE_INVISIBLE, pdfium_c.FPDF_TEXTRENDERMODE_CLIP)
+_TEXT, _IMAGE, _FORM = pdfium_c.FPDF_PAGEOBJ_TEXT, pdfium_c.FPDF_PAGEOBJ_IMAGE, pdfium_c.FPDF_PAGEOBJ_FORM
 
 
 def _page_content_unlocked(page: pdfium.PdfPage) -> PageContent:
@@ -527,33 +543,31 @@ def _page_content_unlocked(page: pdfium.PdfPage) -> PageContent:
     texts: list[tuple[int, object, Matrix, bool]] = []  # paint order, object, matrix, drawn
     images: list[tuple[int, Rect]] = []  # paint order, box clipped to the page
     order = 0
+    get_type, render_mode = pdfium_c.FPDFPageObj_GetType, pdfium_c.FPDFTextObj_GetTextRenderMode
     # Depth first, in painting order, with an explicit stack: forms nest, and how deep is the PDF's choice.
     work: list[tuple[object, bool, int, Matrix]] = [(page.raw, False, 0, _IDENTITY)]  # container, form?, next, matrix
     while work and order < _MAX_OBJECTS:
-        container, is_form, index, matrix = work.pop()
-        count = pdfium_c.FPDFFormObj_CountObjects(container) if is_form else pdfium_c.FPDFPage_CountObjects(container)
-        if index >= count:
-            continue
-        work.append((container, is_form, index + 1, matrix))
-        obj = (
-            pdfium_c.FPDFFormObj_GetObject(container, index)
-            if is_form
-            else pdfium_c.FPDFPage_GetObject(container, index)
-        )
-        order += 1
-        kind = pdfium_c.FPDFPageObj_GetType(obj)
-        if kind == pdfium_c.FPDF_PAGEOBJ_FORM:
-            work.append((obj, True, 0, _compose(_object_matrix(obj), matrix)))
-            continue
-        if kind not in (pdfium_c.FPDF_PAGEOBJ_TEXT, pdfium_c.FPDF_PAGEOBJ_IMAGE):
-            continue
-        if kind == pdfium_c.FPDF_PAGEOBJ_TEXT:
-            texts.append((order, obj, matrix, pdfium_c.FPDFTextObj_GetTextRenderMode(obj) not in _HIDDEN_MODES))
+        container, is_form, start, matrix = work.pop()
+        if is_form:
+            count, get_object = pdfium_c.FPDFFormObj_CountObjects(container), pdfium_c.FPDFFormObj_GetObject
         else:
-            box = _transform_box(_object_bounds(obj), matrix)
-            clipped = (max(box[0], left), max(box[1], bottom), min(box[2], right), min(box[3], top))
-            if _area(clipped) >= _MIN_IMAGE_SHARE * area:
-                images.append((order, clipped))
+            count, get_object = pdfium_c.FPDFPage_CountObjects(container), pdfium_c.FPDFPage_GetObject
+        for index in range(start, min(count, start + _MAX_OBJECTS - order)):
+            obj = get_object(container, index)
+            order += 1
+            kind = get_type(obj)
+            if kind == _TEXT:
+                texts.append((order, obj, matrix, render_mode(obj) not in _HIDDEN_MODES))
+            elif kind == _IMAGE:
+                box = _transform_box(_object_bounds(obj), matrix)
+                clipped = (max(box[0], left), max(box[1], bottom), min(box[2], right), min(box[3], top))
+                if _area(clipped) >= _MIN_IMAGE_SHARE * area:
+                    images.append((order, clipped))
+            elif kind == _FORM:
+                # The rest of this container after the form's own objects.
+                work.append((container, is_form, index + 1, matrix))
+                work.append((obj, True, 0, _compose(_object_matrix(obj), matrix)))
+                break
     if not images:
         drawn = sum(1 for *_, is_drawn in texts if is_drawn)
         return PageContent(text_objects=len(texts), visible_text_objects=drawn)

@@ -48,17 +48,6 @@ from schemas.tables import job_plans, page_cache
 log = logging.getLogger(__name__)
 
 
-def page_range(options_first: int | None, options_last: int | None, page_count: int) -> tuple[int, int]:
-    """The 1-based inclusive pages to read, clipped to the document."""
-    first = options_first or 1
-    last = min(options_last or page_count, page_count)
-    if first > page_count:
-        raise PermanentError(
-            ErrorCode.INVALID_OPTIONS, f"first_page {first} is beyond the document's {page_count} pages"
-        )
-    return first, last
-
-
 def plan_tasks(
     first: int,
     last: int,
@@ -94,12 +83,15 @@ def plan_tasks(
     return ranges
 
 
-def inspect_pdf_file(path: str, max_pages: int) -> tuple[PdfInfo, str]:
-    """In the sandbox child: page count, limits and text layers of a PDF on disk, and its sha256
-    (the page cache's key), from the one read of the file."""
+def inspect_pdf_file(
+    path: str, max_pages: int, first_page: int | None = None, last_page: int | None = None
+) -> tuple[PdfInfo, str]:
+    """In the sandbox child: page count, limits and the text layers of the job's pages of a PDF on
+    disk, and its sha256 (the page cache's key), from the one read of the file."""
     with open(path, "rb") as fh:
         data = fh.read()
-    return inspect_pdf(data, max_pages=max_pages), hashlib.sha256(data).hexdigest()
+    info = inspect_pdf(data, max_pages=max_pages, first_page=first_page, last_page=last_page)
+    return info, hashlib.sha256(data).hexdigest()
 
 
 def missing_runs(first: int, last: int, have: set[int]) -> list[tuple[int, int]]:
@@ -177,9 +169,15 @@ class Planner:
             return
         path = await asyncio.to_thread(self.cache.fetch, request.source)
         info, sha256 = await self.sandbox.call(
-            inspect_pdf_file, str(path), self.settings.max_pages, budget_s=self.settings.inspect_budget_s
+            inspect_pdf_file,
+            str(path),
+            self.settings.max_pages,
+            request.options.first_page,
+            request.options.last_page,
+            budget_s=self.settings.inspect_budget_s,
         )
-        first, last = page_range(request.options.first_page, request.options.last_page, info.page_count)
+        first, last = info.first_page, info.last_page
+        text_pages = (False,) * (first - 1) + info.text_pages  # indexed from page 1
         source = request.source.model_copy(update={"sha256": sha256})
         cached = await self.cached_pages(source.sha256 or "", request.options, first, last)
         ranges = [
@@ -188,7 +186,7 @@ class Planner:
             for task_range in plan_tasks(
                 run_first,
                 run_last,
-                info.text_pages,
+                text_pages,
                 request.options.engine,
                 text_per_task=self.settings.text_pages_per_task,
                 ocr_per_task=self.settings.ocr_pages_per_task,
@@ -209,11 +207,9 @@ class Planner:
                 deadline=request.deadline,
             )
         )
-        for event in cached.values():
-            await self.publisher.publish_event(event.model_copy(update={"job_id": request.job_id}))
         high = request.priority >= HIGH_PRIORITY
-        for a, b in ranges:
-            task = PageTask(
+        tasks = [
+            PageTask(
                 job_id=request.job_id,
                 source=source,
                 first_page=a,
@@ -222,7 +218,13 @@ class Planner:
                 priority=request.priority,
                 deadline=request.deadline,
             )
-            await self.publisher.publish_task(task, high=high)
+            for a, b in ranges
+        ]
+        # All in flight at once, confirmed together: one at a time, each would wait a round trip to the broker.
+        await asyncio.gather(
+            *(self.publisher.publish_event(e.model_copy(update={"job_id": request.job_id})) for e in cached.values()),
+            *(self.publisher.publish_task(task, high=high) for task in tasks),
+        )
         async with self.db.begin() as conn:
             await conn.execute(
                 pg_insert(job_plans)

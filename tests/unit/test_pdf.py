@@ -119,6 +119,15 @@ def test_text_pages_mixed_document(make_pdf: MakePdf) -> None:
     assert inspect_pdf(data, max_pages=10).text_pages == (True, False, False)
 
 
+def test_only_the_pages_asked_for_are_judged(make_pdf: MakePdf) -> None:
+    data = make_pdf([TWO_LINES[0], [], [(300.0, 400.0, "7")]])
+    info = inspect_pdf(data, max_pages=10, first_page=2, last_page=9)
+    assert (info.page_count, info.first_page, info.last_page, info.text_pages) == (3, 2, 3, (False, False))
+    with pytest.raises(PermanentError) as caught:
+        inspect_pdf(data, max_pages=10, first_page=4)
+    assert caught.value.code == ErrorCode.INVALID_OPTIONS
+
+
 # --- text layer ---------------------------------------------------------------
 
 

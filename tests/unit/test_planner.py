@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-
-from consumer.planner import page_range, plan_tasks
-from schemas.errors import ErrorCode, PermanentError
+from consumer.planner import plan_tasks
 from schemas.messages import Engine
 
 
@@ -32,11 +29,3 @@ def test_auto_plan_covers_every_page_once() -> None:
     plan = plan_tasks(5, 95, kinds, Engine.AUTO, text_per_task=8, ocr_per_task=2)
     pages = [p for a, b in plan for p in range(a, b + 1)]
     assert pages == list(range(5, 96))
-
-
-def test_page_range_clips_to_the_document() -> None:
-    assert page_range(None, None, 10) == (1, 10)
-    assert page_range(3, 50, 10) == (3, 10)
-    with pytest.raises(PermanentError) as caught:
-        page_range(11, None, 10)
-    assert caught.value.code == ErrorCode.INVALID_OPTIONS
