@@ -47,6 +47,9 @@ from schemas.tables import job_plans, page_cache
 
 log = logging.getLogger(__name__)
 
+PREFETCH = 4
+"""Jobs a planner holds at once: their downloads and database round trips overlap, their inspections take turns."""
+
 
 def plan_tasks(
     first: int,
@@ -273,7 +276,8 @@ async def run(settings: PlannerSettings, grace_s: float = 30.0) -> None:
     )
 
     sandbox = Sandbox("planner", memory_mb=settings.inspect_memory_mb)
-    db = create_async_engine(settings.database_url.get_secret_value(), pool_pre_ping=True, pool_size=2)
+    # A connection for each job in hand: a pool smaller than the prefetch opens and closes one per job.
+    db = create_async_engine(settings.database_url.get_secret_value(), pool_pre_ping=True, pool_size=PREFETCH)
 
     async def make_handler(connection: AbstractRobustConnection, publisher: Publisher) -> Handler:
         await sandbox.start()
@@ -285,7 +289,7 @@ async def run(settings: PlannerSettings, grace_s: float = 30.0) -> None:
         settings=settings,
         role="planner",
         queue_name=settings.topology.jobs_queue,
-        prefetch=4,
+        prefetch=PREFETCH,
         make_handler=make_handler,
         grace_s=grace_s,
     )
