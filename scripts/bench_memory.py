@@ -8,9 +8,10 @@ Usage (the stack comes up idempotently with ``dev up`` unless ``--no-dev-up``)::
 For each size it builds a born-digital PDF (30 lines of Helvetica a page,
 written by pdfium), submits it as one job in ``auto`` mode, and waits for its
 ``JobCompleted``. Meanwhile a thread samples ``VmRSS`` of the planner, worker
-and recorder every 20 ms from ``/proc`` (their pids from ``.dev/state.json``);
-``VmHWM`` (the kernel's peak since the process started, model loading
-included) is read before and after. Time per page at each size shows whether
+and recorder every 20 ms from ``/proc`` (their pids from ``.dev/state.json``),
+each role counted with its sandbox child, where pdfium and the OCR models
+live; ``VmHWM`` (the kernel's peak of each process since it started, model
+loading included; summed over the role's processes) is read after. Time per page at each size shows whether
 the time is linear in pages.
 """
 
@@ -29,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from consumer import devstack  # noqa: E402
-from consumer.bench import dev_pid, job_events  # noqa: E402
+from consumer.bench import descendants, dev_pid, job_events  # noqa: E402
 from consumer.samples import concat, lines, text_pdf  # noqa: E402
 from schemas.messages import Engine, JobFailed, JobOptions, PageCompleted  # noqa: E402
 from schemas.settings import ClientSettings  # noqa: E402
@@ -67,10 +68,15 @@ def status_kib(pid: int, field: str) -> int | None:
     return None
 
 
-class RssSampler(threading.Thread):
-    """Samples ``VmRSS`` of some pids every ``every_s`` and keeps the largest of each."""
+def tree_kib(pids: list[int], field: str) -> int:
+    """A ``/proc/PID/status`` field summed over processes (those gone count 0)."""
+    return sum(status_kib(pid, field) or 0 for pid in pids)
 
-    def __init__(self, pids: dict[str, int], every_s: float = 0.02) -> None:
+
+class RssSampler(threading.Thread):
+    """Samples the summed ``VmRSS`` of each role's processes every ``every_s`` and keeps the largest."""
+
+    def __init__(self, pids: dict[str, list[int]], every_s: float = 0.02) -> None:
         super().__init__(daemon=True)
         self.pids = pids
         self.every_s = every_s
@@ -79,10 +85,8 @@ class RssSampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            for name, pid in self.pids.items():
-                rss = status_kib(pid, "VmRSS")
-                if rss is not None and rss > self.peak_kib[name]:
-                    self.peak_kib[name] = rss
+            for name, tree in self.pids.items():
+                self.peak_kib[name] = max(self.peak_kib[name], tree_kib(tree, "VmRSS"))
             self.stop.wait(self.every_s)
 
 
@@ -100,11 +104,12 @@ class SizeRun:
     hwm_after_mib: dict[str, float]
 
 
-async def run_one(settings: ClientSettings, pdf: bytes, pages: int, pids: dict[str, int]) -> SizeRun:
+async def run_one(settings: ClientSettings, pdf: bytes, pages: int, roles: dict[str, int]) -> SizeRun:
     """Submit one PDF and follow it to ``JobCompleted`` while sampling the roles' memory."""
     from producer.api import Client
 
-    before = {name: (status_kib(pid, "VmRSS") or 0) / 1024 for name, pid in pids.items()}
+    pids = {name: descendants(pid) for name, pid in roles.items()}
+    before = {name: tree_kib(tree, "VmRSS") / 1024 for name, tree in pids.items()}
     sampler = RssSampler(pids)
     sampler.start()
     first = float("nan")
@@ -129,7 +134,7 @@ async def run_one(settings: ClientSettings, pdf: bytes, pages: int, pids: dict[s
         first_page_s=first,
         rss_before_mib=before,
         rss_peak_mib={name: kib / 1024 for name, kib in sampler.peak_kib.items()},
-        hwm_after_mib={name: (status_kib(pid, "VmHWM") or 0) / 1024 for name, pid in pids.items()},
+        hwm_after_mib={name: tree_kib(tree, "VmHWM") / 1024 for name, tree in pids.items()},
     )
 
 
