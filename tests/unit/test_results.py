@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from consumer.recorder import merge_page_events
-from consumer.results import PageRow, assemble_json, assemble_markdown
+from consumer.results import PageRow, assemble_json, assemble_markdown, lines_of
 from schemas.errors import ErrorCode
 from schemas.messages import Engine, PageCompleted, PageFailed
 
@@ -23,7 +24,11 @@ def failed(page: int, *, final: bool) -> PageFailed:
 
 
 def test_completion_outranks_failure_whatever_the_order() -> None:
-    for events in ([failed(1, final=False), completed(1)], [completed(1), failed(1, final=True)]):
+    orders: list[list[PageCompleted | PageFailed]] = [
+        [failed(1, final=False), completed(1)],
+        [completed(1), failed(1, final=True)],
+    ]
+    for events in orders:
         (kept,) = merge_page_events(events)
         assert isinstance(kept, PageCompleted)
 
@@ -72,3 +77,38 @@ def test_json_holds_every_page_with_blocks() -> None:
     assert [p["page_no"] for p in doc["pages"]] == [1, 2]
     assert doc["pages"][0]["blocks"] == [{"text": "Hello"}]
     assert doc["pages"][1]["error_code"] == "render_failed"
+
+
+def test_json_is_written_as_json_dumps_with_indent_one_wrote_it() -> None:
+    boxes = [{"text": "Grüße", "bbox": [0.1, 1 / 3, 0.3, 0.4], "confidence": 0.5}]
+    pages = [*rows(), PageRow(3, "completed", "rapidocr", "Grüße\n", boxes, 0.5, None, None)]
+    out = assemble_json({"job_id": "j", "status": "completed_with_errors", "total_pages": 3}, pages)
+    assert out == json.dumps(json.loads(out), ensure_ascii=False, indent=1)
+    assert "Grüße" in out
+
+
+def test_json_keeps_its_keys() -> None:
+    doc = json.loads(assemble_json({"job_id": "j", "status": "completed"}, rows()))
+    assert list(doc) == ["job_id", "status", "total_pages", "pages_ok", "pages_failed", "source", "pages"]
+    assert list(doc["pages"][0]) == [
+        "page_no",
+        "status",
+        "engine",
+        "confidence",
+        "text",
+        "blocks",
+        "lines",
+        "error_code",
+        "error_message",
+    ]
+
+
+def test_a_line_of_several_boxes_has_their_joint_box_and_mean_confidence() -> None:
+    boxes: list[dict[str, Any]] = [
+        {"text": "world", "bbox": [0.4, 0.1, 0.6, 0.13], "confidence": 0.5},
+        {"text": "Hello", "bbox": [0.1, 0.11, 0.3, 0.12], "confidence": 1.0},
+        {"text": "no box"},
+    ]
+    assert lines_of(boxes) == [{"text": "Hello world", "bbox": [0.1, 0.1, 0.6, 0.13], "confidence": 0.75}]
+    assert lines_of([boxes[0]]) == [{"text": "world", "bbox": [0.4, 0.1, 0.6, 0.13], "confidence": 0.5}]
+    assert lines_of(None) == lines_of([]) == []
