@@ -446,27 +446,40 @@ def _blocks_unlocked(page: pdfium.PdfPage, textpage: pdfium.PdfTextPage, raw: st
     if width <= 0 or height <= 0:
         return []
     handle = textpage.raw
+    # The raw calls, with one set of out-parameters: this loop runs once a line, on every text page.
+    char_index, count_rects, get_rect = (
+        pdfium_c.FPDFText_GetCharIndexFromTextIndex,
+        pdfium_c.FPDFText_CountRects,
+        pdfium_c.FPDFText_GetRect,
+    )
+    x0, y0, x1, y1 = ctypes.c_double(), ctypes.c_double(), ctypes.c_double(), ctypes.c_double()
     runs: list[tuple[Rect, str]] = []
     for line in _LINE.finditer(raw):
-        first = pdfium_c.FPDFText_GetCharIndexFromTextIndex(handle, line.start())
-        last = pdfium_c.FPDFText_GetCharIndexFromTextIndex(handle, line.end() - 1)
+        text = line.group()
+        if text.isspace():
+            continue
+        first = char_index(handle, line.start())
+        last = char_index(handle, line.end() - 1)
         if first < 0 or last < first:
             continue  # characters pdfium cannot place: no box to give them
-        rects = [textpage.get_rect(i) for i in range(textpage.count_rects(first, last - first + 1))]
-        pieces = _merge_runs([(rect, "") for rect in rects])
+        pieces: list[tuple[Rect, str]] = []
+        for i in range(count_rects(handle, first, last - first + 1)):
+            get_rect(handle, i, x0, y1, x1, y0)  # left, top, right, bottom
+            pieces.append(((x0.value, y0.value, x1.value, y1.value), ""))
+        pieces = _merge_runs(pieces, max_gap=_LINE_GUTTER)
         if len(pieces) == 1:
-            runs.append((pieces[0][0], line.group()))
+            runs.append((pieces[0][0], text))
         else:
             runs.extend((rect, textpage.get_text_bounded(*rect)) for rect, _ in pieces)
     blocks = []
-    for (x0, y0, x1, y1), source in _merge_runs(runs):
+    for (a0, b0, a1, b1), source in _merge_runs(runs):
         text = " ".join(_normalise_text(source).split())
         if not text:
             continue
         # PDF space has its origin bottom-left; blocks use top-left.
-        u0, u1 = (x0 - left) / width, (x1 - left) / width
-        v0, v1 = (top - y1) / height, (top - y0) / height
-        blocks.append(Block(text=text, bbox=_rotate_box((u0, v0, u1, v1), rotation), confidence=1.0))
+        unturned = ((a0 - left) / width, (top - b1) / height, (a1 - left) / width, (top - b0) / height)
+        box = _rotate_box(unturned, rotation)
+        blocks.append(Block(text=text, bbox=box, confidence=1.0))
     return blocks
 
 
@@ -475,15 +488,21 @@ _LINE = re.compile(r"[^\r\n]+")
 
 Rect = tuple[float, float, float, float]
 
+# Gaps, in line heights, that end a block: between pdfium's lines, a word space joins and more does not;
+# inside one pdfium line (characters pdfium put together, in content order) only a column gutter cuts,
+# not the spacing of a formula or a tab stop.
+_WORD_GAP = 0.8
+_LINE_GUTTER = 2.5
 
-def _merge_runs(runs: list[tuple[Rect, str]]) -> list[tuple[Rect, str]]:
+
+def _merge_runs(runs: list[tuple[Rect, str]], max_gap: float = _WORD_GAP) -> list[tuple[Rect, str]]:
     """Join runs of text (in text order) that continue one line into one, their texts joined by a space.
 
     pdfium gives one rectangle per text object, and some writers (Google Docs)
     place every glyph on its own, which would make one block per letter. Two
     runs merge when they overlap vertically by half the smaller height and
-    the second starts after the first within 0.8 of the line's height (a
-    word space; a column gutter is wider).
+    the second starts after the first within ``max_gap`` of the line's
+    height (:data:`_WORD_GAP`: a word space; a column gutter is wider).
     """
     merged: list[tuple[Rect, str]] = []
     for rect, text in runs:
@@ -492,7 +511,8 @@ def _merge_runs(runs: list[tuple[Rect, str]]) -> list[tuple[Rect, str]]:
             (m0, n0, m1, n1), held = merged[-1]
             line_height = max(y1 - y0, n1 - n0)
             overlap = min(y1, n1) - max(y0, n0)
-            if overlap >= 0.5 * min(y1 - y0, n1 - n0) and x0 >= m1 - 0.2 * line_height and x0 - m1 <= 0.8 * line_height:
+            follows = m1 - 0.2 * line_height <= x0 <= m1 + max_gap * line_height
+            if overlap >= 0.5 * min(y1 - y0, n1 - n0) and follows:
                 merged[-1] = ((m0, min(y0, n0), max(x1, m1), max(y1, n1)), f"{held} {text}" if held else text)
                 continue
         merged.append((rect, text))
@@ -502,6 +522,8 @@ def _merge_runs(runs: list[tuple[Rect, str]]) -> list[tuple[Rect, str]]:
 def _rotate_box(box: tuple[float, float, float, float], rotation: int) -> tuple[float, float, float, float]:
     """Map a box in unrotated page fractions to the page as displayed (``/Rotate`` is clockwise)."""
     u0, v0, u1, v1 = box
+    if not rotation:
+        return _clamp(u0), _clamp(v0), _clamp(u1), _clamp(v1)
     corners: list[tuple[float, float]]
     if rotation == 90:
         corners = [(1 - v0, u0), (1 - v1, u1)]
