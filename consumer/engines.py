@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from consumer.layout import UPRIGHT_CONFIDENCE, blocks_to_text, detect_rotation, order_blocks, rotate_box
 from schemas.errors import ErrorCode, PermanentError, RetryableError
-from schemas.messages import Block, Engine
+from schemas.messages import Block, Engine, page_fraction
 
 __all__ = [
     "FakeEngine",
@@ -95,7 +95,12 @@ def _box_to_block(text: str, xs: list[float], ys: list[float], confidence: float
     """A block from a box's corner coordinates in pixels."""
     return Block(
         text=text,
-        bbox=(_unit(min(xs) / width), _unit(min(ys) / height), _unit(max(xs) / width), _unit(max(ys) / height)),
+        bbox=(
+            page_fraction(min(xs) / width),
+            page_fraction(min(ys) / height),
+            page_fraction(max(xs) / width),
+            page_fraction(max(ys) / height),
+        ),
         confidence=_unit(confidence),
     )
 

@@ -42,7 +42,7 @@ import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 
 from schemas.errors import ErrorCode, PermanentError
-from schemas.messages import Block
+from schemas.messages import Block, page_fraction
 
 __all__ = [
     "PDFIUM_LOCK",
@@ -523,7 +523,7 @@ def _rotate_box(box: tuple[float, float, float, float], rotation: int) -> tuple[
     """Map a box in unrotated page fractions to the page as displayed (``/Rotate`` is clockwise)."""
     u0, v0, u1, v1 = box
     if not rotation:
-        return _clamp(u0), _clamp(v0), _clamp(u1), _clamp(v1)
+        return page_fraction(u0), page_fraction(v0), page_fraction(u1), page_fraction(v1)
     corners: list[tuple[float, float]]
     if rotation == 90:
         corners = [(1 - v0, u0), (1 - v1, u1)]
@@ -533,13 +533,9 @@ def _rotate_box(box: tuple[float, float, float, float], rotation: int) -> tuple[
         corners = [(v0, 1 - u0), (v1, 1 - u1)]
     else:
         corners = [(u0, v0), (u1, v1)]
-    xs = [_clamp(x) for x, _ in corners]
-    ys = [_clamp(y) for _, y in corners]
+    xs = [page_fraction(x) for x, _ in corners]
+    ys = [page_fraction(y) for _, y in corners]
     return min(xs), min(ys), max(xs), max(ys)
-
-
-def _clamp(value: float) -> float:
-    return min(1.0, max(0.0, value))
 
 
 # --- what a page is made of -----------------------------------------------------------

@@ -45,7 +45,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -106,7 +105,7 @@ def merge_page_events(events: Sequence[PageEvent]) -> list[PageEvent]:
 
 _BLOCKS = TypeAdapter(list[Block])
 _DISAGREEMENTS = TypeAdapter(list[NumberDisagreement])
-_JSON_NULL = "null"  # what the JSONB type stores for None (a JSON null, not SQL NULL)
+_JSON_NULL = "null"  # what the JSON types store for None (a JSON null, not SQL NULL)
 _EMPTY_LIST = "[]"
 _JSON_COLUMNS = frozenset({"blocks", "number_disagreements"})
 _PAGE_COLUMNS = [c.name for c in pages.columns]
@@ -172,8 +171,8 @@ def _upsert_pages_statement() -> Any:
     VALUES of a new size every batch is compiled afresh each time: measured 5x
     slower), and one statement rather than an executemany of one per row (measured:
     about 15 % less CPU in both the recorder and PostgreSQL). JSON columns travel as
-    text already serialised (see :func:`_page_row`) and are cast to JSONB there,
-    where the JSONB type would have run ``json.dumps`` on every value.
+    text already serialised (see :func:`_page_row`) and are cast to their column's
+    type there, where the JSON types would have run ``json.dumps`` on every value.
     The rows must have distinct keys, which :func:`merge_page_events` makes sure of.
     """
     batch = (
@@ -187,7 +186,8 @@ def _upsert_pages_statement() -> Any:
         .render_derived(name="batch")
     )
     stmt = pg_insert(pages).from_select(
-        _PAGE_COLUMNS, select(*[cast(batch.c[n], JSONB) if n in _JSON_COLUMNS else batch.c[n] for n in _PAGE_COLUMNS])
+        _PAGE_COLUMNS,
+        select(*[cast(batch.c[n], pages.c[n].type) if n in _JSON_COLUMNS else batch.c[n] for n in _PAGE_COLUMNS]),
     )
     new = stmt.excluded
     keep = {"job_id", "page_no", "attempts"}
@@ -207,7 +207,8 @@ _UPSERT_PAGES = _upsert_pages_statement()
 
 # lz4 for the TOAST values this transaction writes (a page's boxes and text), where the server
 # has it: PostgreSQL's default, pglz, took about a quarter of PostgreSQL's CPU in the recorder
-# bench (60 of 260 us an event; parsing the boxes into JSONB takes about half of what is left).
+# bench (60 of 260 us an event; parsing the boxes into JSONB took about half of what was left,
+# which is why they are json since migration 0005).
 # Only for columns that name no compression of their own; each value records its method, so
 # reading is the same either way. On the corpus's pages lz4 stores boxes about 10 % larger.
 _LZ4_FOR_THIS_TRANSACTION = text(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from sqlalchemy import (
+    JSON,
     Column,
     DateTime,
     Float,
@@ -86,7 +87,7 @@ pages = Table(
     Column("status", Text, nullable=False),
     Column("engine", Text),
     Column("text", Text),
-    Column("blocks", JSONB),
+    Column("blocks", JSON),  # written and read whole: json, not jsonb (migration 0005)
     Column("confidence", Float),
     Column("duration_ms", Float),
     Column("render_ms", Float),
@@ -129,7 +130,7 @@ page_cache = Table(
     Column("options_key", Text, nullable=False),
     Column("engine", Text, nullable=False),
     Column("text", Text, nullable=False),
-    Column("blocks", JSONB),
+    Column("blocks", JSON),  # written and read whole: json, not jsonb (migration 0005)
     Column("confidence", Float, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("sha256", "options_key", "page_no"),

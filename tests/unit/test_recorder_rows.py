@@ -58,12 +58,13 @@ def test_a_failed_page_stores_a_json_null_for_its_blocks_as_before() -> None:
     assert (row["status"], row["error_code"], row["attempts"]) == ("failed", "ocr_failed", 2)
 
 
-def test_the_statements_take_arrays_and_cast_json_text_to_jsonb() -> None:
+def test_the_statements_take_arrays_and_cast_json_text_to_the_columns_types() -> None:
     dialect = create_async_engine("postgresql+asyncpg://user@localhost/db").dialect  # connects to nothing
     upsert = str(_UPSERT_PAGES.compile(dialect=dialect))
-    # One statement a batch, whatever its size; the JSON text is parsed by PostgreSQL as before.
+    # One statement a batch, whatever its size; boxes stay JSON text (migration 0005), the
+    # disagreements are parsed into jsonb, which the README's queries look inside.
     assert "FROM unnest(" in upsert
-    assert "CAST(batch.blocks AS JSONB)" in upsert and "CAST(batch.number_disagreements AS JSONB)" in upsert
+    assert "CAST(batch.blocks AS JSON)" in upsert and "CAST(batch.number_disagreements AS JSONB)" in upsert
     sql = str(_FILL_PAGE_CACHE.compile(dialect=dialect))
     # The page cache is filled through the pages' primary key, not a scan for event ids.
     assert "unnest(" in sql and "pages.job_id = fresh.job_id AND pages.page_no = fresh.page_no" in sql
