@@ -72,6 +72,10 @@ async def run(tmp_path: Path, pages: int, sandbox: CountingSandbox) -> tuple[Pub
     worker = Worker(WorkerSettings(), published, LocalCache(path), sandbox)  # type: ignore[arg-type]
     done: set[int] = set()
     try:
+        # The child starts first, on start-up's own budget: spawning it on a busy machine can take
+        # longer than a text page's 5 s.
+        await sandbox.start()
+        sandbox.calls.clear()
         await worker.run_task(task_of(pages), attempt=1, done=done)
     finally:
         sandbox.close()
