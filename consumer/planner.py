@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -36,6 +37,7 @@ from schemas.messages import (
     JobStarted,
     PageCompleted,
     PageTask,
+    Source,
     TextSource,
     job_id_of,
     options_key,
@@ -46,6 +48,11 @@ from schemas.settings import PlannerSettings
 from schemas.tables import job_plans, page_cache
 
 log = logging.getLogger(__name__)
+
+FIRST_CHUNK_PAGES = 32
+"""Pages judged before the first tasks go out: a long document's first page event waits for these alone."""
+CHUNK_PAGES = 256
+"""Pages judged a sandbox call after the first chunk."""
 
 PREFETCH = 4
 """Jobs a planner holds at once: their downloads and database round trips overlap, their inspections take turns."""
@@ -95,6 +102,22 @@ def inspect_pdf_file(
         data = fh.read()
     info = inspect_pdf(data, max_pages=max_pages, first_page=first_page, last_page=last_page)
     return info, hashlib.sha256(data).hexdigest()
+
+
+def page_tasks(request: JobRequest, source: Source, ranges: Sequence[tuple[int, int]]) -> list[PageTask]:
+    """The tasks of a job for these page ranges."""
+    return [
+        PageTask(
+            job_id=request.job_id,
+            source=source,
+            first_page=a,
+            last_page=b,
+            options=request.options,
+            priority=request.priority,
+            deadline=request.deadline,
+        )
+        for a, b in ranges
+    ]
 
 
 def missing_runs(first: int, last: int, have: set[int]) -> list[tuple[int, int]]:
@@ -171,67 +194,74 @@ class Planner:
             log.info("job %s is planned already: request dropped", request.job_id)
             return
         path = await asyncio.to_thread(self.cache.fetch, request.source)
-        info, sha256 = await self.sandbox.call(
-            inspect_pdf_file,
-            str(path),
-            self.settings.max_pages,
-            request.options.first_page,
-            request.options.last_page,
-            budget_s=self.settings.inspect_budget_s,
-        )
-        first, last = info.first_page, info.last_page
-        text_pages = (False,) * (first - 1) + info.text_pages  # indexed from page 1
-        source = request.source.model_copy(update={"sha256": sha256})
-        cached = await self.cached_pages(source.sha256 or "", request.options, first, last)
-        ranges = [
-            task_range
-            for run_first, run_last in missing_runs(first, last, set(cached))
-            for task_range in plan_tasks(
-                run_first,
-                run_last,
-                text_pages,
-                request.options.engine,
-                text_per_task=self.settings.text_pages_per_task,
-                ocr_per_task=self.settings.ocr_pages_per_task,
-            )
-        ]
-        await self.publisher.publish_event(
-            JobStarted(
-                job_id=request.job_id,
-                source=source,
-                options=request.options,
-                total_pages=last - first + 1,
-                first_page=first,
-                last_page=last,
-                tasks=len(ranges),
-                cached_pages=len(cached),
-                priority=request.priority,
-                idempotency_key=request.idempotency_key,
-                deadline=request.deadline,
-            )
-        )
         high = request.priority >= HIGH_PRIORITY
-        tasks = [
-            PageTask(
-                job_id=request.job_id,
-                source=source,
-                first_page=a,
-                last_page=b,
-                options=request.options,
-                priority=request.priority,
-                deadline=request.deadline,
+        budget_ends = time.monotonic() + self.settings.inspect_budget_s
+        cached: dict[int, PageCompleted] = {}
+        source = request.source
+        first = last = tasks = 0
+        # The pages are judged a chunk at a time and each chunk's tasks go out at once, so the
+        # workers start on a long document while the planner judges the rest of it. JobStarted
+        # follows the last chunk: it says how many tasks there are.
+        chunk_first, size = request.options.first_page or 1, FIRST_CHUNK_PAGES
+        while True:
+            chunk_last = chunk_first + size - 1
+            if request.options.last_page is not None:
+                chunk_last = min(chunk_last, request.options.last_page)
+            info, sha256 = await self.sandbox.call(
+                inspect_pdf_file,
+                str(path),
+                self.settings.max_pages,
+                chunk_first,
+                chunk_last,
+                budget_s=max(0.001, budget_ends - time.monotonic()),
             )
-            for a, b in ranges
-        ]
-        # All in flight at once, confirmed together: one at a time, each would wait a round trip to the broker.
+            if not first:
+                first = info.first_page
+                last = min(request.options.last_page or info.page_count, info.page_count)
+                source = request.source.model_copy(update={"sha256": sha256})
+                cached = await self.cached_pages(sha256, request.options, first, last)
+            ranges = [
+                task_range
+                for run_first, run_last in missing_runs(info.first_page, info.last_page, set(cached))
+                for task_range in plan_tasks(
+                    run_first,
+                    run_last,
+                    (False,) * (info.first_page - 1) + info.text_pages,  # indexed from page 1
+                    request.options.engine,
+                    text_per_task=self.settings.text_pages_per_task,
+                    ocr_per_task=self.settings.ocr_pages_per_task,
+                )
+            ]
+            # All in flight at once, confirmed together: one at a time, each would wait a round trip.
+            await asyncio.gather(
+                *(self.publisher.publish_task(t, high=high) for t in page_tasks(request, source, ranges))
+            )
+            tasks += len(ranges)
+            if info.last_page >= last:
+                break
+            chunk_first, size = info.last_page + 1, CHUNK_PAGES
         await asyncio.gather(
+            self.publisher.publish_event(
+                JobStarted(
+                    job_id=request.job_id,
+                    source=source,
+                    options=request.options,
+                    total_pages=last - first + 1,
+                    first_page=first,
+                    last_page=last,
+                    tasks=tasks,
+                    cached_pages=len(cached),
+                    priority=request.priority,
+                    idempotency_key=request.idempotency_key,
+                    deadline=request.deadline,
+                )
+            ),
             *(self.publisher.publish_event(e.model_copy(update={"job_id": request.job_id})) for e in cached.values()),
-            *(self.publisher.publish_task(task, high=high) for task in tasks),
         )
         async with self.db.begin() as conn:
             await conn.execute(
                 pg_insert(job_plans)
-                .values(job_id=request.job_id, tasks=len(ranges), cached_pages=len(cached), planned_at=func.now())
+                .values(job_id=request.job_id, tasks=tasks, cached_pages=len(cached), planned_at=func.now())
                 .on_conflict_do_nothing()
             )
         log.info(
@@ -239,7 +269,7 @@ class Planner:
             request.job_id,
             first,
             last,
-            len(ranges),
+            tasks,
             len(cached),
         )
 

@@ -25,8 +25,9 @@ import boto3
 import pytest
 from sqlalchemy import select
 
-from consumer.samples import DEMO_TEXT, mixed_sample
-from schemas.messages import Engine, JobOptions, PageCompleted
+from consumer.planner import FIRST_CHUNK_PAGES
+from consumer.samples import DEMO_TEXT, lines, mixed_sample, text_pdf
+from schemas.messages import Engine, JobOptions, JobStarted, PageCompleted
 from schemas.tables import applied_events, jobs, pages
 from tests.integration.stack import JobRun, Stack, run_job, running_stack
 from tests.textcheck import cer, expected_pages
@@ -176,3 +177,22 @@ async def test_every_event_is_recorded_once(stack: Stack, corpus: Path, db: Any)
         await asyncio.sleep(0.05)
     assert applied == wanted
     assert job["pages_ok"] == 4 and job["completion_published_at"] is not None
+
+
+async def test_a_long_page_range_is_planned_in_chunks_and_every_page_read_once(stack: Stack, db: Any) -> None:
+    # Given pages 3-70 of a 70-page born-digital PDF: more than the planner judges before its first tasks
+    pdf = text_pdf([lines([f"Page {n} of a long report, read from its own text layer."]) for n in range(1, 71)])
+    assert FIRST_CHUNK_PAGES < 68
+
+    run = await run_job(stack, pdf, options=JobOptions(engine=Engine.AUTO, first_page=3, last_page=70))
+
+    # Then every page of the range has one event and one completed row, and JobStarted counts the tasks
+    started = next(e for e in run.events if isinstance(e, JobStarted))
+    assert (started.first_page, started.last_page, started.total_pages, started.tasks) == (3, 70, 68, 3)
+    completed = [e.page_no for e in run.events if isinstance(e, PageCompleted)]
+    assert sorted(completed) == list(range(3, 71))
+    rows = await page_rows(db, run.job_id)
+    assert [r["page_no"] for r in rows] == list(range(3, 71))
+    assert all(r["status"] == "completed" for r in rows)
+    assert str(next(r["text"] for r in rows if r["page_no"] == 40)).startswith("Page 40 of a long report")
+    assert run.status["status"] == "completed" and run.status["pages_ok"] == 68
