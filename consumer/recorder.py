@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import pydantic_core
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import TypeAdapter
 from sqlalchemy import (
@@ -637,7 +638,14 @@ async def run(settings: RecorderSettings, grace_s: float = 30.0, stopper: Stoppe
 
 
 async def _run(settings: RecorderSettings, grace_s: float, stopper: Stopper, health: metrics.Health) -> None:
-    db = create_async_engine(settings.database_url.get_secret_value(), pool_pre_ping=True, pool_size=4)
+    # Rows come back with a page's boxes as JSON text (assembling results, the sweep): pydantic-core's
+    # parser reads them several times faster than json.loads.
+    db = create_async_engine(
+        settings.database_url.get_secret_value(),
+        pool_pre_ping=True,
+        pool_size=4,
+        json_deserializer=pydantic_core.from_json,
+    )
     connection = await connect(settings, "recorder")
     health.watch(connection)
     try:

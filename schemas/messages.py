@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from schemas.errors import ErrorCode, PermanentError
@@ -286,8 +287,9 @@ def _load(body: bytes, max_bytes: int) -> dict[str, Any]:
     if len(body) > max_bytes:
         raise PermanentError(ErrorCode.MESSAGE_TOO_LARGE, f"message of {len(body)} bytes exceeds {max_bytes}")
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # pydantic-core's parser: several times faster than json.loads on a page of boxes.
+        data = pydantic_core.from_json(body)
+    except ValueError as exc:
         raise PermanentError(ErrorCode.MALFORMED_MESSAGE, f"body is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise PermanentError(ErrorCode.MALFORMED_MESSAGE, "body is not a JSON object")
