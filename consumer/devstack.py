@@ -110,6 +110,11 @@ def pid_alive(pid: int) -> bool:
     # The state field follows the parenthesised command name, which may hold spaces.
     if stat.rsplit(")", 1)[-1].split()[0] != "Z":
         return True
+    # A zombie leader whose other threads are still exiting still holds the process's files
+    # (a server's listening socket among them): it is gone only when they are.
+    with contextlib.suppress(OSError):
+        if any(task.name != str(pid) for task in Path(f"/proc/{pid}/task").iterdir()):
+            return True
     # It died after the waitpid above: reap it now if it is ours, or it lingers as a zombie.
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
