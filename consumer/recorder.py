@@ -245,22 +245,8 @@ async def _upsert_pages(conn: AsyncConnection, events: Sequence[PageEvent], now:
         )
 
 
-def _fill_page_cache() -> Any:
-    """``INSERT INTO page_cache`` the rows just written for the given events, of jobs with a source hash.
-
-    Rows are found by key, ``(job_id, page_no)`` with the event's id (so only rows this batch
-    wrote), through the primary key; a filter on ``event_id`` alone, which has no index,
-    read the whole ``pages`` table once a batch.
-    """
-    fresh = (
-        func.unnest(
-            bindparam("fresh_job_ids", type_=ARRAY(Text)),
-            bindparam("fresh_page_nos", type_=ARRAY(Integer)),
-            bindparam("fresh_event_ids", type_=ARRAY(Text)),
-        )
-        .table_valued(column("job_id", Text), column("page_no", Integer), column("event_id", Text))
-        .render_derived(name="fresh")
-    )
+def _cache_rows(pages_of: Any, *where: Any) -> Any:
+    """``INSERT INTO page_cache`` the ``pages`` rows reached through ``pages_of``, of jobs with a source hash."""
     return (
         pg_insert(page_cache)
         .from_select(
@@ -275,23 +261,51 @@ def _fill_page_cache() -> Any:
                 pages.c.confidence,
                 bindparam("now", type_=DateTime(timezone=True)),
             )
-            .select_from(
-                fresh.join(
-                    pages,
-                    and_(
-                        pages.c.job_id == fresh.c.job_id,
-                        pages.c.page_no == fresh.c.page_no,
-                        pages.c.event_id == fresh.c.event_id,
-                    ),
-                ).join(jobs, pages.c.job_id == jobs.c.job_id)
-            )
-            .where(jobs.c.source_sha256.is_not(None)),
+            .select_from(pages_of.join(jobs, pages.c.job_id == jobs.c.job_id))
+            .where(jobs.c.source_sha256.is_not(None), *where),
         )
         .on_conflict_do_nothing()
     )
 
 
+def _fill_page_cache() -> Any:
+    """The page cache rows of the pages just written for the given events.
+
+    Rows are found by key, ``(job_id, page_no)`` with the event's id (so only rows this batch
+    wrote), through the primary key; a filter on ``event_id`` alone, which has no index,
+    read the whole ``pages`` table once a batch.
+    """
+    fresh = (
+        func.unnest(
+            bindparam("fresh_job_ids", type_=ARRAY(Text)),
+            bindparam("fresh_page_nos", type_=ARRAY(Integer)),
+            bindparam("fresh_event_ids", type_=ARRAY(Text)),
+        )
+        .table_valued(column("job_id", Text), column("page_no", Integer), column("event_id", Text))
+        .render_derived(name="fresh")
+    )
+    return _cache_rows(
+        fresh.join(
+            pages,
+            and_(
+                pages.c.job_id == fresh.c.job_id,
+                pages.c.page_no == fresh.c.page_no,
+                pages.c.event_id == fresh.c.event_id,
+            ),
+        )
+    )
+
+
 _FILL_PAGE_CACHE = _fill_page_cache()
+
+# The page cache rows of a job's pages read before its JobStarted named the content hash: the
+# planner sends JobStarted after a long document's tasks, and workers may be quicker.
+_CATCH_UP_PAGE_CACHE = _cache_rows(
+    pages,
+    pages.c.job_id == bindparam("job_id", type_=Text),
+    pages.c.status == PageStatus.COMPLETED,
+    pages.c.worker != CACHE_WORKER,
+)
 
 
 async def _apply_job_event(conn: AsyncConnection, event: Event, now: datetime) -> None:
@@ -346,6 +360,8 @@ async def _apply_job_event(conn: AsyncConnection, event: Event, now: datetime) -
                 "status": case((jobs.c.status == JobStatus.QUEUED, JobStatus.RUNNING), else_=jobs.c.status),
             }
         await conn.execute(stmt.on_conflict_do_update(index_elements=[jobs.c.job_id], set_=sets))
+        if isinstance(event, JobStarted) and event.source.sha256:
+            await conn.execute(_CATCH_UP_PAGE_CACHE, {"job_id": event.job_id, "now": now})
     elif isinstance(event, JobFailed | JobCancelled):
         status = JobStatus.FAILED if isinstance(event, JobFailed) else JobStatus.CANCELLED
         error_code = str(event.error_code) if isinstance(event, JobFailed) else None

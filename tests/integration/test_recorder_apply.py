@@ -25,7 +25,7 @@ from schemas.messages import (
     PageFailed,
     Source,
 )
-from schemas.tables import jobs, pages
+from schemas.tables import jobs, page_cache, pages
 
 
 def job_events(job_id: str, total: int) -> tuple[JobQueued, JobStarted, list[PageCompleted]]:
@@ -177,3 +177,26 @@ async def test_a_failed_page_redone_later_completes_the_job(db: AsyncEngine) -> 
     row = await job_row(db, job_id)
     assert (row["status"], row["pages_ok"], row["pages_failed"]) == ("completed", 2, 0)
     assert row["completion_published_at"] is None
+
+
+async def test_pages_read_before_job_started_still_go_into_the_page_cache(db: AsyncEngine) -> None:
+    # Given pages recorded before their JobStarted, which names the content hash (the planner sends
+    # it after a long document's first tasks, and a worker can be quicker)
+    job_id = str(uuid.uuid4())
+    sha256 = uuid.uuid4().hex * 2
+    queued, started, done = job_events(job_id, 3)
+    started = started.model_copy(update={"source": started.source.model_copy(update={"sha256": sha256})})
+    await apply(db, [queued, done[0], done[1]])
+
+    # When the JobStarted and the last page arrive
+    await apply(db, [started])
+    await apply(db, [done[2]])
+
+    # Then every page is in the cache under the job's content hash, once
+    async with db.connect() as conn:
+        cached = (
+            await conn.execute(select(page_cache.c.page_no, page_cache.c.text).where(page_cache.c.sha256 == sha256))
+        ).all()
+        await conn.execute(page_cache.delete().where(page_cache.c.sha256 == sha256))
+        await conn.commit()
+    assert sorted(cached) == [(1, "page 1"), (2, "page 2"), (3, "page 3")]
