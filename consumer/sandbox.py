@@ -21,9 +21,13 @@ boundary (text and boxes); page images stay in the child.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import multiprocessing
+import os
 import resource
+import signal
+import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -42,7 +46,21 @@ def _limit_memory(memory_mb: int) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _init_child(memory_mb: int, setup: Callable[..., None] | None, setup_args: tuple[Any, ...]) -> None:
+_PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
+
+
+def _die_with(parent: int) -> None:
+    """End this child when ``parent`` ends, however it ends (kill -9 included): on Linux the kernel
+    sends SIGKILL on the parent's death. Without it a killed role left its child, models loaded
+    (some 400 MB), running for good."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the line above took effect
+        os._exit(1)
+
+
+def _init_child(memory_mb: int, setup: Callable[..., None] | None, setup_args: tuple[Any, ...], parent: int) -> None:
+    _die_with(parent)
     _limit_memory(memory_mb)
     if setup is not None:
         setup(*setup_args)
@@ -78,7 +96,7 @@ class Sandbox:
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_child,
-            initargs=(self.memory_mb, self.setup, self.setup_args),
+            initargs=(self.memory_mb, self.setup, self.setup_args, os.getpid()),
         )
 
     def child_pids(self) -> list[int]:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +83,40 @@ async def test_pagewire_errors_cross_the_process_boundary_intact() -> None:
         assert (caught.value.code, caught.value.message) == (ErrorCode.NOT_A_PDF, "no header")
     finally:
         sandbox.close()
+
+
+REPO = Path(__file__).resolve().parents[2]
+PARENT = """
+import asyncio, sys
+from consumer.sandbox import Sandbox
+
+async def main():
+    sandbox = Sandbox("orphan-test", memory_mb=0)
+    await sandbox.start()
+    print(sandbox.child_pids()[0], flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+def test_a_child_ends_with_its_parent_even_on_kill_9() -> None:
+    # Given a process with a started sandbox child
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert os.path.exists(f"/proc/{child}")
+
+        # When the parent is killed outright
+        parent.kill()
+        parent.wait(timeout=10)
+
+        # Then the child goes too, instead of living on with whatever it had loaded
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{child}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not os.path.exists(f"/proc/{child}")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
