@@ -36,7 +36,7 @@ from __future__ import annotations
 from itertools import pairwise
 from statistics import median
 
-from schemas.messages import Block
+from schemas.messages import Block, page_fraction
 
 __all__ = ["blocks_to_text", "detect_rotation", "merge_blocks", "order_blocks", "rotate_box"]
 
@@ -318,9 +318,12 @@ def detect_rotation(blocks: list[Block], width: int, height: int) -> tuple[int, 
 def rotate_box(box: tuple[float, float, float, float], rotation: int) -> tuple[float, float, float, float]:
     """Map a box in fractions of the image turned upright back to the page, whose text is turned ``rotation``.
 
-    ``rotation`` is clockwise, in 0, 90, 180 or 270 (what :func:`detect_rotation` returns).
+    ``rotation`` is clockwise, in 0, 90, 180 or 270 (what :func:`detect_rotation` returns). The
+    result is clamped to the page and rounded as every box is (:func:`~schemas.messages.page_fraction`).
     """
     u0, v0, u1, v1 = box
+    if rotation == 0:  # most pages: no corners to turn
+        return page_fraction(u0), page_fraction(v0), page_fraction(u1), page_fraction(v1)
     corners: list[tuple[float, float]]
     if rotation == 90:
         corners = [(1 - v0, u0), (1 - v1, u1)]
@@ -328,12 +331,10 @@ def rotate_box(box: tuple[float, float, float, float], rotation: int) -> tuple[f
         corners = [(1 - u0, 1 - v0), (1 - u1, 1 - v1)]
     elif rotation == 270:
         corners = [(v0, 1 - u0), (v1, 1 - u1)]
-    elif rotation == 0:
-        corners = [(u0, v0), (u1, v1)]
     else:
         raise ValueError(f"rotation must be 0, 90, 180 or 270, not {rotation}")
-    xs = [min(1.0, max(0.0, x)) for x, _ in corners]
-    ys = [min(1.0, max(0.0, y)) for _, y in corners]
+    xs = [page_fraction(x) for x, _ in corners]
+    ys = [page_fraction(y) for _, y in corners]
     return min(xs), min(ys), max(xs), max(ys)
 
 

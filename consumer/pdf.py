@@ -41,8 +41,9 @@ import numpy.typing as npt
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 
+from consumer.layout import rotate_box
 from schemas.errors import ErrorCode, PermanentError
-from schemas.messages import Block, page_fraction
+from schemas.messages import Block
 
 __all__ = [
     "PDFIUM_LOCK",
@@ -478,7 +479,7 @@ def _blocks_unlocked(page: pdfium.PdfPage, textpage: pdfium.PdfTextPage, raw: st
             continue
         # PDF space has its origin bottom-left; blocks use top-left.
         unturned = ((a0 - left) / width, (top - b1) / height, (a1 - left) / width, (top - b0) / height)
-        box = _rotate_box(unturned, rotation)
+        box = rotate_box(unturned, rotation)
         blocks.append(Block(text=text, bbox=box, confidence=1.0))
     return blocks
 
@@ -517,25 +518,6 @@ def _merge_runs(runs: list[tuple[Rect, str]], max_gap: float = _WORD_GAP) -> lis
                 continue
         merged.append((rect, text))
     return merged
-
-
-def _rotate_box(box: tuple[float, float, float, float], rotation: int) -> tuple[float, float, float, float]:
-    """Map a box in unrotated page fractions to the page as displayed (``/Rotate`` is clockwise)."""
-    u0, v0, u1, v1 = box
-    if not rotation:
-        return page_fraction(u0), page_fraction(v0), page_fraction(u1), page_fraction(v1)
-    corners: list[tuple[float, float]]
-    if rotation == 90:
-        corners = [(1 - v0, u0), (1 - v1, u1)]
-    elif rotation == 180:
-        corners = [(1 - u0, 1 - v0), (1 - u1, 1 - v1)]
-    elif rotation == 270:
-        corners = [(v0, 1 - u0), (v1, 1 - u1)]
-    else:
-        corners = [(u0, v0), (u1, v1)]
-    xs = [page_fraction(x) for x, _ in corners]
-    ys = [page_fraction(y) for _, y in corners]
-    return min(xs), min(ys), max(xs), max(ys)
 
 
 # --- what a page is made of -----------------------------------------------------------
