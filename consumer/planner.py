@@ -94,14 +94,15 @@ def plan_tasks(
 
 
 def inspect_pdf_file(
-    path: str, max_pages: int, first_page: int | None = None, last_page: int | None = None
-) -> tuple[PdfInfo, str]:
-    """In the sandbox child: page count, limits and the text layers of the job's pages of a PDF on
-    disk, and its sha256 (the page cache's key), from the one read of the file."""
+    path: str, max_pages: int, first_page: int | None = None, last_page: int | None = None, digest: bool = True
+) -> tuple[PdfInfo, str | None]:
+    """In the sandbox child: page count, limits and the text layers of pages ``first_page`` to
+    ``last_page`` of a PDF on disk, and (with ``digest``) its sha256, the page cache's key, from the
+    same read of the file. A long document's later chunks need no digest: the first one gave it."""
     with open(path, "rb") as fh:
         data = fh.read()
     info = inspect_pdf(data, max_pages=max_pages, first_page=first_page, last_page=last_page)
-    return info, hashlib.sha256(data).hexdigest()
+    return info, hashlib.sha256(data).hexdigest() if digest else None
 
 
 def page_tasks(request: JobRequest, source: Source, ranges: Sequence[tuple[int, int]]) -> list[PageTask]:
@@ -213,9 +214,11 @@ class Planner:
                 self.settings.max_pages,
                 chunk_first,
                 chunk_last,
+                not first,  # digest: the first chunk's sha256 serves the whole document
                 budget_s=max(0.001, budget_ends - time.monotonic()),
             )
             if not first:
+                assert sha256 is not None  # the first chunk is hashed
                 first = info.first_page
                 last = min(request.options.last_page or info.page_count, info.page_count)
                 source = request.source.model_copy(update={"sha256": sha256})
