@@ -200,3 +200,36 @@ async def test_pages_read_before_job_started_still_go_into_the_page_cache(db: As
         await conn.execute(page_cache.delete().where(page_cache.c.sha256 == sha256))
         await conn.commit()
     assert sorted(cached) == [(1, "page 1"), (2, "page 2"), (3, "page 3")]
+
+
+async def page_row(db: AsyncEngine, job_id: str, page_no: int) -> dict[str, Any]:
+    async with db.connect() as conn:
+        query = select(pages).where(pages.c.job_id == job_id, pages.c.page_no == page_no)
+        return dict((await conn.execute(query)).mappings().one())
+
+
+def retrying(job_id: str, page_no: int, attempt: int) -> PageFailed:
+    return PageFailed(
+        job_id=job_id,
+        page_no=page_no,
+        error_code=ErrorCode.OCR_FAILED,
+        message=f"attempt {attempt}",
+        attempt=attempt,
+        final=False,
+        worker="w",
+    )
+
+
+async def test_a_redelivered_event_does_not_take_a_new_one_s_place_in_the_batch(db: AsyncEngine) -> None:
+    # Given a retry of page 1 already recorded
+    job_id = str(uuid.uuid4())
+    first = retrying(job_id, 1, 1)
+    await apply(db, [first])
+
+    # When it comes again in a batch ahead of a later retry of the same page
+    await apply(db, [first, retrying(job_id, 1, 2)])
+
+    # Then the page is chosen among the new events only (the rows are prepared for both, up front):
+    # the later retry is the row, where choosing among all would have kept the first of equals.
+    row = await page_row(db, job_id, 1)
+    assert (row["attempts"], row["error_message"]) == (2, "attempt 2")
