@@ -52,6 +52,7 @@ __all__ = [
     "PdfDocument",
     "PdfInfo",
     "TextLayer",
+    "count_pages",
     "has_real_text",
     "inspect_pdf",
     "judge_page",
@@ -117,7 +118,7 @@ class PageContent:
 
 @dataclass(frozen=True)
 class PdfInfo:
-    """What the planner needs to know about a PDF."""
+    """A PDF's page count and, for the pages judged, where ``auto`` takes their text from."""
 
     page_count: int
     text_pages: tuple[bool, ...]
@@ -257,11 +258,39 @@ def _load_page_unlocked(doc: pdfium.PdfDocument, page_no: int) -> pdfium.PdfPage
         raise PermanentError(ErrorCode.TRUNCATED_PDF, f"page {page_no} cannot be loaded: {exc}") from exc
 
 
+def _check_first_page(first_page: int | None, count: int) -> int:
+    first = first_page or 1
+    if first > count:
+        raise PermanentError(ErrorCode.INVALID_OPTIONS, f"first_page {first} is beyond the document's {count} pages")
+    return first
+
+
+def count_pages(data: bytes, *, max_pages: int, first_page: int | None = None) -> int:
+    """Open a PDF held in memory, check it against the limits and a job's first page; its page count.
+
+    What the planner asks. pdfium reads the cross-reference table and the page
+    tree, not the pages themselves, so this costs about the same for 1 page or
+    1,000. Raises :class:`PermanentError` with ``EMPTY_FILE``, ``NOT_A_PDF``,
+    ``TRUNCATED_PDF``, ``ENCRYPTED_PDF``, ``NO_PAGES``, ``TOO_MANY_PAGES``, or
+    ``INVALID_OPTIONS`` for a first page past the end.
+    """
+    with PDFIUM_LOCK:
+        doc = _open_unlocked(data)
+        try:
+            count = len(doc)
+            _check_page_count(count, max_pages)
+            _check_first_page(first_page, count)
+        finally:
+            doc.close()
+    return count
+
+
 def inspect_pdf(data: bytes, *, max_pages: int, first_page: int | None = None, last_page: int | None = None) -> PdfInfo:
     """Open a PDF held in memory, check it against the limits and judge the text layer of each page
-    from ``first_page`` to ``last_page`` (the whole document by default; clipped to it).
+    from ``first_page`` to ``last_page`` (the whole document by default; clipped to it), as ``auto``
+    does page by page in the worker. ``pagewire bench`` picks its pages with it.
 
-    Cheap (a few ms per page): it extracts each page's text once, looks at its
+    A few ms per page: it extracts each page's text once, looks at its
     page objects and applies :func:`judge_page`; it renders nothing. Raises :class:`PermanentError`
     with ``EMPTY_FILE``, ``NOT_A_PDF``, ``TRUNCATED_PDF``, ``ENCRYPTED_PDF``,
     ``NO_PAGES``, ``TOO_MANY_PAGES``, or ``INVALID_OPTIONS`` for a first page past the end.
@@ -271,11 +300,7 @@ def inspect_pdf(data: bytes, *, max_pages: int, first_page: int | None = None, l
         try:
             count = len(doc)
             _check_page_count(count, max_pages)
-            first = first_page or 1
-            if first > count:
-                raise PermanentError(
-                    ErrorCode.INVALID_OPTIONS, f"first_page {first} is beyond the document's {count} pages"
-                )
+            first = _check_first_page(first_page, count)
             sources = []
             for page_no in range(first, min(last_page or count, count) + 1):
                 page = _load_page_unlocked(doc, page_no)

@@ -1,10 +1,11 @@
-"""The planner: one ``JobRequest`` in, ``JobStarted`` and a run of ``PageTask`` out.
+"""The planner: one ``JobRequest`` in, a run of ``PageTask`` and ``JobStarted`` out.
 
-It opens the PDF only to count pages, check the limits and see which pages
-carry a real text layer (about a millisecond a page), so it stays cheap. Text
-pages are packed many to a task, pages that need OCR few to a task: a task is
-the unit of redelivery, and an OCR page costs seconds. Bad input ends here as
-``JobFailed`` with an error code, never as a crash.
+It opens the PDF only to count its pages and check the limits (pdfium reads the
+page tree, not the pages), and hashes it for the page cache, so it stays cheap
+whatever the document's length. It reads no page: in ``auto`` mode each page is
+judged by the worker that reads it, which hands pages that need OCR on as tasks
+of their own (see :mod:`consumer.worker`). Bad input ends here as ``JobFailed``
+with an error code, never as a crash.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from consumer.amqp import Publisher, ack
 from consumer.cancel import CancelledJobs
-from consumer.pdf import PdfInfo, inspect_pdf
+from consumer.pdf import count_pages
 from consumer.sandbox import Sandbox
 from consumer.service import Handler, run_consumer, settle_failure
 from consumer.storage import PdfCache, Storage
@@ -49,60 +49,27 @@ from schemas.tables import job_plans, page_cache
 
 log = logging.getLogger(__name__)
 
-FIRST_CHUNK_PAGES = 32
-"""Pages judged before the first tasks go out: a long document's first page event waits for these alone."""
-CHUNK_PAGES = 256
-"""Pages judged a sandbox call after the first chunk."""
-
 PREFETCH = 4
 """Jobs a planner holds at once: their downloads and database round trips overlap, their inspections take turns."""
 
 
-def plan_tasks(
-    first: int,
-    last: int,
-    text_pages: Sequence[bool],
-    engine: Engine,
-    *,
-    text_per_task: int,
-    ocr_per_task: int,
-) -> list[tuple[int, int]]:
-    """Split pages ``first..last`` into (first, last) task ranges.
-
-    ``text_pages[i]`` says whether page ``i + 1`` has a real text layer. With
-    ``text`` every page is cheap; with an OCR engine every page is dear; with
-    ``auto`` each run of like pages is cut to its own size.
-    """
-    ranges: list[tuple[int, int]] = []
-
-    def cut(start: int, end: int, size: int) -> None:
-        for a in range(start, end + 1, size):
-            ranges.append((a, min(a + size - 1, end)))
-
-    if engine == Engine.TEXT:
-        cut(first, last, text_per_task)
-        return ranges
-    if engine != Engine.AUTO:
-        cut(first, last, ocr_per_task)
-        return ranges
-    run_start = first
-    for page in range(first + 1, last + 2):
-        if page > last or text_pages[page - 1] != text_pages[run_start - 1]:
-            cut(run_start, page - 1, text_per_task if text_pages[run_start - 1] else ocr_per_task)
-            run_start = page
-    return ranges
+def task_size(engine: Engine, *, text_per_task: int, ocr_per_task: int) -> int:
+    """Pages a task of a job with this engine: many where the text layer may serve (``text``,
+    ``auto``), few where every page is OCR. A task is the unit of redelivery."""
+    return text_per_task if engine in (Engine.TEXT, Engine.AUTO) else ocr_per_task
 
 
-def inspect_pdf_file(
-    path: str, max_pages: int, first_page: int | None = None, last_page: int | None = None, digest: bool = True
-) -> tuple[PdfInfo, str | None]:
-    """In the sandbox child: page count, limits and the text layers of pages ``first_page`` to
-    ``last_page`` of a PDF on disk, and (with ``digest``) its sha256, the page cache's key, from the
-    same read of the file. A long document's later chunks need no digest: the first one gave it."""
+def cut(first: int, last: int, size: int) -> list[tuple[int, int]]:
+    """Pages ``first..last`` as (first, last) ranges of at most ``size`` pages."""
+    return [(a, min(a + size - 1, last)) for a in range(first, last + 1, size)]
+
+
+def count_pdf_file(path: str, max_pages: int, first_page: int | None = None) -> tuple[int, str]:
+    """In the sandbox child: page count and limits of a PDF on disk, and its sha256 (the page
+    cache's key) from the same read of the file."""
     with open(path, "rb") as fh:
         data = fh.read()
-    info = inspect_pdf(data, max_pages=max_pages, first_page=first_page, last_page=last_page)
-    return info, hashlib.sha256(data).hexdigest() if digest else None
+    return count_pages(data, max_pages=max_pages, first_page=first_page), hashlib.sha256(data).hexdigest()
 
 
 def page_tasks(request: JobRequest, source: Source, ranges: Sequence[tuple[int, int]]) -> list[PageTask]:
@@ -121,17 +88,20 @@ def page_tasks(request: JobRequest, source: Source, ranges: Sequence[tuple[int, 
     ]
 
 
+def runs(pages: Iterable[int]) -> list[tuple[int, int]]:
+    """Ascending ``pages`` as runs of consecutive pages, (first, last) each."""
+    out: list[tuple[int, int]] = []
+    for page in pages:
+        if out and out[-1][1] == page - 1:
+            out[-1] = (out[-1][0], page)
+        else:
+            out.append((page, page))
+    return out
+
+
 def missing_runs(first: int, last: int, have: set[int]) -> list[tuple[int, int]]:
     """The runs of consecutive pages in ``first..last`` not in ``have``."""
-    runs: list[tuple[int, int]] = []
-    for page in range(first, last + 1):
-        if page in have:
-            continue
-        if runs and runs[-1][1] == page - 1:
-            runs[-1] = (runs[-1][0], page)
-        else:
-            runs.append((page, page))
-    return runs
+    return runs(page for page in range(first, last + 1) if page not in have)
 
 
 class Planner:
@@ -195,54 +165,32 @@ class Planner:
             log.info("job %s is planned already: request dropped", request.job_id)
             return
         path = await asyncio.to_thread(self.cache.fetch, request.source)
-        high = request.priority >= HIGH_PRIORITY
-        budget_ends = time.monotonic() + self.settings.inspect_budget_s
-        cached: dict[int, PageCompleted] = {}
-        source = request.source
-        first = last = tasks = 0
-        # The pages are judged a chunk at a time and each chunk's tasks go out at once, so the
-        # workers start on a long document while the planner judges the rest of it. JobStarted
-        # follows the last chunk: it says how many tasks there are.
-        chunk_first, size = request.options.first_page or 1, FIRST_CHUNK_PAGES
-        while True:
-            chunk_last = chunk_first + size - 1
-            if request.options.last_page is not None:
-                chunk_last = min(chunk_last, request.options.last_page)
-            info, sha256 = await self.sandbox.call(
-                inspect_pdf_file,
-                str(path),
-                self.settings.max_pages,
-                chunk_first,
-                chunk_last,
-                not first,  # digest: the first chunk's sha256 serves the whole document
-                budget_s=max(0.001, budget_ends - time.monotonic()),
+        count, sha256 = await self.sandbox.call(
+            count_pdf_file,
+            str(path),
+            self.settings.max_pages,
+            request.options.first_page,
+            budget_s=self.settings.inspect_budget_s,
+        )
+        first = request.options.first_page or 1
+        last = min(request.options.last_page or count, count)
+        source = request.source.model_copy(update={"sha256": sha256})
+        cached = await self.cached_pages(sha256, request.options, first, last)
+        size = task_size(
+            request.options.engine,
+            text_per_task=self.settings.text_pages_per_task,
+            ocr_per_task=self.settings.ocr_pages_per_task,
+        )
+        ranges = [r for a, b in missing_runs(first, last, set(cached)) for r in cut(a, b, size)]
+        # All in flight at once, confirmed together: one at a time, each would wait a round trip.
+        # JobStarted follows: it says how many tasks there are.
+        await asyncio.gather(
+            *(
+                self.publisher.publish_task(t, high=request.priority >= HIGH_PRIORITY)
+                for t in page_tasks(request, source, ranges)
             )
-            if not first:
-                assert sha256 is not None  # the first chunk is hashed
-                first = info.first_page
-                last = min(request.options.last_page or info.page_count, info.page_count)
-                source = request.source.model_copy(update={"sha256": sha256})
-                cached = await self.cached_pages(sha256, request.options, first, last)
-            ranges = [
-                task_range
-                for run_first, run_last in missing_runs(info.first_page, info.last_page, set(cached))
-                for task_range in plan_tasks(
-                    run_first,
-                    run_last,
-                    (False,) * (info.first_page - 1) + info.text_pages,  # indexed from page 1
-                    request.options.engine,
-                    text_per_task=self.settings.text_pages_per_task,
-                    ocr_per_task=self.settings.ocr_pages_per_task,
-                )
-            ]
-            # All in flight at once, confirmed together: one at a time, each would wait a round trip.
-            await asyncio.gather(
-                *(self.publisher.publish_task(t, high=high) for t in page_tasks(request, source, ranges))
-            )
-            tasks += len(ranges)
-            if info.last_page >= last:
-                break
-            chunk_first, size = info.last_page + 1, CHUNK_PAGES
+        )
+        tasks = len(ranges)
         await asyncio.gather(
             self.publisher.publish_event(
                 JobStarted(

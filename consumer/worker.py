@@ -27,6 +27,7 @@ from consumer.engines import OcrEngine, PageText, make_engine, page_text_from_bl
 from consumer.lanes import PriorityGate
 from consumer.layout import merge_blocks
 from consumer.pdf import PageSource, PdfDocument, TextLayer, has_real_text
+from consumer.planner import cut, runs
 from consumer.sandbox import Sandbox
 from consumer.service import Handler, run_consumer, settle_failure
 from consumer.storage import PdfCache, Storage
@@ -43,7 +44,7 @@ from schemas.messages import (
     TextSource,
     parse_as,
 )
-from schemas.names import HIGH_TASK_ROUTING_KEY
+from schemas.names import HIGH_PRIORITY, HIGH_TASK_ROUTING_KEY
 from schemas.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -280,6 +281,11 @@ class Worker:
             return
         path = str(await asyncio.to_thread(self.cache.fetch, task.source))
         layers: dict[int, LayerReading | None] = {}
+        # In auto mode the planner sized the task for text pages. Pages that turn out to need OCR
+        # (seconds each) are handed on as tasks of their own, so that every idle worker takes some.
+        pages = task.last_page - task.first_page + 1
+        hands_on = task.options.engine == Engine.AUTO and pages > self.settings.ocr_pages_per_task
+        handed: list[int] = []
         # Pages read from their text layer are published without waiting for each confirm in turn;
         # all are confirmed before the next OCR page, the end of the task, and its ack.
         publishing: list[asyncio.Task[None]] = []
@@ -308,12 +314,36 @@ class Worker:
                         publish = self.publish_page(task, page_no, reading, given[1], attempt, done)
                         publishing.append(asyncio.create_task(publish))
                         continue
+                    if hands_on and given is not None and isinstance(given[0], TextLayer):
+                        handed.append(page_no)
+                        continue
                     await _confirmed(publishing)
                     await self.run_page(task, path, page_no, attempt, done, given)
             await _confirmed(publishing)
+            await self.hand_on(task, handed, done)
         finally:
             # On the way out with an error: every publish has settled, so ``done`` is exact.
             await asyncio.gather(*publishing, return_exceptions=True)
+
+    async def hand_on(self, task: PageTask, pages: list[int], done: set[int]) -> None:
+        """Publish ``pages`` of ``task`` (they need OCR) as tasks of their own, and count them done here.
+
+        Confirmed before the task is acked: a worker killed in between leaves the task to be
+        redelivered, and its pages read again (each counted once in the table)."""
+        if not pages:
+            return
+        ranges = [r for a, b in runs(pages) for r in cut(a, b, self.settings.ocr_pages_per_task)]
+        await asyncio.gather(
+            *(
+                self.publisher.publish_task(
+                    task.model_copy(update={"task_id": f"{task.task_id}/{a}-{b}", "first_page": a, "last_page": b}),
+                    high=task.priority >= HIGH_PRIORITY,
+                )
+                for a, b in ranges
+            )
+        )
+        done.update(pages)
+        log.info("job %s: %s pages that need OCR handed on in %s tasks", task.job_id, len(pages), len(ranges))
 
     async def read_layers(self, path: str, page_nos: list[int]) -> dict[int, LayerReading | None]:
         """The text layers of a run of pages in one sandbox call. None for a page means: read it alone.

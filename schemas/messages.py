@@ -150,7 +150,13 @@ class JobStarted(_Event):
     total_pages: int = Field(ge=1, description="pages to read (after the page range)")
     first_page: int = Field(ge=1)
     last_page: int = Field(ge=1)
-    tasks: int = Field(ge=0, description="page tasks queued (pages from the page cache need none)")
+    tasks: int = Field(
+        ge=0,
+        description=(
+            "page tasks the planner queued (pages from the page cache need none);"
+            " in auto mode a worker may hand a task's OCR pages on as tasks of their own"
+        ),
+    )
     cached_pages: int = Field(default=0, ge=0, description="pages answered from the page cache")
     priority: int = Field(default=0, ge=0, le=9)
     idempotency_key: str | None = None

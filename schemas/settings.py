@@ -92,6 +92,9 @@ class WorkerSettings(Settings):
     cache_max_bytes: int = Field(default=2 * 1024**3, ge=0)
     worker_name: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     retry_backoff_s: float = Field(default=1.0, ge=0)
+    ocr_pages_per_task: int = Field(
+        default=1, ge=1, description="pages per task that need OCR; auto tasks hand theirs on in tasks this size"
+    )
     text_budget_s: float = Field(default=5.0, gt=0, description="a page's text layer; past it: pdf_too_complex")
     ocr_budget_s: float = Field(default=180.0, gt=0, description="render and OCR of a page; past it: pdf_too_complex")
     page_memory_mb: int = Field(default=3072, ge=0, description="address space of the page process; 0: no cap")

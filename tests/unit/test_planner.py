@@ -2,30 +2,39 @@
 
 from __future__ import annotations
 
-from consumer.planner import plan_tasks
+import pytest
+
+from consumer.planner import cut, missing_runs, runs, task_size
 from schemas.messages import Engine
 
 
-def test_text_engine_packs_pages() -> None:
-    assert plan_tasks(1, 70, [True] * 70, Engine.TEXT, text_per_task=32, ocr_per_task=1) == [
-        (1, 32),
-        (33, 64),
-        (65, 70),
-    ]
+def test_cut_packs_pages_to_the_size() -> None:
+    assert cut(1, 70, 32) == [(1, 32), (33, 64), (65, 70)]
+    assert cut(2, 4, 1) == [(2, 2), (3, 3), (4, 4)]
+    assert cut(5, 5, 32) == [(5, 5)]
 
 
-def test_ocr_engine_takes_pages_one_by_one() -> None:
-    assert plan_tasks(2, 4, [True] * 5, Engine.RAPIDOCR, text_per_task=32, ocr_per_task=1) == [(2, 2), (3, 3), (4, 4)]
+@pytest.mark.parametrize(
+    ("engine", "size"),
+    [(Engine.TEXT, 32), (Engine.AUTO, 32), (Engine.RAPIDOCR, 1), (Engine.NEMOTRON, 1)],
+)
+def test_text_and_auto_tasks_are_sized_for_text_pages_ocr_ones_for_ocr(engine: Engine, size: int) -> None:
+    # auto: the worker hands pages that need OCR on as tasks of their own
+    assert task_size(engine, text_per_task=32, ocr_per_task=1) == size
 
 
-def test_auto_cuts_each_run_to_its_own_size() -> None:
-    kinds = [True, True, True, False, False, True, False]
-    plan = plan_tasks(1, 7, kinds, Engine.AUTO, text_per_task=2, ocr_per_task=1)
-    assert plan == [(1, 2), (3, 3), (4, 4), (5, 5), (6, 6), (7, 7)]
-
-
-def test_auto_plan_covers_every_page_once() -> None:
-    kinds = [i % 3 == 0 for i in range(100)]
-    plan = plan_tasks(5, 95, kinds, Engine.AUTO, text_per_task=8, ocr_per_task=2)
+def test_cut_covers_every_page_once() -> None:
+    plan = cut(5, 95, 8)
     pages = [p for a, b in plan for p in range(a, b + 1)]
     assert pages == list(range(5, 96))
+    assert all(b - a < 8 for a, b in plan)
+
+
+def test_runs_of_consecutive_pages() -> None:
+    assert runs([2, 4, 5, 6, 9]) == [(2, 2), (4, 6), (9, 9)]
+    assert runs([]) == []
+
+
+def test_missing_runs_skip_pages_from_the_cache() -> None:
+    assert missing_runs(1, 10, {1, 4, 5, 10}) == [(2, 3), (6, 9)]
+    assert missing_runs(1, 3, {1, 2, 3}) == []

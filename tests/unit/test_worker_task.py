@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from consumer.samples import lines, text_pdf
+from consumer.samples import TextRun, lines, text_pdf
 from consumer.sandbox import Sandbox
 from consumer.worker import TEXT_CHUNK, Worker, child_text_layers
 from schemas.errors import ErrorCode, PermanentError
@@ -25,9 +25,13 @@ class Published:
 
     def __init__(self) -> None:
         self.events: list[BaseModel] = []
+        self.tasks: list[tuple[PageTask, bool]] = []
 
     async def publish_event(self, message: BaseModel) -> None:
         self.events.append(message)
+
+    async def publish_task(self, message: PageTask, *, high: bool = False) -> None:
+        self.tasks.append((message, high))
 
 
 class LocalCache:
@@ -53,30 +57,40 @@ class CountingSandbox(Sandbox):
         return await super().call(fn, *args, budget_s=budget_s)
 
 
-def task_of(pages: int) -> PageTask:
+def task_of(pages: int, priority: int = 0) -> PageTask:
     return PageTask(
         job_id="job-1",
         source=Source(bucket="pagewire", key="jobs/job-1/source.pdf"),
         first_page=1,
         last_page=pages,
         options=JobOptions(engine=Engine.AUTO),
+        priority=priority,
     )
 
 
-async def run(tmp_path: Path, pages: int, sandbox: CountingSandbox) -> tuple[Published, set[int]]:
+def text_page(n: int) -> list[TextRun]:
+    return lines([f"Page {n} of a born-digital document with a real text layer."])
+
+
+async def run(
+    tmp_path: Path,
+    pages: int | list[list[TextRun]],
+    sandbox: CountingSandbox,
+    settings: WorkerSettings | None = None,
+    priority: int = 0,
+) -> tuple[Published, set[int]]:
+    content = [text_page(n) for n in range(1, pages + 1)] if isinstance(pages, int) else pages
     path = tmp_path / "doc.pdf"
-    path.write_bytes(
-        text_pdf([lines([f"Page {n} of a born-digital document with a real text layer."]) for n in range(1, pages + 1)])
-    )
+    path.write_bytes(text_pdf(content))
     published = Published()
-    worker = Worker(WorkerSettings(), published, LocalCache(path), sandbox)  # type: ignore[arg-type]
+    worker = Worker(settings or WorkerSettings(), published, LocalCache(path), sandbox)  # type: ignore[arg-type]
     done: set[int] = set()
     try:
         # The child starts first, on start-up's own budget: spawning it on a busy machine can take
         # longer than a text page's 5 s.
         await sandbox.start()
         sandbox.calls.clear()
-        await worker.run_task(task_of(pages), attempt=1, done=done)
+        await worker.run_task(task_of(len(content), priority), attempt=1, done=done)
     finally:
         sandbox.close()
     return published, done
@@ -112,3 +126,25 @@ async def test_a_single_page_task_is_read_alone(tmp_path: Path) -> None:
 
     assert [e.page_no for e in published.events if isinstance(e, PageCompleted)] == [1]
     assert sandbox.calls == ["child_text_layer"]
+
+
+async def test_pages_that_need_ocr_are_handed_on_as_tasks_of_their_own(tmp_path: Path) -> None:
+    # Given an auto task over text pages with blank pages (no text layer: OCR) at 2, 4, 5 and 6
+    blank: list[TextRun] = []
+    content = [text_page(1), blank, text_page(3), blank, blank, blank, text_page(7)]
+    sandbox = CountingSandbox()
+    published, done = await run(tmp_path, content, sandbox, WorkerSettings(ocr_pages_per_task=2), priority=9)
+
+    # Then the text pages are published here, and the OCR pages go out as tasks of at most two
+    # pages, in the high lane like the task they came from; this worker runs no OCR
+    assert sorted(e.page_no for e in published.events if isinstance(e, PageCompleted)) == [1, 3, 7]
+    assert [(t.first_page, t.last_page, high) for t, high in published.tasks] == [
+        (2, 2, True),
+        (4, 5, True),
+        (6, 6, True),
+    ]
+    assert all(t.job_id == "job-1" and t.options.engine == Engine.AUTO for t, _ in published.tasks)
+    assert len({t.task_id for t, _ in published.tasks}) == 3
+    assert "child_ocr_page" not in sandbox.calls
+    # Every page is accounted for: a failure now would not fail the handed-on pages here
+    assert done == set(range(1, 8))
