@@ -109,7 +109,8 @@ class PageContent:
     text_objects: int = 0
     """Text objects on the page."""
     visible_text_objects: int = 0
-    """Of those, the ones a reader sees: drawn (not render mode 3 or 7) and not painted over by a later large image."""
+    """Of those, the ones a reader sees: drawn (not render mode 3 or 7) and not painted over by a later large image.
+    Told apart only on a page with an image worth a look; elsewhere all count (:func:`judge_page` needs no more)."""
     image_share: float = 0.0
     """The largest image's share of the page area (clipped to the page), 0..1."""
     bare_image_share: float = 0.0
@@ -488,9 +489,14 @@ def _blocks_unlocked(page: pdfium.PdfPage, textpage: pdfium.PdfTextPage, raw: st
         last = char_index(handle, line.end() - 1)
         if first < 0 or last < first:
             continue  # characters pdfium cannot place: no box to give them
+        rects = count_rects(handle, first, last - first + 1)
+        if rects == 1:  # most lines: one rectangle, nothing to cut
+            get_rect(handle, 0, x0, y1, x1, y0)  # left, top, right, bottom
+            runs.append(((x0.value, y0.value, x1.value, y1.value), text))
+            continue
         pieces: list[tuple[Rect, str]] = []
-        for i in range(count_rects(handle, first, last - first + 1)):
-            get_rect(handle, i, x0, y1, x1, y0)  # left, top, right, bottom
+        for i in range(rects):
+            get_rect(handle, i, x0, y1, x1, y0)
             pieces.append(((x0.value, y0.value, x1.value, y1.value), ""))
         pieces = _merge_runs(pieces, max_gap=_LINE_GUTTER)
         if len(pieces) == 1:
@@ -565,7 +571,7 @@ def _page_content_unlocked(page: pdfium.PdfPage) -> PageContent:
     area = (right - left) * (top - bottom)
     if area <= 0:
         return PageContent()
-    texts: list[tuple[int, object, Matrix, bool]] = []  # paint order, object, matrix, drawn
+    texts: list[tuple[int, object, Matrix]] = []  # paint order, object, matrix
     images: list[tuple[int, Rect]] = []  # paint order, box clipped to the page
     order = 0
     get_type, render_mode = pdfium_c.FPDFPageObj_GetType, pdfium_c.FPDFTextObj_GetTextRenderMode
@@ -582,7 +588,7 @@ def _page_content_unlocked(page: pdfium.PdfPage) -> PageContent:
             order += 1
             kind = get_type(obj)
             if kind == _TEXT:
-                texts.append((order, obj, matrix, render_mode(obj) not in _HIDDEN_MODES))
+                texts.append((order, obj, matrix))
             elif kind == _IMAGE:
                 box = _transform_box(_object_bounds(obj), matrix)
                 clipped = (max(box[0], left), max(box[1], bottom), min(box[2], right), min(box[3], top))
@@ -594,12 +600,13 @@ def _page_content_unlocked(page: pdfium.PdfPage) -> PageContent:
                 work.append((obj, True, 0, _compose(_object_matrix(obj), matrix)))
                 break
     if not images:
-        drawn = sum(1 for *_, is_drawn in texts if is_drawn)
-        return PageContent(text_objects=len(texts), visible_text_objects=drawn)
+        # Which text is drawn matters only beside an image (judge_page): without one, every page
+        # with real text is a text page, so the text objects' render modes are not asked for.
+        return PageContent(text_objects=len(texts), visible_text_objects=len(texts))
     centres = []
-    for order, obj, matrix, is_drawn in texts:
+    for order, obj, matrix in texts:
         box = _transform_box(_object_bounds(obj), matrix)
-        centres.append((order, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, is_drawn))
+        centres.append((order, (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, render_mode(obj) not in _HIDDEN_MODES))
     return _summarise(centres, images, area)
 
 
