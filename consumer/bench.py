@@ -12,9 +12,11 @@ Three measurements, each a plain function so scripts and tests can call them:
   until each job's ``JobCompleted``, then read the jobs' rows. Per-stage times
   come from the events (``duration_ms``, ``render_ms``, ``occurred_at``) and
   from what this process observes (upload, event arrival).
-* :func:`recorder_throughput`: :func:`consumer.recorder.apply_batch` driven
-  with synthetic ``PageCompleted`` events into a scratch job, in batches of
-  the recorder's batch size and, for comparison, one event per transaction.
+* :func:`recorder_throughput`: the recorder's batch path (each batch prepared
+  while the one before it is in its transaction) driven with synthetic
+  ``PageCompleted`` events into a scratch job, in batches of the recorder's
+  batch size, from events and from message bodies, and, for comparison, one
+  event per transaction.
 
 :func:`first_event_latency` adds the time from ``submit`` to the first page
 event of a small born-digital PDF on an idle stack.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import hashlib
 import json
 import math
@@ -684,7 +687,7 @@ async def first_event_latency(settings: ClientSettings, pdf: bytes, *, runs: int
 
 @dataclass
 class RecorderStats:
-    """``apply_batch`` into PostgreSQL: batched, and one event per transaction."""
+    """The recorder's batches into PostgreSQL: from events, from message bodies, and one event per transaction."""
 
     events: int
     batch_size: int
@@ -695,6 +698,10 @@ class RecorderStats:
     single_events_per_s: float
     text_chars: int
     blocks_per_page: int
+    # The same batches from JSON message bodies, parsing included (0 events: not measured).
+    bodies_events: int = 0
+    bodies_s: float = math.nan
+    bodies_events_per_s: float = math.nan
 
 
 def box_of(x0: float, y0: float, x1: float, y1: float) -> tuple[float, float, float, float]:
@@ -731,28 +738,32 @@ async def recorder_throughput(
     single_events: int = 500,
     text_chars: int = 1750,
     blocks: int = 60,
+    from_bodies: bool = True,
 ) -> RecorderStats:
-    """Apply ``n_events`` synthetic page events with the recorder's own ``apply_batch``.
+    """Apply ``n_events`` synthetic page events the way the recorder applies its batches.
 
-    Into a scratch job (``bench-recorder-...``) that is deleted afterwards:
-    first in batches of the recorder's batch size, then ``single_events`` more
-    with one transaction each, which is what the recorder would do without
-    batching. The default page (1,750 characters in 60 blocks) is the mean
-    born-digital page of the corpus. The job names a content hash, as a planned job does, so each
-    page also goes into the page cache (removed afterwards too). Events are built before the clock
-    starts; parsing and the broker are not part of this figure. The tables are vacuumed afterwards:
-    a run leaves some 10,000 dead rows in each, and the dev PostgreSQL runs no autovacuum.
+    Into a scratch job (``bench-recorder-...``) that is deleted afterwards: first in batches of the
+    recorder's batch size through :func:`consumer.recorder.pipelined` (each batch prepared while the
+    one before it is in its transaction), from events built before the clock starts; then, with
+    ``from_bodies``, ``n_events`` more from their JSON message bodies, so parsing is counted too;
+    then ``single_events`` more with ``apply_batch`` and one transaction each, which is what the
+    recorder would do without batching. The broker is not part of these figures. The default page
+    (1,750 characters in 60 blocks) is the mean born-digital page of the corpus. The job names a
+    content hash, as a planned job does, so each page also goes into the page cache (removed
+    afterwards too). The tables are vacuumed afterwards: a run leaves some 10,000 dead rows in
+    each, and the dev PostgreSQL runs no autovacuum.
     """
     from sqlalchemy import delete, text
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from consumer.recorder import apply_batch
+    from consumer.recorder import PreparedBatch, apply_batch, apply_prepared, pipelined, prepare_bodies, prepare_events
     from schemas.tables import applied_events, jobs, page_cache
 
     size = batch_size or RecorderSettings().batch_size
+    n_bodies = n_events if from_bodies else 0
     job_id = f"bench-recorder-{uuid.uuid4().hex[:12]}"
     sha256 = hashlib.sha256(job_id.encode()).hexdigest()
-    total = n_events + single_events
+    total = n_events + n_bodies + single_events
     start = JobStarted(
         job_id=job_id,
         source=Source(bucket="bench", key=f"jobs/{job_id}/source.pdf", sha256=sha256),
@@ -762,17 +773,48 @@ async def recorder_throughput(
         last_page=total + 1,
         tasks=1,
     )
-    batched = [synthetic_page(job_id, n, text_chars=text_chars, blocks=blocks) for n in range(1, n_events + 1)]
-    single = [synthetic_page(job_id, n, text_chars=text_chars, blocks=blocks) for n in range(n_events + 1, total + 1)]
+
+    def pages(first: int, count: int) -> list[PageCompleted]:
+        return [synthetic_page(job_id, n, text_chars=text_chars, blocks=blocks) for n in range(first, first + count)]
+
+    batched = pages(1, n_events)
+    # Bodies only: a recorder keeps no parsed events but its two batches', and with 10,000 more
+    # alive (as ``batched`` is) every garbage collection that parsing sets off takes longer.
+    bodies = [
+        synthetic_page(job_id, n, text_chars=text_chars, blocks=blocks).model_dump_json().encode()
+        for n in range(n_events + 1, n_events + n_bodies + 1)
+    ]
+    single = pages(n_events + n_bodies + 1, single_events)
+    max_bytes = RecorderSettings().max_message_bytes
     db = create_async_engine(database_url, pool_size=2)
+
+    async def each_batch(items: Sequence[Any]) -> AsyncIterator[Sequence[Any]]:
+        for i in range(0, len(items), size):
+            yield items[i : i + size]
+
+    async def from_bodies_(batch: Sequence[bytes]) -> PreparedBatch:
+        prepared, poison = await prepare_bodies(batch, max_bytes)
+        if poison:
+            raise RuntimeError(f"bench bodies that are no event: {poison}")
+        return prepared
+
+    async def apply(prepared: PreparedBatch) -> None:
+        async with db.begin() as conn:
+            await apply_prepared(conn, prepared)
+
+    bodies_s = math.nan
     try:
         async with db.begin() as conn:
             await apply_batch(conn, [start])
         t0 = time.perf_counter()
-        for i in range(0, len(batched), size):
-            async with db.begin() as conn:
-                await apply_batch(conn, batched[i : i + size])
+        await pipelined(each_batch(batched), prepare_events, apply)
         batched_s = time.perf_counter() - t0
+        del batched
+        if bodies:
+            gc.collect()
+            t0 = time.perf_counter()
+            await pipelined(each_batch(bodies), from_bodies_, apply)
+            bodies_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         for event in single:
             async with db.begin() as conn:
@@ -797,6 +839,9 @@ async def recorder_throughput(
         single_events_per_s=rate(single_events, single_s),
         text_chars=text_chars,
         blocks_per_page=blocks,
+        bodies_events=n_bodies,
+        bodies_s=bodies_s,
+        bodies_events_per_s=rate(n_bodies, bodies_s) if n_bodies else math.nan,
     )
 
 
@@ -991,6 +1036,13 @@ def render_report(report: BenchReport, console: Any) -> None:
         table.add_row(
             f"batches of {rec.batch_size}", str(rec.events), _fmt(rec.batched_s, 2), _fmt(rec.batched_events_per_s, 0)
         )
+        if rec.bodies_events:
+            table.add_row(
+                f"batches of {rec.batch_size} from message bodies",
+                str(rec.bodies_events),
+                _fmt(rec.bodies_s, 2),
+                _fmt(rec.bodies_events_per_s, 0),
+            )
         table.add_row(
             "one per transaction", str(rec.single_events), _fmt(rec.single_s, 2), _fmt(rec.single_events_per_s, 0)
         )
@@ -1144,7 +1196,7 @@ async def run(args: argparse.Namespace) -> int:
         note(f"latency: {args.latency_runs} submits of one born-digital page")
         report.latency = await first_event_latency(settings, _latency_pdf(workload), runs=args.latency_runs)
     if args.recorder_events > 0:
-        note(f"recorder: {args.recorder_events} synthetic events through apply_batch")
+        note(f"recorder: {args.recorder_events} synthetic events, then as many message bodies, in batches")
         report.recorder = await recorder_throughput(settings.database_url.get_secret_value(), args.recorder_events)
     report.targets = check_targets(report)
     if args.json:
