@@ -756,7 +756,15 @@ async def recorder_throughput(
     from sqlalchemy import delete, text
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from consumer.recorder import PreparedBatch, apply_batch, apply_prepared, pipelined, prepare_bodies, prepare_events
+    from consumer.recorder import (
+        PreparedBatch,
+        apply_batch,
+        apply_prepared,
+        collect_less_often,
+        pipelined,
+        prepare_bodies,
+        prepare_events,
+    )
     from schemas.tables import applied_events, jobs, page_cache
 
     size = batch_size or RecorderSettings().batch_size
@@ -808,6 +816,7 @@ async def recorder_throughput(
             await apply_prepared(conn, prepared)
 
     bodies_s = math.nan
+    thresholds = collect_less_often()  # as the recorder process does
     try:
         async with db.begin() as conn:
             await apply_batch(conn, starts)
@@ -834,6 +843,7 @@ async def recorder_throughput(
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             await conn.execute(text("VACUUM pages, applied_events, page_cache, jobs"))
         await db.dispose()
+        gc.set_threshold(*thresholds)
     return RecorderStats(
         events=n_events,
         batch_size=size,

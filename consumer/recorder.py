@@ -21,6 +21,7 @@ published (the recorder died between commit and publish).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -253,6 +254,21 @@ async def prepare_bodies(bodies: Sequence[bytes], max_bytes: int) -> tuple[Prepa
         if (n + 1) % PAUSE_EVERY == 0:
             await asyncio.sleep(0)
     return preparing.done(), poison
+
+
+# Parsing a page event of 60 boxes makes some 190 objects the garbage collector tracks (the models
+# and their dicts), and they live until their batch is applied. With Python's default thresholds
+# (700, 10, 10) a full collection, over every object in the process, then ran about once a batch:
+# 327 of 520 us an event of parsing and preparing 10,000 bodies. A tenth as often: 231 us. Cycles
+# that live long enough to reach the oldest generation are freed later; others are not affected.
+GC_THRESHOLDS = (700, 10, 100)
+
+
+def collect_less_often() -> tuple[int, int, int]:
+    """Set :data:`GC_THRESHOLDS` for this process; returns the thresholds before."""
+    before = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)
+    return before
 
 
 B = TypeVar("B")
@@ -816,6 +832,7 @@ async def run(settings: RecorderSettings, grace_s: float = 30.0, stopper: Stoppe
     """``pagewire recorder``: record events until SIGTERM."""
     stopper = stopper or Stopper()
     stopper.install()
+    collect_less_often()
     health = metrics.Health("recorder")
     async with metrics.serving(settings.metrics_port, health, settings.metrics_host):
         await _run(settings, grace_s, stopper, health)

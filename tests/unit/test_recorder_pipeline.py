@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -199,3 +200,12 @@ async def test_bodies_that_are_no_event_are_returned_by_index_and_the_rest_prepa
 def test_the_pause_is_small_enough_to_matter() -> None:
     # A batch is 500 events; pausing only every batch would leave nothing to overlap.
     assert 1 <= recorder.PAUSE_EVERY <= 100
+
+
+def test_the_recorder_collects_its_oldest_generation_less_often() -> None:
+    before = recorder.collect_less_often()
+    try:
+        assert gc.get_threshold() == recorder.GC_THRESHOLDS
+        assert recorder.GC_THRESHOLDS[2] > 10  # Python's default ran a full collection about once a batch
+    finally:
+        gc.set_threshold(*before)
