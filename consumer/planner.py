@@ -164,7 +164,7 @@ class Planner:
             # The same idempotency key, or this request delivered again after its plan was sent.
             log.info("job %s is planned already: request dropped", request.job_id)
             return
-        path = await asyncio.to_thread(self.cache.fetch, request.source)
+        path, etag = await asyncio.to_thread(self.cache.fetch_version, request.source)
         count, sha256 = await self.sandbox.call(
             count_pdf_file,
             str(path),
@@ -174,7 +174,8 @@ class Planner:
         )
         first = request.options.first_page or 1
         last = min(request.options.last_page or count, count)
-        source = request.source.model_copy(update={"sha256": sha256})
+        # The tasks name the version counted and hashed here: a worker that has it cached asks S3 nothing.
+        source = request.source.model_copy(update={"sha256": sha256, "etag": etag})
         cached = await self.cached_pages(sha256, request.options, first, last)
         size = task_size(
             request.options.engine,

@@ -12,9 +12,11 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
@@ -26,6 +28,7 @@ from schemas.s3keys import validate_bucket, validate_key
 from schemas.settings import Settings
 
 if TYPE_CHECKING:
+    from botocore.response import StreamingBody
     from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,11 @@ _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 class ObjectInfo:
     size: int
     etag: str
+
+    @classmethod
+    def of(cls, response: Mapping[str, Any]) -> ObjectInfo:
+        """Size and etag from the headers of a HEAD or GET response (S3 quotes etags)."""
+        return cls(size=int(response["ContentLength"]), etag=str(response.get("ETag", "")).strip('"'))
 
 
 def _translate(exc: Exception, bucket: str, key: str) -> Exception:
@@ -78,7 +86,7 @@ class Storage:
             response = self.client.head_object(Bucket=bucket, Key=key)
         except (ClientError, BotoCoreError) as exc:
             raise _translate(exc, bucket, key) from exc
-        return ObjectInfo(size=int(response["ContentLength"]), etag=str(response.get("ETag", "")).strip('"'))
+        return ObjectInfo.of(response)
 
     def get_bytes(self, bucket: str, key: str) -> bytes:
         try:
@@ -86,11 +94,23 @@ class Storage:
         except (ClientError, BotoCoreError) as exc:
             raise _translate(exc, bucket, key) from exc
 
-    def download(self, bucket: str, key: str, target: Path) -> None:
-        """Stream the object into ``target`` with one GET (boto3's download_file adds a HEAD and a
-        thread pool, which cost more CPU than a PDF's transfer on loopback)."""
+    def open(self, bucket: str, key: str) -> tuple[ObjectInfo, StreamingBody]:
+        """One GET: the object's size and etag, and its body still to be read (the caller closes it).
+
+        The size comes from the response's headers, so a caller can refuse the object
+        before a byte of it is read; no HEAD first (boto3's download_file adds one and
+        a thread pool, which cost more CPU than a PDF's transfer on loopback).
+        """
         try:
-            body = self.client.get_object(Bucket=bucket, Key=key)["Body"]
+            response = self.client.get_object(Bucket=bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise _translate(exc, bucket, key) from exc
+        return ObjectInfo.of(response), response["Body"]
+
+    @staticmethod
+    def save(body: StreamingBody, target: Path, bucket: str, key: str) -> None:
+        """Stream an opened object's body into ``target``."""
+        try:
             with target.open("wb") as out:
                 shutil.copyfileobj(body, out, 1 << 20)
         except (ClientError, BotoCoreError) as exc:
@@ -116,8 +136,9 @@ class PdfCache:
 
     A worker takes one page task at a time, and a job's tasks usually land on
     the same few workers, so each PDF is fetched once per worker rather than
-    once per task. The etag in the cache key means a replaced object is never
-    served stale. Eviction is oldest-first by size.
+    once per task. The etag in the cache key means a replaced object is a new
+    file: a source naming the new etag, or none, never gets the old one.
+    Eviction is oldest-first by size.
 
     The directory's size is counted once at start and kept up to date in
     memory: looking at every cached file after every download cost the planner
@@ -145,30 +166,46 @@ class PdfCache:
 
     def fetch(self, source: Source) -> Path:
         """The local path of ``source``, downloaded if not cached. Blocking."""
+        return self.fetch_version(source)[0]
+
+    def fetch_version(self, source: Source) -> tuple[Path, str]:
+        """The local path of ``source`` and the etag of the version it holds, downloaded if not cached.
+
+        A source that names its etag, cached under it, costs no request at all: the
+        planner names the version it counted and hashed in its tasks, so a worker
+        reads a job's later tasks from disk. Otherwise one GET: its size is checked
+        before the body is read, and the file is named by the etag it came with.
+        """
         self.storage.check_source(source)
-        info = self.storage.head(source.bucket, source.key)
-        if info.size > self.max_pdf_bytes:
-            raise PermanentError(
-                ErrorCode.FILE_TOO_LARGE, f"source is {info.size} bytes, over the limit of {self.max_pdf_bytes}"
-            )
-        if info.size == 0:
-            raise PermanentError(ErrorCode.EMPTY_FILE, "source object is empty (0 bytes)")
-        path = self._path(source.bucket, source.key, info.etag)
-        if path.exists():
-            os.utime(path)
-            return path
-        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".part")
-        os.close(fd)
-        try:
-            self.storage.download(source.bucket, source.key, Path(tmp))
-            os.replace(tmp, path)  # atomic: a reader never sees half a file
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        if source.etag:
+            named = self._path(source.bucket, source.key, source.etag)
+            if named.exists():
+                os.utime(named)
+                return named, source.etag
+        info, body = self.storage.open(source.bucket, source.key)
+        with closing(body):
+            if info.size > self.max_pdf_bytes:
+                raise PermanentError(
+                    ErrorCode.FILE_TOO_LARGE, f"source is {info.size} bytes, over the limit of {self.max_pdf_bytes}"
+                )
+            if info.size == 0:
+                raise PermanentError(ErrorCode.EMPTY_FILE, "source object is empty (0 bytes)")
+            path = self._path(source.bucket, source.key, info.etag)
+            if path.exists():
+                os.utime(path)
+                return path, info.etag
+            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".part")
+            os.close(fd)
+            try:
+                self.storage.save(body, Path(tmp), source.bucket, source.key)
+                os.replace(tmp, path)  # atomic: a reader never sees half a file
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
         self._total += path.stat().st_size
         if self._total > self.max_bytes:
             self._evict(keep=path)
-        return path
+        return path, info.etag
 
     def _evict(self, keep: Path) -> None:
         files = sorted(self.directory.glob("*.pdf"), key=lambda p: p.stat().st_mtime)

@@ -59,7 +59,11 @@ class Source(_Model):
 
     bucket: str = Field(min_length=3, max_length=63)
     key: str = Field(min_length=1, max_length=1024)
-    etag: str | None = None
+    etag: str | None = Field(
+        default=None,
+        description="the object's version; in a PageTask, the version its planner counted and hashed, which a worker"
+        " that has it cached reads without asking S3",
+    )
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 

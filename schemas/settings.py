@@ -107,7 +107,10 @@ class RecorderSettings(Settings):
     """The recorder: applies events to PostgreSQL and assembles results."""
 
     batch_size: int = Field(default=500, ge=1, description="events applied in one transaction at most")
-    batch_wait_ms: int = Field(default=20, ge=0, description="how long to gather a batch")
+    batch_wait_ms: int = Field(default=20, ge=0, description="a batch closes once no event has come for this long")
+    batch_max_wait_ms: int = Field(
+        default=100, ge=0, description="... or this long after its first event, whichever comes first"
+    )
     db_retry_max_s: float = Field(default=30.0, gt=0, description="longest wait between database retries")
 
 

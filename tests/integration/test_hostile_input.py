@@ -189,7 +189,7 @@ async def test_an_object_over_the_size_limit_is_refused_before_download(stack: S
 
     run = await run_job(stack, pdf)
 
-    # Then the job fails with file_too_large, decided on the HEAD: nothing that size reached the planner's cache
+    # Then the job fails with file_too_large, decided on the GET's headers: nothing that size reached the cache
     assert_failed(run, ErrorCode.FILE_TOO_LARGE)
     assert "over the limit of 2000000" in str(run.status["error_message"])
     assert not large_files(planner_cache, 3_000_000)
