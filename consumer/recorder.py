@@ -674,10 +674,20 @@ class Recorder:
         await self.inbox.put(message)
 
     async def _gather(self) -> list[AbstractIncomingMessage]:
+        """The next batch: events until ``batch_wait_ms`` pass without one, ``batch_max_wait_ms`` after
+        the first, or ``batch_size`` of them.
+
+        A lone event is applied ``batch_wait_ms`` after it came. A steady stream (a
+        worker's pages, a few milliseconds apart) fills a batch for up to
+        ``batch_max_wait_ms``: each transaction costs some eight statements whatever
+        its size, and at 20 ms a batch such a stream made batches of about 7 events.
+        """
+        loop = asyncio.get_running_loop()
         batch = [await self.inbox.get()]
-        deadline = asyncio.get_running_loop().time() + self.settings.batch_wait_ms / 1000
+        deadline = loop.time() + self.settings.batch_max_wait_ms / 1000
+        gap = self.settings.batch_wait_ms / 1000
         while len(batch) < self.settings.batch_size:
-            timeout = deadline - asyncio.get_running_loop().time()
+            timeout = min(gap, deadline - loop.time())
             if timeout <= 0 and self.inbox.empty():
                 break
             try:

@@ -7,6 +7,7 @@ import gc
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import pytest
 
@@ -23,6 +24,7 @@ from consumer.recorder import (
 )
 from schemas.errors import ErrorCode
 from schemas.messages import Engine, Event, JobOptions, JobStarted, PageCompleted, PageFailed, Source
+from schemas.settings import RecorderSettings
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -209,3 +211,49 @@ def test_the_recorder_collects_its_oldest_generation_less_often() -> None:
         assert recorder.GC_THRESHOLDS[2] > 10  # Python's default ran a full collection about once a batch
     finally:
         gc.set_threshold(*before)
+
+
+def _gatherer(batch_size: int, wait_ms: int, max_wait_ms: int) -> recorder.Recorder:
+    """A recorder with nothing behind it: only its inbox and its gathering are used."""
+    settings = RecorderSettings(batch_size=batch_size, batch_wait_ms=wait_ms, batch_max_wait_ms=max_wait_ms)
+    return recorder.Recorder(settings, cast(Any, None), cast(Any, None), cast(Any, None))
+
+
+async def test_a_lone_event_is_applied_once_no_other_follows_within_the_wait() -> None:
+    rec = _gatherer(batch_size=500, wait_ms=50, max_wait_ms=5_000)
+    rec.inbox.put_nowait(cast(Any, 0))
+    started = asyncio.get_running_loop().time()
+
+    batch: list[Any] = await asyncio.wait_for(rec._gather(), 5.0)
+
+    assert batch == [0]
+    assert asyncio.get_running_loop().time() - started < 2.5  # the gap closed it, not the longest wait
+
+
+async def test_a_steady_stream_fills_a_batch_until_the_longest_wait_then_the_next_batch_goes_on() -> None:
+    # Events every 20 ms, a gap of 200 ms: only the longest wait (600 ms) or the size closes a batch.
+    rec = _gatherer(batch_size=500, wait_ms=200, max_wait_ms=600)
+
+    async def stream() -> None:
+        for n in range(75):  # some 1.5 s of events
+            rec.inbox.put_nowait(cast(Any, n))
+            await asyncio.sleep(0.02)
+
+    feeding = asyncio.create_task(stream())
+    first: list[Any] = await asyncio.wait_for(rec._gather(), 10.0)
+    second: list[Any] = await asyncio.wait_for(rec._gather(), 10.0)
+    await feeding
+
+    assert 15 < len(first) < 75  # well over a gap's worth (10), and closed before the stream ended
+    assert second[0] == first[-1] + 1  # nothing lost or reordered between batches
+    assert first == list(range(len(first)))
+
+
+async def test_a_batch_closes_at_its_size() -> None:
+    rec = _gatherer(batch_size=2, wait_ms=5_000, max_wait_ms=5_000)
+    for item in range(3):
+        rec.inbox.put_nowait(cast(Any, item))
+
+    batch: list[Any] = await asyncio.wait_for(rec._gather(), 1.0)
+
+    assert batch == [0, 1]
