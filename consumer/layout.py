@@ -124,13 +124,14 @@ def _y1(line: list[Block]) -> float:
 
 
 def _order_region(blocks: list[Block]) -> list[list[Block]]:
-    gutter = _find_gutter(blocks)
+    edges = [_narrowed(b) for b in blocks]
+    gutter = _find_gutter(blocks, edges)
     if gutter is None:
         return _group_lines(blocks)
     lo, hi = gutter
-    left = [b for b in blocks if _x1(b) <= lo]
-    right = [b for b in blocks if _x0(b) >= hi]
-    crossing = [b for b in blocks if _x1(b) > lo and _x0(b) < hi]
+    left = [b for b, (_, x1) in zip(blocks, edges, strict=True) if x1 <= lo]
+    right = [b for b, (x0, _) in zip(blocks, edges, strict=True) if x0 >= hi]
+    crossing = [b for b, (x0, x1) in zip(blocks, edges, strict=True) if x1 > lo and x0 < hi]
     if not crossing:
         return _order_region(left) + _order_region(right)
     # Spanning blocks cut the page into bands; each band is read on its own.
@@ -174,19 +175,23 @@ def _centre_y(block: Block) -> float:
 def _group_lines(blocks: list[Block]) -> list[list[Block]]:
     """Lines by vertical overlap, top to bottom; each line sorted left to right."""
     lines: list[list[Block]] = []
-    spans: list[tuple[float, float]] = []
+    line_y0 = line_y1 = 0.0
     for block in sorted(blocks, key=_centre_y):
         y0, y1 = block.bbox[1], block.bbox[3]
         # Boxes of one line sit side by side: a box above or below one already in the line
         # starts the next line, however much the two overlap vertically (on a skewed scan the
         # box of a full-width line is taller than the line and overlaps the next one).
-        if spans and _overlaps(*spans[-1], y0, y1) and not any(_stacked(block, other) for other in lines[-1]):
+        if lines and _overlaps(line_y0, line_y1, y0, y1) and not any(_stacked(block, other) for other in lines[-1]):
             lines[-1].append(block)
             # Keep the line's own span (its first box) so a slanted line does not swallow the next.
             continue
         lines.append([block])
-        spans.append((y0, y1))
-    return [sorted(line, key=lambda b: b.bbox[0]) for line in lines]
+        line_y0, line_y1 = y0, y1
+    return [line if len(line) == 1 else sorted(line, key=_left) for line in lines]
+
+
+def _left(block: Block) -> float:
+    return block.bbox[0]
 
 
 def _stacked(a: Block, b: Block) -> bool:
@@ -196,18 +201,18 @@ def _stacked(a: Block, b: Block) -> bool:
     return overlap > 0 and overlap > STACKED_OVERLAP * narrower
 
 
-def _x0(block: Block) -> float:
-    """Left edge narrowed by :data:`SHRINK` (a narrow box shrinks to its centre)."""
-    return min(block.bbox[0] + SHRINK, (block.bbox[0] + block.bbox[2]) / 2)
+def _narrowed(block: Block) -> tuple[float, float]:
+    """The block's left and right edges, each moved in by :data:`SHRINK` (a narrow box shrinks to its centre)."""
+    x0, _, x1, _ = block.bbox
+    centre = (x0 + x1) / 2
+    return min(x0 + SHRINK, centre), max(x1 - SHRINK, centre)
 
 
-def _x1(block: Block) -> float:
-    """Right edge narrowed by :data:`SHRINK`."""
-    return max(block.bbox[2] - SHRINK, (block.bbox[0] + block.bbox[2]) / 2)
+def _find_gutter(blocks: list[Block], edges: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """The widest column gutter of the region as (x_lo, x_hi), or None for one column or a table.
 
-
-def _find_gutter(blocks: list[Block]) -> tuple[float, float] | None:
-    """The widest column gutter of the region as (x_lo, x_hi), or None for one column or a table."""
+    ``edges`` are the blocks' narrowed edges (:func:`_narrowed`), in the same order.
+    """
     if len(blocks) < 2 * MIN_SIDE_BOXES:
         return None
     region_x0 = min(b.bbox[0] for b in blocks)
@@ -218,13 +223,13 @@ def _find_gutter(blocks: list[Block]) -> tuple[float, float] | None:
     allowed = max(1, int(MAX_CROSSING_SHARE * len(blocks)))
     strips = [
         (lo, hi)
-        for lo, hi in _sparse_strips(blocks, allowed)
+        for lo, hi in _sparse_strips(edges, allowed)
         if hi - lo >= MIN_GUTTER and lo > region_x0 and hi < region_x1
     ]
     splitting = []
     for lo, hi in strips:
-        left = [b for b in blocks if _x1(b) <= lo]
-        right = [b for b in blocks if _x0(b) >= hi]
+        left = [b for b, (_, x1) in zip(blocks, edges, strict=True) if x1 <= lo]
+        right = [b for b, (x0, _) in zip(blocks, edges, strict=True) if x0 >= hi]
         if len(left) >= MIN_SIDE_BOXES and len(right) >= MIN_SIDE_BOXES:
             splitting.append((lo, hi, left, right))
     if len(splitting) >= TABLE_GUTTERS:
@@ -247,14 +252,14 @@ def _is_column(side: list[Block], region_width: float) -> bool:
     return median(b.bbox[2] - b.bbox[0] for b in side) >= MIN_COLUMN_FILL * width
 
 
-def _sparse_strips(blocks: list[Block], allowed: int) -> list[tuple[float, float]]:
+def _sparse_strips(edges: list[tuple[float, float]], allowed: int) -> list[tuple[float, float]]:
     """Candidate gutters: inside each x-interval covered by at most ``allowed`` blocks, its least covered part.
 
     The least covered part, not the whole interval: around a gutter that a
     title crosses, the interval also takes in the ragged ends of the column's
     lines, and those lines must stay on their side.
     """
-    events = sorted([(_x0(b), 1) for b in blocks] + [(_x1(b), -1) for b in blocks])
+    events = sorted([(x0, 1) for x0, _ in edges] + [(x1, -1) for _, x1 in edges])
     # Elementary segments between consecutive box edges, with how many boxes cover each.
     segments: list[tuple[float, float, int]] = []
     depth = 0
