@@ -4,15 +4,17 @@ Usage (the stack comes up idempotently with ``dev up`` unless ``--no-dev-up``)::
 
     .venv/bin/python scripts/bench_memory.py                 # 250, 500 and 1000 pages
     .venv/bin/python scripts/bench_memory.py --pages 1000 --json
+    .venv/bin/python scripts/bench_memory.py --scanned --pages 5 20   # OCR pages: ~2.5 s each
 
 For each size it builds a born-digital PDF (30 lines of Helvetica a page,
-written by pdfium), submits it as one job in ``auto`` mode, and waits for its
+written by pdfium; with ``--scanned``, the same kind of text as page
+pictures, for OCR), submits it as one job in ``auto`` mode, and waits for its
 ``JobCompleted``. Meanwhile a thread samples ``VmRSS`` of the planner, worker
 and recorder every 20 ms from ``/proc`` (their pids from ``.dev/state.json``),
 each role counted with its sandbox child, where pdfium and the OCR models
 live; ``VmHWM`` (the kernel's peak of each process since it started, model
-loading included; summed over the role's processes) is read after. Time per page at each size shows whether
-the time is linear in pages.
+loading included; summed over the role's processes) is read after. Time per
+page at each size shows whether the time is linear in pages.
 """
 
 from __future__ import annotations
@@ -31,30 +33,11 @@ sys.path.insert(0, str(REPO))
 
 from consumer import devstack  # noqa: E402
 from consumer.bench import descendants, dev_pid, job_events  # noqa: E402
-from consumer.samples import concat, lines, text_pdf  # noqa: E402
+from consumer.samples import lines, long_text_pdf, scanned_pdf  # noqa: E402
 from schemas.messages import Engine, JobFailed, JobOptions, PageCompleted  # noqa: E402
 from schemas.settings import ClientSettings  # noqa: E402
 
 ROLES = ("planner", "worker", "recorder")
-BLOCK_PAGES = 50  # pages written by pdfium once, then repeated: writing 1,000 pages directly takes ~20 s
-
-
-def born_digital_pdf(pages: int) -> bytes:
-    """A born-digital PDF of ``pages`` pages, 30 lines of text each."""
-    block = text_pdf(
-        [
-            lines([f"Page {p} line {i}: pagewire turns PDFs into text at scale, one event a page." for i in range(30)])
-            for p in range(1, BLOCK_PAGES + 1)
-        ],
-        font_size=10,
-    )
-    whole, rest = divmod(pages, BLOCK_PAGES)
-    parts = [block] * whole
-    if rest:
-        parts.append(
-            text_pdf([lines([f"Page {p} line {i}: the rest." for i in range(30)]) for p in range(1, rest + 1)])
-        )
-    return parts[0] if len(parts) == 1 else concat(*parts)
 
 
 def status_kib(pid: int, field: str) -> int | None:
@@ -138,12 +121,28 @@ async def run_one(settings: ClientSettings, pdf: bytes, pages: int, roles: dict[
     )
 
 
+def scanned_document(pages: int) -> bytes:
+    """``pages`` image-only pages of 30 lines each, every page its own text (no two pictures alike)."""
+    return scanned_pdf(
+        [
+            lines([f"Page {p} line {i}: scanned text for the OCR engine." for i in range(30)])
+            for p in range(1, pages + 1)
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pages", type=int, nargs="+", default=[250, 500, 1000], help="sizes (250 500 1000)")
     parser.add_argument("--state-dir", default=".dev")
     parser.add_argument("--no-dev-up", action="store_true", help="do not run dev up; use the stack as it is")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--scanned",
+        action="store_true",
+        help="image-only pages instead (30 lines of text as a 150 dpi picture), read by rapidocr: ~2.5 s a page"
+        " on 2 cores, so give small sizes (--pages 5 20)",
+    )
     args = parser.parse_args(argv)
 
     state_dir = Path(args.state_dir)
@@ -155,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         print("no worker pid in .dev/state.json: its memory cannot be read", file=sys.stderr)
     runs = []
     for pages in args.pages:
-        pdf = born_digital_pdf(pages)
+        pdf = scanned_document(pages) if args.scanned else long_text_pdf(pages)
         runs.append(asyncio.run(run_one(settings, pdf, pages, pids)))
         if not args.json:
             r = runs[-1]
