@@ -14,7 +14,8 @@ lock and never leaves a pdfium object for the garbage collector.
 
 Bad input becomes a :class:`~schemas.errors.PermanentError` with a stable code:
 ``EMPTY_FILE``, ``NOT_A_PDF``, ``TRUNCATED_PDF``, ``ENCRYPTED_PDF``,
-``NO_PAGES``, ``TOO_MANY_PAGES``, ``PAGE_TOO_LARGE`` and ``RENDER_FAILED``.
+``NO_PAGES``, ``TOO_MANY_PAGES``, ``PAGE_TOO_LARGE``, ``RENDER_FAILED`` and
+``PDF_TOO_COMPLEX`` (a text layer over :data:`MAX_PAGE_CHARS`).
 
 Where a page's text should come from (:class:`PageSource`) is judged from its
 text and its page objects, without rendering (:func:`judge_page`): a text
@@ -89,6 +90,13 @@ _HYBRID_IMAGE_SHARE = 0.25
 _MIN_IMAGE_SHARE = 0.02
 # Page objects visited at most (forms included), so a page of 10^6 tiny objects costs bounded time.
 _MAX_OBJECTS = 20_000
+
+MAX_PAGE_CHARS = 100_000
+"""Characters a page's text layer may hold; more is ``PDF_TOO_COMPLEX``, whatever the time it took.
+
+A dense page of small print holds some 10,000. The time budget alone made the
+verdict on a flood of text objects hang on the machine's speed: pdfium reads
+1.5 million one-character objects in 2 to 5 s, either side of the 5 s budget."""
 
 
 class PageSource(StrEnum):
@@ -400,10 +408,15 @@ class PdfDocument:
                     if rotation:
                         pdfium_c.FPDFPage_SetRotation(page.raw, rotation // 90)
                 try:
+                    chars = textpage.count_chars()
+                    if chars > MAX_PAGE_CHARS:
+                        raise PermanentError(
+                            ErrorCode.PDF_TOO_COMPLEX,
+                            f"page {page_no} holds {chars:,} characters of text, more than {MAX_PAGE_CHARS:,}",
+                        )
                     raw = textpage.get_text_range()
                     text = _normalise_text(raw)
                     blocks = _blocks_unlocked(page, textpage, raw, rotation)
-                    chars = textpage.count_chars()
                     content = _page_content_unlocked(page)
                 finally:
                     textpage.close()

@@ -12,6 +12,7 @@ import numpy as np
 import pypdfium2
 import pytest
 
+from consumer import pdf
 from consumer.pdf import PageContent, PageSource, PdfDocument, has_real_text, inspect_pdf, judge_page
 from schemas.errors import ErrorCode, PermanentError
 
@@ -174,6 +175,20 @@ def test_text_layer_of_a_turned_page_keeps_its_reading_order(make_pdf: MakePdf) 
         with PdfDocument(make_pdf([lines], rotation=rotation)) as doc:
             assert doc.text_layer(1).text == want, rotation
             assert doc.page_size(1)[0] == (792.0 if rotation in (90, 270) else 612.0)
+
+
+def test_text_layer_over_the_character_limit_is_too_complex(monkeypatch: pytest.MonkeyPatch, make_pdf: MakePdf) -> None:
+    # Given a page of 46 characters and a limit of 40
+    monkeypatch.setattr(pdf, "MAX_PAGE_CHARS", 40)
+    with PdfDocument(make_pdf(TWO_LINES)) as doc:
+        # When its text layer is read, then it is refused before its text and boxes are taken
+        with pytest.raises(PermanentError) as info:
+            doc.text_layer(1)
+        assert info.value.code == ErrorCode.PDF_TOO_COMPLEX
+        assert "more than 40" in str(info.value)
+        # And the same page under the limit reads as usual
+        monkeypatch.setattr(pdf, "MAX_PAGE_CHARS", 1_000)
+        assert "Hello world" in doc.text_layer(1).text
 
 
 def test_text_layer_of_an_image_page_is_empty(corpus: Path) -> None:
