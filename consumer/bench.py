@@ -1261,14 +1261,13 @@ async def run(args: argparse.Namespace) -> int:
         role: pid for role in ("planner", "worker", "recorder") if (pid := dev_pid(Path(args.state_dir), role))
     }
     one_page = _latency_pdf(workload)
-    scratch = tempfile.TemporaryDirectory(prefix="pagewire-bench-")
-    phases: list[tuple[str, list[PageRange]]] = [("text", workload.text)]
-    if args.long_pages > 0 and args.engine != "rapidocr":
-        long_pdf = Path(scratch.name) / f"long-{args.long_pages}-pages.pdf"
-        long_pdf.write_bytes(long_text_pdf(args.long_pages))
-        phases.append(("long", [PageRange(long_pdf, 1, args.long_pages)]))
-    phases.append(("ocr", workload.ocr))
-    with scratch:
+    with tempfile.TemporaryDirectory(prefix="pagewire-bench-") as scratch:
+        phases: list[tuple[str, list[PageRange]]] = [("text", workload.text)]
+        if args.long_pages > 0 and args.engine != "rapidocr":
+            long_pdf = Path(scratch) / f"long-{args.long_pages}-pages.pdf"
+            long_pdf.write_bytes(long_text_pdf(args.long_pages))
+            phases.append(("long", [PageRange(long_pdf, 1, args.long_pages)]))
+        phases.append(("ocr", workload.ocr))
         for name, ranges in phases:
             if ranges:
                 report.phases.append(
