@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -191,6 +192,34 @@ async def ack(message: AbstractIncomingMessage) -> None:
         await message.ack()
     except _CHANNEL_GONE as exc:
         log.warning("could not ack message %s (%s); the broker will deliver it again", message.message_id, exc)
+
+
+async def ack_all(messages: Sequence[AbstractIncomingMessage]) -> None:
+    """Ack every message not settled yet, with one ``multiple`` ack a channel (tolerating a closed one).
+
+    The highest delivery tag of each channel's unsettled messages is acked with ``multiple``,
+    which settles every tag up to it. So the caller must hold each channel's unsettled
+    deliveries up to that tag (a consumer that takes them in order and settles them in
+    order, as the recorder does); those already settled one by one are skipped by the broker.
+    """
+    last: dict[int, AbstractIncomingMessage] = {}
+    for message in messages:
+        if message.processed or message.delivery_tag is None:
+            continue
+        try:
+            channel = id(message.channel)
+        except _CHANNEL_GONE:
+            continue  # delivered on a channel since closed: the broker hands it out again
+        held = last.get(channel)
+        if held is None or message.delivery_tag > (held.delivery_tag or 0):
+            last[channel] = message
+    for message in last.values():
+        try:
+            await message.ack(multiple=True)
+        except _CHANNEL_GONE as exc:
+            log.warning(
+                "could not ack up to message %s (%s); the broker will deliver them again", message.message_id, exc
+            )
 
 
 async def reject(message: AbstractIncomingMessage, *, requeue: bool) -> None:

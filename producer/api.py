@@ -83,9 +83,15 @@ class Subscription:
         self._messages = queue.iterator()
 
     async def __aiter__(self) -> AsyncIterator[Event]:
+        async for message in self.messages():
+            yield parse_event(message.body, self.max_bytes)
+
+    async def messages(self) -> AsyncIterator[aio_pika.abc.AbstractIncomingMessage]:
+        """The events as they came, unparsed: for a reader that looks at the headers first (each
+        event's type and job id are there) and parses later or never, as ``pagewire bench`` does."""
         async for message in self._messages:
             await message.ack()  # a private queue: once read here, the event is the caller's
-            yield parse_event(message.body, self.max_bytes)
+            yield message
 
     async def close(self) -> None:
         await self._messages.close()

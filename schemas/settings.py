@@ -19,6 +19,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from schemas.messages import Engine
 from schemas.names import Topology
 
+SOURCE_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pagewire" / "sources"
+"""Where planners and workers keep source PDFs by default: one directory, so that a worker on the
+planner's host reads the copy the planner fetched (the tasks name its etag) instead of fetching it again."""
+
 
 class LogFormat(StrEnum):
     TEXT = "text"
@@ -74,7 +78,7 @@ class PlannerSettings(Settings):
         default=60.0, gt=0, description="opening and checking a PDF; past it: pdf_too_complex"
     )
     inspect_memory_mb: int = Field(default=2048, ge=0, description="address space of the inspecting process; 0: no cap")
-    cache_dir: Path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pagewire" / "planner"
+    cache_dir: Path = Field(default=SOURCE_CACHE_DIR, description="source PDFs on disk, by etag; shared with workers")
 
 
 class WorkerSettings(Settings):
@@ -88,7 +92,9 @@ class WorkerSettings(Settings):
     ocr_threads: int = Field(
         default=0, ge=0, description="onnxruntime intra-op threads; 0: the cores this process may use"
     )
-    cache_dir: Path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pagewire" / "worker"
+    cache_dir: Path = Field(
+        default=SOURCE_CACHE_DIR, description="source PDFs on disk, by etag; shared with the planner"
+    )
     cache_max_bytes: int = Field(default=2 * 1024**3, ge=0)
     worker_name: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     retry_backoff_s: float = Field(default=1.0, ge=0)

@@ -269,13 +269,17 @@ async def test_completion_lost_in_a_crash_after_commit_goes_out_once(
 
 
 async def test_retryable_failure_is_retried_then_dead_lettered_and_named(
-    services: Any, make_stack: MakeStack, db: AsyncEngine
+    services: Any, make_stack: MakeStack, db: AsyncEngine, tmp_path: Path
 ) -> None:
-    # Given a worker that cannot reach S3 (a retryable fault), and a delivery limit of 2
+    # Given a worker that cannot reach S3 (a retryable fault), and a delivery limit of 2; on a host
+    # of its own, as far as its PDF cache goes (on the planner's it would read the planner's copy)
     stack = make_stack(roles=(), PAGEWIRE_DELIVERY_LIMIT="2")
     stack.start("planner")
     stack.start("recorder")
-    stack.start("worker", extra_env={"PAGEWIRE_S3_ENDPOINT_URL": "http://127.0.0.1:9"})
+    stack.start(
+        "worker",
+        extra_env={"PAGEWIRE_S3_ENDPOINT_URL": "http://127.0.0.1:9", "PAGEWIRE_CACHE_DIR": str(tmp_path / "cache")},
+    )
     stack.wait_ready()
 
     # When a one-page job arrives

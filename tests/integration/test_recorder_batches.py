@@ -7,6 +7,7 @@ messages and the publisher are stand-ins that record what was done with them.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -26,19 +27,42 @@ from tests.integration.conftest import Services
 from tests.integration.test_recorder_apply import job_events, page_row, retrying
 
 
+class Channel:
+    """Delivery tags as a broker's channel hands them out, and the deliveries not settled yet."""
+
+    def __init__(self) -> None:
+        self.tags = itertools.count(1)
+        self.unsettled: dict[int, Message] = {}
+
+
+CHANNEL = Channel()
+
+
 class Message:
-    """What the recorder uses of an incoming message; ``ack`` runs ``on_ack`` first."""
+    """What the recorder uses of an incoming message; ``ack`` runs ``on_ack`` first.
+
+    As on a broker's channel, ``ack(multiple=True)`` settles every delivery up to this one,
+    and a delivery settled already cannot be acked again (the broker would close the channel).
+    """
 
     def __init__(self, body: bytes, on_ack: Callable[[Message], Awaitable[None]] | None = None) -> None:
         self.body = body
         self.processed = False
         self.message_id = str(uuid.uuid4())
         self.on_ack = on_ack
+        self.channel = CHANNEL
+        self.delivery_tag = next(CHANNEL.tags)
+        CHANNEL.unsettled[self.delivery_tag] = self
 
-    async def ack(self) -> None:
-        if self.on_ack:
-            await self.on_ack(self)
-        self.processed = True
+    async def ack(self, multiple: bool = False) -> None:
+        if self.delivery_tag not in self.channel.unsettled:
+            raise AssertionError(f"delivery {self.delivery_tag} acked twice: PRECONDITION_FAILED")
+        tags = sorted(t for t in self.channel.unsettled if t <= self.delivery_tag) if multiple else [self.delivery_tag]
+        for tag in tags:
+            message = self.channel.unsettled.pop(tag)
+            if message.on_ack:
+                await message.on_ack(message)
+            message.processed = True
 
 
 class Publisher:
@@ -121,12 +145,16 @@ async def test_an_event_in_two_consecutive_batches_is_applied_once(services: Ser
     assert (row["error_message"], row["event_id"]) == ("attempt 2", second.event_id)
 
 
+@pytest.mark.parametrize("where", [1, 3], ids=["inside its batch", "last of its batch"])
 async def test_a_poison_body_is_dead_lettered_and_the_rest_of_its_batch_applied(
-    services: Services, db: AsyncEngine
+    services: Services, db: AsyncEngine, where: int
 ) -> None:
+    # Given a body that is no event among three events, in one batch: it is acked on its own
+    # when the batch is prepared, the others with one ack for the batch after its commit
     job_id = str(uuid.uuid4())
     _, _, done = job_events(job_id, 3)
-    messages = [Message(body(done[0])), Message(b"{not an event"), Message(body(done[1])), Message(body(done[2]))]
+    messages = [Message(body(e)) for e in done]
+    messages.insert(where, Message(b"{not an event"))
     recorder, publisher = make_recorder(services, db, batch_size=4)
 
     await record(recorder, messages)

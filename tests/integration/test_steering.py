@@ -6,6 +6,7 @@ import asyncio
 import secrets
 import signal
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -57,12 +58,17 @@ async def test_cancel_stops_a_job_within_one_page(make_stack: MakeStack, db: Asy
     assert "cancelled" in stack.log("worker")
 
 
-async def test_retry_requeues_only_the_failed_pages(make_stack: MakeStack, db: AsyncEngine) -> None:
-    # Given a job whose page failed for good because the worker could not reach S3
+async def test_retry_requeues_only_the_failed_pages(make_stack: MakeStack, db: AsyncEngine, tmp_path: Path) -> None:
+    # Given a job whose page failed for good because the worker could not reach S3 (and had no
+    # copy of it: its PDF cache is not the planner's, as on a host of its own)
     stack = make_stack(roles=(), PAGEWIRE_DELIVERY_LIMIT="0")
     stack.start("planner")
     stack.start("recorder")
-    stack.start("worker", name="broken", extra_env={"PAGEWIRE_S3_ENDPOINT_URL": "http://127.0.0.1:9"})
+    stack.start(
+        "worker",
+        name="broken",
+        extra_env={"PAGEWIRE_S3_ENDPOINT_URL": "http://127.0.0.1:9", "PAGEWIRE_CACHE_DIR": str(tmp_path / "cache")},
+    )
     stack.wait_ready()
     async with Client(stack.settings) as client, client.subscribe() as events:
         request = await client.submit(
