@@ -279,6 +279,7 @@ class Worker:
         if task.job_id in self.cancelled:
             log.info("job %s is cancelled: task %s dropped", task.job_id, task.task_id)
             return
+        started = time.perf_counter()
         path = str(await asyncio.to_thread(self.cache.fetch, task.source))
         layers: dict[int, LayerReading | None] = {}
         # In auto mode the planner sized the task for text pages. Pages that turn out to need OCR
@@ -321,6 +322,15 @@ class Worker:
                     await self.run_page(task, path, page_no, attempt, done, given)
             await _confirmed(publishing)
             await self.hand_on(task, handed, done)
+            log.info(
+                "job %s task %s: pages %s-%s done in %.0f ms (%s handed on)",
+                task.job_id,
+                task.task_id,
+                task.first_page,
+                task.last_page,
+                (time.perf_counter() - started) * 1000,
+                len(handed),
+            )
         finally:
             # On the way out with an error: every publish has settled, so ``done`` is exact.
             await asyncio.gather(*publishing, return_exceptions=True)
@@ -408,7 +418,16 @@ class Worker:
         await self.publisher.publish_event(event)
         metrics.observe_page(reading.engine, "completed", event.duration_ms / 1000)
         done.add(page_no)
-        log.info("job %s page %s read by %s in %.0f ms", task.job_id, page_no, reading.engine, event.duration_ms)
+        # An OCR page takes seconds and is worth a line; text pages come hundreds a second, and the
+        # task's line says how they went (a log line a page cost the worker a tenth of its CPU).
+        log.log(
+            logging.DEBUG if reading.engine == Engine.TEXT else logging.INFO,
+            "job %s page %s read by %s in %.0f ms",
+            task.job_id,
+            page_no,
+            reading.engine,
+            event.duration_ms,
+        )
 
     async def page_failed(self, task: PageTask, page_no: int, error: PagewireError, attempt: int, final: bool) -> None:
         log.warning("job %s page %s failed (%s): %s", task.job_id, page_no, error.code, error.message)
