@@ -930,6 +930,9 @@ class Phase:
     files: list[str]
     bare: BareStats | None = None
     stack: StackStats | None = None
+    rounds: list[tuple[float | None, float | None]] = field(default_factory=list)
+    """With ``--rounds N``: each round's (bare, stack) pages/s, in order; ``bare`` and ``stack`` are
+    the round of the median ratio (:func:`median_round`)."""
 
     @property
     def ratio(self) -> float | None:
@@ -937,6 +940,22 @@ class Phase:
         if self.bare is None or self.stack is None or self.bare.pages_per_s <= 0:
             return None
         return self.stack.pages_per_s / self.bare.pages_per_s
+
+
+def median_round(rounds: Sequence[tuple[float | None, float | None]]) -> int:
+    """The index of the round to report: the median stack/bare ratio, or the median stack (else bare)
+    pages/s where a loop was skipped; the lower middle one of an even count (pure)."""
+    if not rounds:
+        raise ValueError("no rounds")
+
+    def key(i: int) -> float:
+        bare, stack = rounds[i]
+        if bare and stack is not None:
+            return stack / bare
+        return stack if stack is not None else (bare or 0.0)
+
+    order = sorted(range(len(rounds)), key=key)
+    return order[(len(order) - 1) // 2]
 
 
 @dataclass(frozen=True)
@@ -1057,6 +1076,12 @@ def render_report(report: BenchReport, console: Any) -> None:
             "pages/s", _fmt(bare.pages_per_s if bare else None, 2), _fmt(stack.pages_per_s if stack else None, 2)
         )
         table.add_row("ratio stack/bare", "", _fmt(phase.ratio, 3))
+        if len(phase.rounds) > 1:
+            table.add_row(
+                f"pages/s of each round ({len(phase.rounds)}; shown: the median ratio)",
+                ", ".join(_fmt(b) for b, _ in phase.rounds),
+                ", ".join(_fmt(s) for _, s in phase.rounds),
+            )
         table.add_row(
             "CPU s (bare: this process; stack: the worker)",
             _fmt(bare.cpu_s if bare else None, 2),
@@ -1164,12 +1189,26 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--recorder-events", type=int, default=10_000, help="synthetic events for the recorder (10000)")
     p.add_argument("--latency-runs", type=int, default=5, help="submit-to-first-event probes (5)")
+    p.add_argument(
+        "--rounds",
+        type=_positive,
+        default=1,
+        help="run each phase's stack and bare loop this many times in turn and report the round of the median"
+        " ratio, with every round's pages/s (1); for a machine whose speed drifts",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--skip-stack", action="store_true", help="no stack runs (bare loop and recorder only)")
     p.add_argument("--skip-bare", action="store_true", help="no bare loop")
     p.add_argument("--no-dev-up", action="store_true", help="use the stack PAGEWIRE_* points at; do not run dev up")
     p.add_argument("--state-dir", default=".dev", help="the dev stack's state directory (.dev)")
     p.add_argument("--timeout", type=float, default=900.0, help="give up on a stack run after this many seconds")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def _stack_env(args: argparse.Namespace) -> dict[str, str]:
@@ -1252,14 +1291,22 @@ async def _phase(
         options={"engine": str(engine), "dpi": args.dpi},
         files=[f"{r.path.name}:{r.first}-{r.last}" for r in ranges],
     )
-    if not args.skip_stack:
-        note(f"{name}: {sum(r.pages for r in ranges)} pages in {len(ranges)} jobs through the stack")
-        phase.stack = await stack_run(
-            settings, ranges, options, timeout_s=args.timeout, role_pids=role_pids, warmup=warmup
-        )
-    if not args.skip_bare:
-        note(f"{name}: the same pages through the bare loop")
-        phase.bare = await asyncio.to_thread(bare_loop, ranges, options, engines, max_megapixels=worker.max_megapixels)
+    runs: list[tuple[BareStats | None, StackStats | None]] = []
+    for n in range(1, args.rounds + 1):
+        of = f" (round {n} of {args.rounds})" if args.rounds > 1 else ""
+        stack: StackStats | None = None
+        bare: BareStats | None = None
+        if not args.skip_stack:
+            note(f"{name}: {sum(r.pages for r in ranges)} pages in {len(ranges)} jobs through the stack{of}")
+            stack = await stack_run(
+                settings, ranges, options, timeout_s=args.timeout, role_pids=role_pids, warmup=warmup
+            )
+        if not args.skip_bare:
+            note(f"{name}: the same pages through the bare loop{of}")
+            bare = await asyncio.to_thread(bare_loop, ranges, options, engines, max_megapixels=worker.max_megapixels)
+        runs.append((bare, stack))
+    phase.rounds = [(b.pages_per_s if b else None, s.pages_per_s if s else None) for b, s in runs]
+    phase.bare, phase.stack = runs[median_round(phase.rounds)]
     return phase
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import replace
 from datetime import UTC, datetime
 from io import StringIO
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from consumer.bench import (
@@ -20,8 +22,10 @@ from consumer.bench import (
     _Job,
     _runs,
     _take,
+    add_parser,
     check_targets,
     cpu_delta,
+    median_round,
     percentile,
     render_report,
     stack_stages,
@@ -175,3 +179,35 @@ def test_report_prints_as_tables_and_as_json() -> None:
     body = json.loads(json.dumps(report.to_json()))
     assert body["phases"][0]["ratio"] == report.phases[0].ratio
     assert {"machine", "phases", "latency", "recorder", "targets"} <= body.keys()
+
+
+def test_the_round_reported_is_the_one_of_the_median_ratio() -> None:
+    # ratios 0.5, 0.4, 0.45: the median is the third round's, whatever its pages/s
+    assert median_round([(200.0, 100.0), (250.0, 100.0), (220.0, 99.0)]) == 2
+    # an even count: the lower middle one (ratios 0.5, 0.4, 0.45, 0.6 -> 0.45)
+    assert median_round([(200.0, 100.0), (250.0, 100.0), (220.0, 99.0), (100.0, 60.0)]) == 2
+    # a loop skipped: the stack's pages/s, else the bare loop's
+    assert median_round([(None, 90.0), (None, 110.0), (None, 100.0)]) == 2
+    assert median_round([(300.0, None), (200.0, None)]) == 1
+    assert median_round([(200.0, 100.0)]) == 0
+    with pytest.raises(ValueError):
+        median_round([])
+
+
+def test_every_round_is_shown_beside_the_one_reported() -> None:
+    report = _report()
+    report.phases[0].rounds = [(20.5, 20.0), (21.0, 19.0), (19.5, 20.1)]
+    out = StringIO()
+    render_report(report, Console(file=out, width=200))
+    assert "pages/s of each round (3; shown: the median ratio)" in out.getvalue()
+    assert "20.5, 21.0, 19.5" in out.getvalue() and "20.0, 19.0, 20.1" in out.getvalue()
+    body = json.loads(json.dumps(report.to_json()))
+    assert body["phases"][0]["rounds"] == [[20.5, 20.0], [21.0, 19.0], [19.5, 20.1]]
+
+
+def test_rounds_must_be_one_or_more() -> None:
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    assert parser.parse_args(["bench", "--rounds", "3"]).rounds == 3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "--rounds", "0"])
