@@ -1079,8 +1079,8 @@ def render_report(report: BenchReport, console: Any) -> None:
         if len(phase.rounds) > 1:
             table.add_row(
                 f"pages/s of each round ({len(phase.rounds)}; shown: the median ratio)",
-                ", ".join(_fmt(b) for b, _ in phase.rounds),
-                ", ".join(_fmt(s) for _, s in phase.rounds),
+                ", ".join(_fmt(b, 2) for b, _ in phase.rounds),
+                ", ".join(_fmt(s, 2) for _, s in phase.rounds),
             )
         table.add_row(
             "CPU s (bare: this process; stack: the worker)",

@@ -200,7 +200,7 @@ def test_every_round_is_shown_beside_the_one_reported() -> None:
     out = StringIO()
     render_report(report, Console(file=out, width=200))
     assert "pages/s of each round (3; shown: the median ratio)" in out.getvalue()
-    assert "20.5, 21.0, 19.5" in out.getvalue() and "20.0, 19.0, 20.1" in out.getvalue()
+    assert "20.50, 21.00, 19.50" in out.getvalue() and "20.00, 19.00, 20.10" in out.getvalue()
     body = json.loads(json.dumps(report.to_json()))
     assert body["phases"][0]["rounds"] == [[20.5, 20.0], [21.0, 19.0], [19.5, 20.1]]
 
