@@ -328,6 +328,20 @@ def _rank(column: Any) -> Any:
     return case((column == PageStatus.COMPLETED, 3), (column == PageStatus.FAILED, 2), else_=1)
 
 
+def _unnest(name: str, *columns: tuple[str, str, Any]) -> Any:
+    """``unnest(:param, ...) AS name(column, ...)``: rows from one array parameter a column.
+
+    The SQL is the same whatever the number of rows: compiled and prepared once, where a
+    multi-row VALUES is a new statement for every size (and SQLAlchemy walks every row of it to
+    find its cached form).
+    """
+    return (
+        func.unnest(*[bindparam(param, type_=ARRAY(type_)) for param, _, type_ in columns])
+        .table_valued(*[column(column_name, type_) for _, column_name, type_ in columns])
+        .render_derived(name=name)
+    )
+
+
 def _upsert_pages_statement() -> Any:
     """``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO UPDATE``: a batch's page rows in one statement.
 
@@ -339,15 +353,8 @@ def _upsert_pages_statement() -> Any:
     type there, where the JSON types would have run ``json.dumps`` on every value.
     The rows must have distinct keys, which :func:`merge_page_events` makes sure of.
     """
-    batch = (
-        func.unnest(
-            *[
-                bindparam(f"{c.name}_list", type_=ARRAY(Text() if c.name in _JSON_COLUMNS else c.type))
-                for c in pages.columns
-            ]
-        )
-        .table_valued(*[column(c.name, Text() if c.name in _JSON_COLUMNS else c.type) for c in pages.columns])
-        .render_derived(name="batch")
+    batch = _unnest(
+        "batch", *[(f"{c.name}_list", c.name, Text() if c.name in _JSON_COLUMNS else c.type) for c in pages.columns]
     )
     stmt = pg_insert(pages).from_select(
         _PAGE_COLUMNS,
@@ -452,14 +459,11 @@ def _fill_page_cache() -> Any:
     wrote), through the primary key; a filter on ``event_id`` alone, which has no index,
     read the whole ``pages`` table once a batch.
     """
-    fresh = (
-        func.unnest(
-            bindparam("fresh_job_ids", type_=ARRAY(Text)),
-            bindparam("fresh_page_nos", type_=ARRAY(Integer)),
-            bindparam("fresh_event_ids", type_=ARRAY(Text)),
-        )
-        .table_valued(column("job_id", Text), column("page_no", Integer), column("event_id", Text))
-        .render_derived(name="fresh")
+    fresh = _unnest(
+        "fresh",
+        ("fresh_job_ids", "job_id", Text),
+        ("fresh_page_nos", "page_no", Integer),
+        ("fresh_event_ids", "event_id", Text),
     )
     return _cache_rows(
         fresh.join(
@@ -578,20 +582,6 @@ async def _apply_job_event(conn: AsyncConnection, event: Event, now: datetime) -
                 updated_at=now,
             )
         )
-
-
-def _unnest(name: str, *columns: tuple[str, str, Any]) -> Any:
-    """``unnest(:param, ...) AS name(column, ...)``: rows from one array parameter a column.
-
-    The SQL is the same whatever the number of rows: compiled and prepared once, where a
-    multi-row VALUES is a new statement for every size (and SQLAlchemy walks every row of it to
-    find its cached form).
-    """
-    return (
-        func.unnest(*[bindparam(param, type_=ARRAY(type_)) for param, _, type_ in columns])
-        .table_valued(*[column(name, type_) for _, name, type_ in columns])
-        .render_derived(name=name)
-    )
 
 
 def _record_events_statement() -> Any:
