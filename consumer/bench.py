@@ -54,7 +54,6 @@ from schemas.messages import (
     Block,
     Engine,
     Event,
-    JobCancelled,
     JobCompleted,
     JobFailed,
     JobOptions,
@@ -341,7 +340,6 @@ class _Job:
 
 
 _PAGE_EVENTS = frozenset({PageCompleted.__name__, PageFailed.__name__})
-_JOB_ENDS = frozenset({JobCompleted.__name__, JobFailed.__name__, JobCancelled.__name__})
 
 
 def _epoch(moment: datetime) -> float:
@@ -609,7 +607,10 @@ async def _stack_run(
         async def collect() -> None:
             # Bodies are kept and parsed after the run: this process shares the cores with the
             # roles it measures, and needs no more than each event's headers to follow the jobs.
+            from producer.api import TERMINAL_EVENTS
+
             nonlocal first_page_at, end_at
+            job_ends = {t.__name__ for t in TERMINAL_EVENTS}
             open_jobs = set(by_id)
             stream = cast("AsyncGenerator[Any, None]", events.messages())
             try:
@@ -621,11 +622,14 @@ async def _stack_run(
                     job.bodies.append((now, message.body))
                     if first_page_at is None and message.type in _PAGE_EVENTS:
                         first_page_at = now
-                    if message.type in _JOB_ENDS:
+                    if message.type in job_ends:
                         end_at = now
                         if message.type != JobCompleted.__name__:
-                            event = parse_event(message.body, settings.max_message_bytes)
-                            failed.append(f"{job.job_id}: {event.type} {getattr(event, 'message', '')}")
+                            ended = parse_event(message.body, settings.max_message_bytes)
+                            if isinstance(ended, JobFailed):
+                                failed.append(f"{job.job_id}: {ended.error_code} {ended.message}")
+                            else:
+                                failed.append(f"{job.job_id}: {ended.type}")
                         open_jobs.discard(job.job_id)
                         if not open_jobs:
                             return
