@@ -37,7 +37,7 @@ from itertools import pairwise
 from statistics import median
 from typing import Protocol, TypeVar
 
-from schemas.messages import BBOX_DECIMALS, Block, page_fraction
+from schemas.messages import Block, page_fraction
 
 
 class Boxed(Protocol):
@@ -341,13 +341,8 @@ def rotate_box(box: tuple[float, float, float, float], rotation: int) -> tuple[f
     result is clamped to the page and rounded as every box is (:func:`~schemas.messages.page_fraction`).
     """
     u0, v0, u1, v1 = box
-    if rotation == 0:  # most pages: no corners to turn; page_fraction inlined (a text page has some 50 boxes)
-        return (
-            round(min(1.0, max(0.0, u0)), BBOX_DECIMALS),
-            round(min(1.0, max(0.0, v0)), BBOX_DECIMALS),
-            round(min(1.0, max(0.0, u1)), BBOX_DECIMALS),
-            round(min(1.0, max(0.0, v1)), BBOX_DECIMALS),
-        )
+    if rotation == 0:  # most pages: no corners to turn
+        return page_fraction(u0), page_fraction(v0), page_fraction(u1), page_fraction(v1)
     corners: list[tuple[float, float]]
     if rotation == 90:
         corners = [(1 - v0, u0), (1 - v1, u1)]
