@@ -419,7 +419,7 @@ class Worker:
         metrics.observe_page(reading.engine, "completed", event.duration_ms / 1000)
         done.add(page_no)
         # An OCR page takes seconds and is worth a line; text pages come hundreds a second, and the
-        # task's line says how they went (a log line a page cost the worker a tenth of its CPU).
+        # task's line says how they went (a log line a page was some 9 % of the worker parent's Python time).
         log.log(
             logging.DEBUG if reading.engine == Engine.TEXT else logging.INFO,
             "job %s page %s read by %s in %.0f ms",
