@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import jsonschema
 import pytest
@@ -55,9 +56,14 @@ def test_round_trip_keeps_every_field() -> None:
         (b'{"type": "JobRequest"}', ErrorCode.UNSUPPORTED_SCHEMA_VERSION),
     ],
 )
-def test_bad_bodies_get_their_code(body: bytes, code: ErrorCode) -> None:
+@pytest.mark.parametrize(
+    "parse",
+    [parse_message, parse_event, lambda body: parse_as(JobRequest, body)],
+    ids=["parse_message", "parse_event", "parse_as"],
+)
+def test_bad_bodies_get_their_code(body: bytes, code: ErrorCode, parse: Callable[[bytes], object]) -> None:
     with pytest.raises(PermanentError) as caught:
-        parse_message(body)
+        parse(body)
     assert caught.value.code == code
 
 
