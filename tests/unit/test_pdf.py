@@ -13,7 +13,16 @@ import pypdfium2
 import pytest
 
 from consumer import pdf
-from consumer.pdf import PageContent, PageSource, PdfDocument, has_real_text, inspect_pdf, judge_page
+from consumer.pdf import (
+    PageContent,
+    PageSource,
+    PdfDocument,
+    _char_counts,
+    _is_bad_char,
+    has_real_text,
+    inspect_pdf,
+    judge_page,
+)
 from schemas.errors import ErrorCode, PermanentError
 
 MakePdf = Callable[..., bytes]
@@ -284,6 +293,25 @@ def test_documents_can_be_used_from_many_threads(corpus: Path) -> None:
 )
 def test_has_real_text(text: str, real: bool) -> None:
     assert has_real_text(text) is real
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "Straße, naïve café: 12 €",
+        "\u00a0\u2003 words\u2028between\u3000odd spaces\x1c\x85",
+        "lone \ud800 surrogate \udfff",
+        "\ufffd\ufffe\uffff \U0010fffd \x00",
+        "maths \U0001d400\U0001d401 and emoji \U0001f600 beside ascii 42",
+        "".join(map(chr, range(0, 0x3000, 7))),
+    ],
+)
+def test_character_counts_match_asking_each_character(text: str) -> None:
+    # The table lookup against the definition: not whitespace, str.isalnum, bad per _is_bad_char.
+    kept = [c for c in text if not c.isspace()]
+    expected = (len(kept), sum(c.isalnum() for c in kept), sum(_is_bad_char(c) for c in kept))
+    assert _char_counts(text) == expected
 
 
 # --- judge_page: text layer, OCR or both ----------------------------------------------
