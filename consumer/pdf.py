@@ -545,6 +545,7 @@ def _blocks_unlocked(page: pdfium.PdfPage, textpage: pdfium.PdfTextPage, raw: st
     # no surrogate pairs), text index and character index are one: two calls a line saved.
     same_index = textpage.count_chars() == len(raw)
     runs: list[tuple[Rect, str]] = []
+    buffer: ctypes.Array[ctypes.c_ushort] | None = None  # for the text of a cut line's pieces, made once a page
     for line in _LINE.finditer(raw):
         text = line.group()
         if text.isspace():
@@ -569,7 +570,9 @@ def _blocks_unlocked(page: pdfium.PdfPage, textpage: pdfium.PdfTextPage, raw: st
         if len(pieces) == 1:
             runs.append((pieces[0][0], text))
         else:
-            runs.extend((rect, textpage.get_text_bounded(*rect)) for rect, _ in pieces)
+            if buffer is None:
+                buffer = (ctypes.c_ushort * (len(raw) + _BOUNDED_SLACK))()
+            runs.extend((rect, _text_in(handle, rect, buffer)) for rect, _ in pieces)
     blocks = []
     for (a0, b0, a1, b1), source in _merge_runs(runs):
         words = source.split()  # line ends are whitespace too
@@ -579,6 +582,29 @@ def _blocks_unlocked(page: pdfium.PdfPage, textpage: pdfium.PdfTextPage, raw: st
         unturned = ((a0 - left) / width, (top - b1) / height, (a1 - left) / width, (top - b0) / height)
         blocks.append(Block(text=" ".join(words), bbox=rotate_box(unturned, rotation), confidence=1.0))
     return blocks
+
+
+# Room beyond the page's text for what pdfium adds to the text inside a box (line ends between its lines).
+_BOUNDED_SLACK = 256
+
+
+def _text_in(handle: Any, rect: Rect, buffer: ctypes.Array[ctypes.c_ushort]) -> str:
+    """The text pdfium finds inside ``rect`` (left, bottom, right, top). Caller holds the lock.
+
+    One search of the page's characters into a buffer of the page's size, where pypdfium2's
+    ``get_text_bounded`` makes two (one to size the buffer): 35 us a piece on GeoTopo's pages.
+    A text that may not have fit is asked for again at its size.
+    """
+    left, bottom, right, top = rect
+    copied = pdfium_c.FPDFText_GetBoundedText(handle, left, top, right, bottom, buffer, len(buffer))
+    if copied >= len(buffer):
+        size = pdfium_c.FPDFText_GetBoundedText(handle, left, top, right, bottom, None, 0) + 1
+        buffer = (ctypes.c_ushort * size)()
+        copied = pdfium_c.FPDFText_GetBoundedText(handle, left, top, right, bottom, buffer, size)
+    if copied <= 0:
+        return ""
+    # pdfium counts the NUL it ends the text with, where there is room for one.
+    return ctypes.string_at(buffer, 2 * copied).decode("utf-16-le", "ignore").removesuffix("\x00")
 
 
 # A line of pdfium's text: what lies between its line ends (CR LF, or a lone CR or LF).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import threading
@@ -165,6 +166,22 @@ def test_text_layer_blocks_are_lines_in_page_fractions(make_pdf: MakePdf) -> Non
     assert first[1] < 72 / 800 < first[3] + 0.01
     assert all(0.0 <= v <= 1.0 for b in layer.blocks for v in b.bbox)
     assert layer.blocks[0].bbox[1] < layer.blocks[1].bbox[1]
+
+
+@pytest.mark.parametrize("room", [1, 5, 26, 200])
+def test_text_in_a_box_reads_as_pypdfium2_reads_it(make_pdf: MakePdf, room: int) -> None:
+    # A buffer of any size, too small for the text included, gives the text pypdfium2 gives.
+    doc = pypdfium2.PdfDocument(make_pdf(TWO_LINES, size=(600.0, 800.0)))
+    page = doc[0]
+    textpage = page.get_textpage()
+    try:
+        for box in [(0.0, 0.0, 600.0, 800.0), (60.0, 720.0, 400.0, 745.0), (300.0, 0.0, 310.0, 10.0)]:
+            buffer = (ctypes.c_ushort * room)()
+            assert pdf._text_in(textpage.raw, box, buffer) == textpage.get_text_bounded(*box)
+    finally:
+        textpage.close()
+        page.close()
+        doc.close()
 
 
 def test_text_layer_boxes_follow_page_rotation(make_pdf: MakePdf) -> None:
