@@ -38,6 +38,7 @@ from sqlalchemy import (
     Integer,
     Text,
     and_,
+    any_,
     bindparam,
     case,
     cast,
@@ -489,6 +490,66 @@ _CATCH_UP_PAGE_CACHE = _cache_rows(
 )
 
 
+_FILLED_ONCE = ("source_bucket", "source_key", "source_etag", "options", "submitted_by", "metadata")
+_QUEUED_COLUMNS = ("priority", "submitted_by", "metadata")
+_STARTED_COLUMNS = (
+    "total_pages",
+    "first_page",
+    "last_page",
+    "tasks",
+    "started_at",
+    "priority",
+    "idempotency_key",
+    "deadline",
+    "source_sha256",
+)
+_JOB_COLUMNS = ("job_id", "status", "source_bucket", "source_key", "source_etag", "options", "created_at", "updated_at")
+
+
+def _job_upsert_statement(started: bool) -> Any:
+    """The ``jobs`` upsert of a ``JobStarted`` (or of a ``JobQueued``), its values bound by column name.
+
+    Made once: a statement built for each event cost SQLAlchemy a walk over it every time, to find its cached form.
+    """
+    names = _JOB_COLUMNS + (_STARTED_COLUMNS if started else _QUEUED_COLUMNS)
+    stmt = pg_insert(jobs).values({name: bindparam(name, type_=jobs.c[name].type) for name in names})
+    new = stmt.excluded
+    sets: dict[str, Any] = {name: func.coalesce(jobs.c[name], new[name]) for name in _FILLED_ONCE}
+    sets |= {"created_at": func.least(jobs.c.created_at, new.created_at), "updated_at": new.updated_at}
+    if not started:
+        sets["priority"] = new.priority
+    else:
+        sets |= {
+            "priority": new.priority,
+            "idempotency_key": new.idempotency_key,
+            "deadline": new.deadline,
+            "source_sha256": new.source_sha256,
+            "total_pages": new.total_pages,
+            "first_page": new.first_page,
+            "last_page": new.last_page,
+            "tasks": new.tasks,
+            "started_at": func.coalesce(jobs.c.started_at, new.started_at),
+            "status": case((jobs.c.status == JobStatus.QUEUED, JobStatus.RUNNING), else_=jobs.c.status),
+        }
+    return stmt.on_conflict_do_update(index_elements=[jobs.c.job_id], set_=sets)
+
+
+_UPSERT_QUEUED, _UPSERT_STARTED = _job_upsert_statement(False), _job_upsert_statement(True)
+
+_MARK_COMPLETION_SEEN = (
+    update(jobs)
+    .where(jobs.c.job_id == bindparam("done_job_id", type_=Text))
+    .values(
+        result_bucket=bindparam("bucket", type_=Text),
+        result_keys=bindparam("result_keys", type_=jobs.c.result_keys.type),
+        completion_published_at=func.coalesce(
+            jobs.c.completion_published_at, bindparam("now", type_=DateTime(timezone=True))
+        ),
+        updated_at=bindparam("now", type_=DateTime(timezone=True)),
+    )
+)
+
+
 async def _apply_job_event(conn: AsyncConnection, event: Event, now: datetime) -> None:
     if isinstance(event, JobQueued | JobStarted):
         values: dict[str, Any] = {
@@ -515,32 +576,7 @@ async def _apply_job_event(conn: AsyncConnection, event: Event, now: datetime) -
                 deadline=event.deadline,
                 source_sha256=event.source.sha256,
             )
-        stmt = pg_insert(jobs).values(values)
-        new = stmt.excluded
-        fill = {
-            name: func.coalesce(jobs.c[name], new[name])
-            for name in ("source_bucket", "source_key", "source_etag", "options", "submitted_by", "metadata")
-        }
-        sets: dict[str, Any] = fill | {
-            "created_at": func.least(jobs.c.created_at, new.created_at),
-            "updated_at": now,
-        }
-        if isinstance(event, JobQueued):
-            sets["priority"] = new.priority
-        else:
-            sets |= {
-                "priority": new.priority,
-                "idempotency_key": new.idempotency_key,
-                "deadline": new.deadline,
-                "source_sha256": new.source_sha256,
-                "total_pages": new.total_pages,
-                "first_page": new.first_page,
-                "last_page": new.last_page,
-                "tasks": new.tasks,
-                "started_at": func.coalesce(jobs.c.started_at, new.started_at),
-                "status": case((jobs.c.status == JobStatus.QUEUED, JobStatus.RUNNING), else_=jobs.c.status),
-            }
-        await conn.execute(stmt.on_conflict_do_update(index_elements=[jobs.c.job_id], set_=sets))
+        await conn.execute(_UPSERT_QUEUED if isinstance(event, JobQueued) else _UPSERT_STARTED, values)
         if isinstance(event, JobStarted) and event.source.sha256:
             await conn.execute(_CATCH_UP_PAGE_CACHE, {"job_id": event.job_id, "now": now})
     elif isinstance(event, JobFailed | JobCancelled):
@@ -573,14 +609,8 @@ async def _apply_job_event(conn: AsyncConnection, event: Event, now: datetime) -
         )
     elif isinstance(event, JobCompleted):
         await conn.execute(
-            update(jobs)
-            .where(jobs.c.job_id == event.job_id)
-            .values(
-                result_bucket=event.bucket,
-                result_keys=event.result_keys,
-                completion_published_at=func.coalesce(jobs.c.completion_published_at, now),
-                updated_at=now,
-            )
+            _MARK_COMPLETION_SEEN,
+            {"done_job_id": event.job_id, "bucket": event.bucket, "result_keys": event.result_keys, "now": now},
         )
 
 
@@ -654,21 +684,36 @@ async def apply_prepared(conn: AsyncConnection, batch: PreparedBatch) -> list[st
     touched = sorted({e.job_id for e in todo})
     if not touched:
         return []
+    await conn.execute(_COUNT_PAGES, {"touched": touched, "now": now})
+    finished = await conn.execute(_END_FINISHED_JOBS, {"touched": touched, "now": now})
+    return list(finished.scalars())
+
+
+def _count_pages_statement() -> Any:
+    """Set ``pages_ok`` and ``pages_failed`` of the jobs in ``:touched`` from their page rows."""
     counts = (
         select(
             pages.c.job_id,
             func.count().filter(pages.c.status == PageStatus.COMPLETED).label("ok"),
             func.count().filter(pages.c.status == PageStatus.FAILED).label("failed"),
         )
-        .where(pages.c.job_id.in_(touched))
+        .where(pages.c.job_id == any_(_TOUCHED))
         .group_by(pages.c.job_id)
         .subquery()
     )
-    await conn.execute(
+    return (
         update(jobs)
         .where(jobs.c.job_id == counts.c.job_id)
-        .values(pages_ok=counts.c.ok, pages_failed=counts.c.failed, updated_at=now)
+        .values(pages_ok=counts.c.ok, pages_failed=counts.c.failed, updated_at=_NOW)
     )
+
+
+def _end_finished_jobs_statement() -> Any:
+    """End the jobs in ``:touched`` that have a final row for every page; returns their ids.
+
+    A job ends when every page has a final row; one that ended with errors and then had
+    its failed pages redone (a replay) ends again, as completed.
+    """
     main_page_error = (
         select(pages.c.error_code)
         .where(pages.c.job_id == jobs.c.job_id, pages.c.status == PageStatus.FAILED)
@@ -677,12 +722,10 @@ async def apply_prepared(conn: AsyncConnection, batch: PreparedBatch) -> list[st
         .limit(1)
         .scalar_subquery()
     )
-    # A job ends when every page has a final row; one that ended with errors
-    # and then had its failed pages redone (a replay) ends again, as completed.
-    finished = await conn.execute(
+    return (
         update(jobs)
         .where(
-            jobs.c.job_id.in_(touched),
+            jobs.c.job_id == any_(_TOUCHED),
             or_(
                 jobs.c.status.in_(_ACTIVE),
                 and_(jobs.c.status == JobStatus.COMPLETED_WITH_ERRORS, jobs.c.pages_failed == 0),
@@ -694,13 +737,20 @@ async def apply_prepared(conn: AsyncConnection, batch: PreparedBatch) -> list[st
             status=case((jobs.c.pages_failed > 0, JobStatus.COMPLETED_WITH_ERRORS), else_=JobStatus.COMPLETED),
             # A job that ended with errors names the commonest page error, so the row says why.
             error_code=case((jobs.c.pages_failed > 0, main_page_error), else_=None),
-            finished_at=now,
-            updated_at=now,
+            finished_at=_NOW,
+            updated_at=_NOW,
             completion_published_at=None,
         )
         .returning(jobs.c.job_id)
     )
-    return list(finished.scalars())
+
+
+# The jobs a batch touched, and its time. The statements of a batch are made once, as constants:
+# built for each batch, SQLAlchemy walked each of them every time to find its cached form.
+_TOUCHED = bindparam("touched", type_=ARRAY(Text))
+_NOW = bindparam("now", type_=DateTime(timezone=True))
+_COUNT_PAGES = _count_pages_statement()
+_END_FINISHED_JOBS = _end_finished_jobs_statement()
 
 
 ECHO_WAIT_S = 60.0
