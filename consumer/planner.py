@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
-from sqlalchemy import func, select
+from sqlalchemy import Integer, Text, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -104,6 +104,26 @@ def missing_runs(first: int, last: int, have: set[int]) -> list[tuple[int, int]]
     return runs(page for page in range(first, last + 1) if page not in have)
 
 
+# A job's statements, made once with bound parameters: built for each job, SQLAlchemy walked
+# each of them every time to find its cached form.
+_PLANNED = select(job_plans.c.job_id).where(job_plans.c.job_id == bindparam("job_id", type_=Text))
+_RECORD_PLAN = (
+    pg_insert(job_plans)
+    .values(
+        job_id=bindparam("job_id", type_=Text),
+        tasks=bindparam("tasks", type_=Integer),
+        cached_pages=bindparam("cached_pages", type_=Integer),
+        planned_at=func.now(),
+    )
+    .on_conflict_do_nothing()
+)
+_CACHED_PAGES = select(page_cache).where(
+    page_cache.c.sha256 == bindparam("sha256", type_=Text),
+    page_cache.c.options_key == bindparam("options_key", type_=Text),
+    page_cache.c.page_no.between(bindparam("first", type_=Integer), bindparam("last", type_=Integer)),
+)
+
+
 class Planner:
     """Handles ``JobRequest`` messages from the jobs queue."""
 
@@ -159,7 +179,7 @@ class Planner:
         if request.deadline is not None and datetime.now(UTC) > request.deadline:
             raise PermanentError(ErrorCode.DEADLINE_EXCEEDED, f"the deadline {request.deadline} passed before planning")
         async with self.db.connect() as conn:
-            planned = await conn.scalar(select(job_plans.c.job_id).where(job_plans.c.job_id == request.job_id))
+            planned = await conn.scalar(_PLANNED, {"job_id": request.job_id})
         if planned is not None:
             # The same idempotency key, or this request delivered again after its plan was sent.
             log.info("job %s is planned already: request dropped", request.job_id)
@@ -211,11 +231,7 @@ class Planner:
             *(self.publisher.publish_event(e.model_copy(update={"job_id": request.job_id})) for e in cached.values()),
         )
         async with self.db.begin() as conn:
-            await conn.execute(
-                pg_insert(job_plans)
-                .values(job_id=request.job_id, tasks=tasks, cached_pages=len(cached), planned_at=func.now())
-                .on_conflict_do_nothing()
-            )
+            await conn.execute(_RECORD_PLAN, {"job_id": request.job_id, "tasks": tasks, "cached_pages": len(cached)})
         log.info(
             "job %s planned: pages %s-%s in %s tasks, %s from the page cache",
             request.job_id,
@@ -227,13 +243,9 @@ class Planner:
 
     async def cached_pages(self, sha256: str, options: JobOptions, first: int, last: int) -> dict[int, PageCompleted]:
         """Pages of this content read before with the same options, as ready events."""
-        query = select(page_cache).where(
-            page_cache.c.sha256 == sha256,
-            page_cache.c.options_key == options_key(options),
-            page_cache.c.page_no.between(first, last),
-        )
+        params = {"sha256": sha256, "options_key": options_key(options), "first": first, "last": last}
         async with self.db.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
+            rows = (await conn.execute(_CACHED_PAGES, params)).mappings().all()
         return {
             row["page_no"]: PageCompleted(
                 job_id="",
