@@ -145,21 +145,34 @@ class PdfInfo:
         return self.first_page + len(self.sources) - 1
 
 
+Box = tuple[str, tuple[float, float, float, float], float]
+"""A block as plain values: its text, its box in page fractions, its confidence."""
+
+
 @dataclass(frozen=True)
 class TextLayer:
     """A page's own text layer: the text, its runs with boxes, and its length."""
 
     text: str
-    blocks: list[Block]
+    boxes: list[Box]
+    """The runs as plain values; :attr:`blocks` has them as :class:`Block` models."""
     chars: int
     content: PageContent | None = None
     """The page's objects, when the layer was read from a page (None: judge the text alone)."""
 
+    @functools.cached_property
+    def blocks(self) -> list[Block]:
+        """The runs as :class:`Block` models, made on first use.
+
+        Not in the sandbox child, which reads a page and sends it over: models built there were only
+        taken apart again for the pipe (pickling 50 of them cost twice as much as plain values),
+        and built again on the other side, 2.7 us a block each time.
+        """
+        return _BLOCKS.validate_python([{"text": t, "bbox": b, "confidence": c} for t, b, c in self.boxes])
+
     def __reduce__(self) -> tuple[Any, ...]:
-        # Across the sandbox's pipe, boxes as tuples: pickling 50 Block models and loading them
-        # back took about twice as long as this and validating them again (0.4 against 0.2 ms a page).
-        boxes = [(b.text, b.bbox, b.confidence) for b in self.blocks]
-        return (_text_layer, (self.text, boxes, self.chars, self.content))
+        # The fields alone: a cached ``blocks`` is made again where it is needed.
+        return (TextLayer, (self.text, self.boxes, self.chars, self.content))
 
     @property
     def source(self) -> PageSource:
@@ -170,17 +183,6 @@ class TextLayer:
 
 
 _BLOCKS = TypeAdapter(list[Block])
-
-
-def _text_layer(
-    text: str,
-    boxes: list[tuple[str, tuple[float, float, float, float], float]],
-    chars: int,
-    content: PageContent | None,
-) -> TextLayer:
-    """A :class:`TextLayer` from what its ``__reduce__`` gave."""
-    blocks = _BLOCKS.validate_python([{"text": t, "bbox": b, "confidence": c} for t, b, c in boxes])
-    return TextLayer(text=text, blocks=blocks, chars=chars, content=content)
 
 
 def judge_page(text: str, content: PageContent) -> PageSource:
@@ -464,7 +466,7 @@ class PdfDocument:
                         )
                     raw = textpage.get_text_range()
                     text = _normalise_text(raw)
-                    blocks = _blocks_unlocked(page, textpage, raw, rotation)
+                    boxes = _boxes_unlocked(page, textpage, raw, rotation)
                     content = _page_content_unlocked(page)
                 finally:
                     textpage.close()
@@ -472,7 +474,7 @@ class PdfDocument:
                 raise PermanentError(ErrorCode.TRUNCATED_PDF, f"page {page_no} has no readable text: {exc}") from exc
             finally:
                 page.close()
-        return TextLayer(text=text, blocks=blocks, chars=chars, content=content)
+        return TextLayer(text=text, boxes=boxes, chars=chars, content=content)
 
     def render(self, page_no: int, *, dpi: int, max_megapixels: float) -> npt.NDArray[np.uint8]:
         """Render a page to an RGB ``uint8`` array of shape (height, width, 3).
@@ -518,8 +520,8 @@ class PdfDocument:
                 self._source = b""
 
 
-def _blocks_unlocked(page: pdfium.PdfPage, textpage: pdfium.PdfTextPage, raw: str, rotation: int) -> list[Block]:
-    """One block per run of text on a line, in fractions of the page turned by ``rotation``. Caller holds the lock.
+def _boxes_unlocked(page: pdfium.PdfPage, textpage: pdfium.PdfTextPage, raw: str, rotation: int) -> list[Box]:
+    """One box per run of text on a line, in fractions of the page turned by ``rotation``. Caller holds the lock.
 
     ``raw`` is the page's text as pdfium gives it, lines ended by CR LF. Each
     pdfium line gets its box from pdfium's rectangles for its own characters;
@@ -573,15 +575,15 @@ def _blocks_unlocked(page: pdfium.PdfPage, textpage: pdfium.PdfTextPage, raw: st
             if buffer is None:
                 buffer = (ctypes.c_ushort * (len(raw) + _BOUNDED_SLACK))()
             runs.extend((rect, _text_in(handle, rect, buffer)) for rect, _ in pieces)
-    blocks = []
+    boxes: list[Box] = []
     for (a0, b0, a1, b1), source in _merge_runs(runs):
         words = source.split()  # line ends are whitespace too
         if not words:
             continue
         # PDF space has its origin bottom-left; blocks use top-left.
         unturned = ((a0 - left) / width, (top - b1) / height, (a1 - left) / width, (top - b0) / height)
-        blocks.append(Block(text=" ".join(words), bbox=rotate_box(unturned, rotation), confidence=1.0))
-    return blocks
+        boxes.append((" ".join(words), rotate_box(unturned, rotation), 1.0))
+    return boxes
 
 
 # Room beyond the page's text for what pdfium adds to the text inside a box (line ends between its lines).

@@ -404,5 +404,5 @@ def test_sources_follow_the_corpus_classes(corpus: Path) -> None:
 def test_text_layer_without_content_is_judged_on_its_text() -> None:
     from consumer.pdf import TextLayer
 
-    assert TextLayer(text="Hello world, a page of text.", blocks=[], chars=28).source == PageSource.TEXT
-    assert TextLayer(text="", blocks=[], chars=0).source == PageSource.OCR
+    assert TextLayer(text="Hello world, a page of text.", boxes=[], chars=28).source == PageSource.TEXT
+    assert TextLayer(text="", boxes=[], chars=0).source == PageSource.OCR

@@ -13,7 +13,7 @@ INVOICE = "Invoice 2024-117 issued 05/03/2024 for a total of EUR 1,234.56 payabl
 def layer(text: str, content: PageContent) -> TextLayer:
     return TextLayer(
         text=text,
-        blocks=[Block(text=text, bbox=(0.1, 0.1, 0.9, 0.15), confidence=1.0)],
+        boxes=[(text, (0.1, 0.1, 0.9, 0.15), 1.0)],
         chars=len(text),
         content=content,
     )
