@@ -490,6 +490,11 @@ _CATCH_UP_PAGE_CACHE = _cache_rows(
 )
 
 
+# The jobs a batch touched, and its time. The statements of an event and a batch are made once, as constants:
+# built for each one, SQLAlchemy walked each of them every time to find its cached form.
+_TOUCHED = bindparam("touched", type_=ARRAY(Text))
+_NOW = bindparam("now", type_=DateTime(timezone=True))
+
 _FILLED_ONCE = ("source_bucket", "source_key", "source_etag", "options", "submitted_by", "metadata")
 _QUEUED_COLUMNS = ("priority", "submitted_by", "metadata")
 _STARTED_COLUMNS = (
@@ -542,10 +547,8 @@ _MARK_COMPLETION_SEEN = (
     .values(
         result_bucket=bindparam("bucket", type_=Text),
         result_keys=bindparam("result_keys", type_=jobs.c.result_keys.type),
-        completion_published_at=func.coalesce(
-            jobs.c.completion_published_at, bindparam("now", type_=DateTime(timezone=True))
-        ),
-        updated_at=bindparam("now", type_=DateTime(timezone=True)),
+        completion_published_at=func.coalesce(jobs.c.completion_published_at, _NOW),
+        updated_at=_NOW,
     )
 )
 
@@ -745,10 +748,6 @@ def _end_finished_jobs_statement() -> Any:
     )
 
 
-# The jobs a batch touched, and its time. The statements of a batch are made once, as constants:
-# built for each batch, SQLAlchemy walked each of them every time to find its cached form.
-_TOUCHED = bindparam("touched", type_=ARRAY(Text))
-_NOW = bindparam("now", type_=DateTime(timezone=True))
 _COUNT_PAGES = _count_pages_statement()
 _END_FINISHED_JOBS = _end_finished_jobs_statement()
 
