@@ -214,6 +214,11 @@ TEXT_CHUNK = 8
 """Text layers read in one sandbox call: a round trip per page would cost as much as reading it."""
 
 
+def _chunk(first: int, last: int) -> list[int]:
+    """The pages of the text-layer call that starts at ``first``."""
+    return list(range(first, min(last, first + TEXT_CHUNK - 1) + 1))
+
+
 async def _confirmed(publishing: list[asyncio.Task[None]]) -> None:
     """Wait for these publishes; the first that failed raises."""
     if publishing:
@@ -290,6 +295,9 @@ class Worker:
         # Pages read from their text layer are published without waiting for each confirm in turn;
         # all are confirmed before the next OCR page, the end of the task, and its ack.
         publishing: list[asyncio.Task[None]] = []
+        # The next run of text layers, handed to the child as soon as this run is in: the child reads
+        # it while this process turns this run into events, where it used to wait for that to be done.
+        ahead: tuple[int, asyncio.Task[dict[int, LayerReading | None]]] | None = None
         try:
             for page_no in range(task.first_page, task.last_page + 1):
                 if task.deadline is not None and datetime.now(UTC) > task.deadline:
@@ -303,7 +311,18 @@ class Worker:
                     log.info("job %s is cancelled: pages %s-%s dropped", task.job_id, page_no, task.last_page)
                     return
                 if task.options.engine in (Engine.TEXT, Engine.AUTO) and page_no not in layers:
-                    layers = await self.read_layers(path, list(range(page_no, task.last_page + 1))[:TEXT_CHUNK])
+                    if ahead is not None and ahead[0] == page_no:
+                        layers = await ahead[1]
+                    else:
+                        layers = await self.read_layers(path, _chunk(page_no, task.last_page))
+                    following = page_no + len(layers)
+                    ahead = None
+                    if following <= task.last_page:
+                        ahead = (
+                            following,
+                            asyncio.create_task(self.read_layers(path, _chunk(following, task.last_page))),
+                        )
+                        await asyncio.sleep(0)  # the read is handed to the child before these pages are made events
                 with metrics.log_context(job_id=task.job_id, page_no=page_no):
                     given = layers.pop(page_no, None)
                     if (
@@ -332,8 +351,9 @@ class Worker:
                 len(handed),
             )
         finally:
-            # On the way out with an error: every publish has settled, so ``done`` is exact.
-            await asyncio.gather(*publishing, return_exceptions=True)
+            # On the way out with an error: every publish has settled, so ``done`` is exact; a read
+            # ahead runs to its end (its pages are not counted), so the next call has the child to itself.
+            await asyncio.gather(*publishing, *([ahead[1]] if ahead else []), return_exceptions=True)
 
     async def hand_on(self, task: PageTask, pages: list[int], done: set[int]) -> None:
         """Publish ``pages`` of ``task`` (they need OCR) as tasks of their own, and count them done here.

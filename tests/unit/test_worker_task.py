@@ -8,11 +8,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 from pydantic import BaseModel
 
+import consumer.worker as worker_module
+from consumer.pdf import TextLayer
 from consumer.samples import TextRun, lines, text_pdf
 from consumer.sandbox import Sandbox
-from consumer.worker import TEXT_CHUNK, Worker, child_text_layers
+from consumer.worker import TEXT_CHUNK, PageReading, Worker, child_text_layers, from_text_layer
 from schemas.errors import ErrorCode, PermanentError
 from schemas.messages import Engine, JobOptions, PageCompleted, PageTask, Source
 from schemas.settings import WorkerSettings
@@ -109,6 +112,31 @@ async def test_text_pages_are_read_a_run_at_a_time_and_each_published_once(tmp_p
     )
     # One call for the first eight pages, one for the last two.
     assert sandbox.calls == ["child_text_layers", "child_text_layers"]
+
+
+async def test_the_next_run_is_handed_to_the_child_before_this_run_becomes_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sandbox = CountingSandbox()
+
+    def logged(layer: TextLayer) -> PageReading:
+        sandbox.calls.append("event")
+        return from_text_layer(layer)
+
+    monkeypatch.setattr(worker_module, "from_text_layer", logged)
+    published, _ = await run(tmp_path, 2 * TEXT_CHUNK + 1, sandbox)
+
+    # The child reads pages 9-16 while 1-8 are turned into events, and so on; page 17, alone in
+    # its run, is read alone once the run before it is in.
+    assert sandbox.calls == (
+        ["child_text_layers", "child_text_layers"]
+        + ["event"] * TEXT_CHUNK
+        + ["event"] * TEXT_CHUNK
+        + ["child_text_layer", "event"]
+    )
+    assert sorted(e.page_no for e in published.events if isinstance(e, PageCompleted)) == list(
+        range(1, 2 * TEXT_CHUNK + 2)
+    )
 
 
 async def test_a_run_that_fails_together_is_read_again_page_by_page(tmp_path: Path) -> None:
