@@ -257,3 +257,29 @@ async def test_a_batch_closes_at_its_size() -> None:
     batch: list[Any] = await asyncio.wait_for(rec._gather(), 1.0)
 
     assert batch == [0, 1]
+
+
+async def test_jobs_that_finish_together_are_finished_a_few_at_a_time_and_each_once() -> None:
+    # Given a batch that finished twenty jobs at once, each taking a while to assemble and store
+    rec = _gatherer(batch_size=500, wait_ms=20, max_wait_ms=100)
+    finished: list[str] = []
+    running = peak = 0
+
+    async def finish(job_id: str) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.005)
+        finished.append(job_id)
+        running -= 1
+
+    rec.finish = finish  # type: ignore[method-assign]
+    jobs = [f"job-{n}" for n in range(20)]
+    for job_id in jobs + jobs[:5]:  # five of them named twice (a sweep while they are in hand)
+        rec._finish_later(job_id)
+    await asyncio.wait_for(asyncio.gather(*rec.background), 5.0)
+
+    # Then no more than FINISHING_AT_ONCE hold a connection at a time, and every job is finished once
+    assert peak == recorder.FINISHING_AT_ONCE
+    assert sorted(finished) == sorted(jobs)
+    assert not rec.finishing
