@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from consumer.pdf import PdfDocument, inspect_pdf
+from consumer.planner import cut, task_size
 from consumer.samples import long_text_pdf
 from consumer.worker import Engines, read_page
 from schemas.messages import (
@@ -65,7 +66,7 @@ from schemas.messages import (
     parse_event,
 )
 from schemas.names import HEADER_JOB_ID
-from schemas.settings import ClientSettings, RecorderSettings, WorkerSettings
+from schemas.settings import ClientSettings, PlannerSettings, RecorderSettings, WorkerSettings
 
 if TYPE_CHECKING:
     from producer.api import Subscription
@@ -256,6 +257,59 @@ def worker_engines(settings: WorkerSettings) -> Engines:
     return Engines(threads=settings.ocr_threads, default=settings.engine, model_dir=settings.nemotron_ocr_model_dir)
 
 
+@dataclass
+class _Timings:
+    """What a bare loop measured, stage by stage, before it is summarized (it crosses processes)."""
+
+    open_ms: list[float] = field(default_factory=list)
+    text_ms: list[float] = field(default_factory=list)
+    render_ms: list[float] = field(default_factory=list)
+    ocr_ms: list[float] = field(default_factory=list)
+    used: dict[str, int] = field(default_factory=dict)
+    cpu_s: float = 0.0
+
+    def add(self, other: _Timings) -> None:
+        self.open_ms += other.open_ms
+        self.text_ms += other.text_ms
+        self.render_ms += other.render_ms
+        self.ocr_ms += other.ocr_ms
+        for engine, count in other.used.items():
+            self.used[engine] = self.used.get(engine, 0) + count
+        self.cpu_s += other.cpu_s
+
+    def stats(self, pages: int, wall: float) -> BareStats:
+        stages = [summarize("open", "PdfDocument per range", self.open_ms)]
+        if self.text_ms:
+            stages.append(summarize("text layer", "read_page, engine text", self.text_ms))
+        if self.render_ms:
+            stages += [summarize("render", "pdfium", self.render_ms), summarize("OCR", "engine.read", self.ocr_ms)]
+        return BareStats(
+            pages=pages, wall_s=wall, pages_per_s=rate(pages, wall), cpu_s=self.cpu_s, engines=self.used, stages=stages
+        )
+
+
+def _read_ranges(ranges: Sequence[PageRange], options: JobOptions, engines: Engines, max_megapixels: float) -> _Timings:
+    """Read every page of ``ranges`` here, one at a time, opening each range's document as a task does."""
+    timings = _Timings()
+    cpu0 = time.process_time()
+    for r in ranges:
+        t0 = time.perf_counter()
+        with PdfDocument(r.path) as doc:
+            timings.open_ms.append((time.perf_counter() - t0) * 1000)
+            for page_no in range(r.first, r.last + 1):
+                t1 = time.perf_counter()
+                _, _, _, engine, render = read_page(doc, page_no, options, engines, max_megapixels)
+                total = (time.perf_counter() - t1) * 1000
+                timings.used[str(engine)] = timings.used.get(str(engine), 0) + 1
+                if engine == Engine.TEXT:
+                    timings.text_ms.append(total)
+                else:
+                    timings.render_ms.append(render)
+                    timings.ocr_ms.append(total - render)
+    timings.cpu_s = time.process_time() - cpu0
+    return timings
+
+
 def bare_loop(
     ranges: Sequence[PageRange], options: JobOptions, engines: Engines, *, max_megapixels: float = 50.0
 ) -> BareStats:
@@ -267,36 +321,75 @@ def bare_loop(
     """
     if options.engine != Engine.TEXT:
         engines.get(options.engine)
-    open_ms: list[float] = []
-    render_ms: list[float] = []
-    ocr_ms: list[float] = []
-    text_ms: list[float] = []
-    used: dict[str, int] = {}
-    cpu0 = time.process_time()
     started = time.perf_counter()
-    for r in ranges:
-        t0 = time.perf_counter()
-        with PdfDocument(r.path) as doc:
-            open_ms.append((time.perf_counter() - t0) * 1000)
-            for page_no in range(r.first, r.last + 1):
-                t1 = time.perf_counter()
-                _, _, _, engine, render = read_page(doc, page_no, options, engines, max_megapixels)
-                total = (time.perf_counter() - t1) * 1000
-                used[str(engine)] = used.get(str(engine), 0) + 1
-                if engine == Engine.TEXT:
-                    text_ms.append(total)
-                else:
-                    render_ms.append(render)
-                    ocr_ms.append(total - render)
+    timings = _read_ranges(ranges, options, engines, max_megapixels)
     wall = time.perf_counter() - started
-    cpu = time.process_time() - cpu0
-    pages = sum(r.pages for r in ranges)
-    stages = [summarize("open", "PdfDocument per range", open_ms)]
-    if text_ms:
-        stages.append(summarize("text layer", "read_page, engine text", text_ms))
-    if render_ms:
-        stages += [summarize("render", "pdfium", render_ms), summarize("OCR", "engine.read", ocr_ms)]
-    return BareStats(pages=pages, wall_s=wall, pages_per_s=rate(pages, wall), cpu_s=cpu, engines=used, stages=stages)
+    return timings.stats(sum(r.pages for r in ranges), wall)
+
+
+def task_ranges(ranges: Sequence[PageRange], engine: Engine, planner: PlannerSettings) -> list[PageRange]:
+    """``ranges`` (a job each) cut into tasks as ``planner`` would cut them for ``engine``."""
+    size = task_size(engine, text_per_task=planner.text_pages_per_task, ocr_per_task=planner.ocr_pages_per_task)
+    return [PageRange(r.path, a, b) for r in ranges for a, b in cut(r.first, r.last, size)]
+
+
+_child_engines: Engines | None = None
+_child_ready: Any = None
+
+
+def _bare_child_setup(settings: WorkerSettings, engine: Engine, ready: Any) -> None:
+    """In a bare-loop process: the engines a worker with ``settings`` makes, loaded before any clock runs."""
+    global _child_engines, _child_ready
+    _child_engines = worker_engines(settings)
+    if engine != Engine.TEXT:
+        _child_engines.get(engine)
+    _child_ready = ready
+
+
+def _bare_child_wait() -> None:
+    """Return once every process of the pool has set up (each holds one of these calls until then)."""
+    _child_ready.wait(timeout=300)
+
+
+def _bare_child_read(task: PageRange, options: JobOptions, max_megapixels: float) -> _Timings:
+    assert _child_engines is not None, "_bare_child_setup did not run"
+    return _read_ranges([task], options, _child_engines, max_megapixels)
+
+
+def bare_loops(
+    ranges: Sequence[PageRange],
+    options: JobOptions,
+    settings: WorkerSettings,
+    processes: int,
+    planner: PlannerSettings | None = None,
+) -> BareStats:
+    """The bare loop as ``processes`` workers run it: the pages cut into tasks as ``planner`` cuts
+    them, each task read whole by the next process free, each process with a worker's engines
+    (``settings``' OCR threads); blocking. With one process: :func:`bare_loop`, here.
+
+    The processes start and load their engines before the clock does, as workers do before they
+    take work. CPU time is theirs, added up.
+    """
+    if processes == 1:
+        return bare_loop(ranges, options, worker_engines(settings), max_megapixels=settings.max_megapixels)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    tasks = task_ranges(ranges, options.engine, planner or PlannerSettings())
+    context = multiprocessing.get_context("spawn")
+    ready = context.Barrier(processes)
+    with ProcessPoolExecutor(
+        processes, mp_context=context, initializer=_bare_child_setup, initargs=(settings, options.engine, ready)
+    ) as pool:
+        for waiting in [pool.submit(_bare_child_wait) for _ in range(processes)]:
+            waiting.result()
+        started = time.perf_counter()
+        reads = [pool.submit(_bare_child_read, task, options, settings.max_megapixels) for task in tasks]
+        timings = _Timings()
+        for read in reads:
+            timings.add(read.result())
+        wall = time.perf_counter() - started
+    return timings.stats(sum(r.pages for r in ranges), wall)
 
 
 # --------------------------------------------------------------------------- the whole stack
@@ -499,11 +592,13 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def cpu_snapshot(pids: dict[str, int]) -> dict[str, dict[int, float]]:
-    """CPU seconds so far, by group: each named role with its sandbox child, the services, this process and
-    the machine."""
+def cpu_snapshot(pids: dict[str, list[int]]) -> dict[str, dict[int, float]]:
+    """CPU seconds so far, by group: each named role (its processes, ``worker`` all the workers) with
+    their sandbox children, the services, this process and the machine."""
     snap: dict[str, dict[int, float]] = {}
-    groups: dict[str, list[int]] = {name: descendants(pid) for name, pid in pids.items()} | service_pids()
+    groups: dict[str, list[int]] = {
+        name: [p for pid in members for p in descendants(pid)] for name, members in pids.items()
+    } | service_pids()
     for name, members in groups.items():
         snap[name] = {pid: cpu for pid in members if (cpu := process_cpu_s(pid)) is not None}
     snap["bench"] = {os.getpid(): time.process_time()}
@@ -553,7 +648,7 @@ async def stack_run(
     options: JobOptions,
     *,
     timeout_s: float = 600.0,
-    role_pids: dict[str, int] | None = None,
+    role_pids: dict[str, list[int]] | None = None,
     warmup: bytes | None = None,
 ) -> StackStats:
     """Submit one job per range to the running stack and follow them to their ``JobCompleted``.
@@ -591,7 +686,7 @@ async def _stack_run(
     ranges: Sequence[PageRange],
     options: JobOptions,
     timeout_s: float,
-    role_pids: dict[str, int] | None,
+    role_pids: dict[str, list[int]] | None,
 ) -> StackStats:
     jobs = [_Job(r) for r in ranges]
     by_id: dict[str, _Job] = {}
@@ -1067,8 +1162,12 @@ def render_report(report: BenchReport, console: Any) -> None:
     """Print the report as rich tables on ``console``."""
     from rich.table import Table
 
+    workers = report.machine.get("workers", 1)
+    setup = f"{workers} workers, " if workers > 1 else ""
+    setup += f"{report.machine.get('ocr_threads', 0) or 'all'} OCR threads each"
     for phase in report.phases:
-        table = Table(title=f"{phase.name} pages ({json.dumps(phase.options)})", title_justify="left")
+        title = f"{phase.name} pages ({json.dumps(phase.options)}; {setup})"
+        table = Table(title=title, title_justify="left")
         table.add_column("")
         table.add_column("bare loop", justify="right")
         table.add_column("whole stack", justify="right")
@@ -1087,7 +1186,7 @@ def render_report(report: BenchReport, console: Any) -> None:
                 ", ".join(_fmt(s, 2) for _, s in phase.rounds),
             )
         table.add_row(
-            "CPU s (bare: this process; stack: the worker)",
+            "CPU s (bare: its processes; stack: the workers)",
             _fmt(bare.cpu_s if bare else None, 2),
             _fmt(stack.cpu_s.get("worker") if stack else None, 2),
         )
@@ -1206,6 +1305,14 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-dev-up", action="store_true", help="use the stack PAGEWIRE_* points at; do not run dev up")
     p.add_argument("--state-dir", default=".dev", help="the dev stack's state directory (.dev)")
     p.add_argument("--timeout", type=float, default=900.0, help="give up on a stack run after this many seconds")
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="workers in the stack (dev up --workers N) and processes in the bare loop, each with its share"
+        " of the cores for OCR (1)",
+    )
 
 
 def _positive(text: str) -> int:
@@ -1222,7 +1329,7 @@ def _stack_env(args: argparse.Namespace) -> dict[str, str]:
     state_dir = Path(args.state_dir)
     if args.no_dev_up:
         return devstack.stack_env(ClientSettings())
-    devstack.dev_up(state_dir)
+    devstack.dev_up(state_dir, workers=args.workers)
     return devstack.dev_env(state_dir)
 
 
@@ -1236,9 +1343,14 @@ def dev_pid(state_dir: Path, role: str) -> int | None:
     return record.pid
 
 
-def _worker_settings(env: dict[str, str]) -> WorkerSettings:
-    """What the dev worker runs with: this process's ``PAGEWIRE_*`` environment overlaid with the stack's."""
+def _worker_settings(env: dict[str, str], workers: int = 1) -> WorkerSettings:
+    """What each dev worker runs with: this process's ``PAGEWIRE_*`` environment overlaid with the
+    stack's, and the share of the cores ``dev up`` gives each of ``workers`` for OCR."""
+    from consumer.devstack import ocr_threads_each
+
     overrides: dict[str, Any] = {key.removeprefix("PAGEWIRE_").lower(): value for key, value in env.items()}
+    if workers > 1 and "PAGEWIRE_OCR_THREADS" not in os.environ:
+        overrides["ocr_threads"] = ocr_threads_each(workers)
     return WorkerSettings(**overrides)
 
 
@@ -1283,7 +1395,7 @@ async def _phase(
     settings: ClientSettings,
     worker: WorkerSettings,
     engines: Engines,
-    role_pids: dict[str, int],
+    role_pids: dict[str, list[int]],
     warmup: bytes,
     note: Callable[[str], None],
 ) -> Phase:
@@ -1307,7 +1419,12 @@ async def _phase(
             )
         if not args.skip_bare:
             note(f"{name}: the same pages through the bare loop{of}")
-            bare = await asyncio.to_thread(bare_loop, ranges, options, engines, max_megapixels=worker.max_megapixels)
+            if args.workers == 1:
+                bare = await asyncio.to_thread(
+                    bare_loop, ranges, options, engines, max_megapixels=worker.max_megapixels
+                )
+            else:
+                bare = await asyncio.to_thread(bare_loops, ranges, options, worker, args.workers)
         runs.append((bare, stack))
     phase.rounds = [(b.pages_per_s if b else None, s.pages_per_s if s else None) for b, s in runs]
     phase.bare, phase.stack = runs[median_round(phase.rounds)]
@@ -1324,17 +1441,23 @@ async def run(args: argparse.Namespace) -> int:
     workload = select_corpus(files, text_pages=args.text_pages, ocr_pages=args.ocr_pages)
     env = await asyncio.to_thread(_stack_env, args)
     settings = ClientSettings.from_variables(env)
-    worker = _worker_settings(env)
+    worker = _worker_settings(env, args.workers)
     engines = worker_engines(worker)
     report = BenchReport(
-        machine=machine_info() | {"worker_engine": str(worker.engine), "ocr_threads": worker.ocr_threads}
+        machine=machine_info()
+        | {"worker_engine": str(worker.engine), "workers": args.workers, "ocr_threads": worker.ocr_threads}
     )
 
     def note(text: str) -> None:
         console.log(text)
 
+    from consumer.devstack import worker_names
+
+    roles = {"planner": ["planner"], "worker": worker_names(args.workers), "recorder": ["recorder"]}
     role_pids = {
-        role: pid for role in ("planner", "worker", "recorder") if (pid := dev_pid(Path(args.state_dir), role))
+        role: pids
+        for role, names in roles.items()
+        if (pids := [pid for name in names if (pid := dev_pid(Path(args.state_dir), name))])
     }
     one_page = _latency_pdf(workload)
     with tempfile.TemporaryDirectory(prefix="pagewire-bench-") as scratch:

@@ -50,6 +50,8 @@ DEFAULT_STATE_DIR = Path(".dev")
 STATE_FILE = "state.json"
 ROLES: tuple[str, ...] = ("planner", "worker", "recorder")
 DEV_METRICS_PORTS = {"planner": 9101, "worker": 9102, "recorder": 9103}
+MAX_WORKERS = 32
+"""Workers ``dev up --workers`` starts at most (their metrics ports follow the recorder's: 9104 on)."""
 SEAWEEDFS = "seaweedfs"
 
 # rabbitmqctl exits with EX_UNAVAILABLE while the node has not registered with epmd yet.
@@ -654,7 +656,40 @@ def _is_ours(record: ProcessRecord | None, marker: str) -> bool:
 
 
 def _role_marker(role: str) -> str:
-    return f"producer.cli {role}"
+    """What the command line of the process started as ``role`` (``worker-2`` is a worker) holds."""
+    return f"producer.cli {role.split('-')[0]}"
+
+
+def worker_names(workers: int) -> list[str]:
+    """The names ``dev up`` gives its workers: ``worker``, then ``worker-2``, ``worker-3``..."""
+    return ["worker", *(f"worker-{n}" for n in range(2, workers + 1))]
+
+
+def metrics_port(name: str) -> int:
+    """Each role's metrics port on loopback: one each, as roles on one host cannot share one."""
+    if name in DEV_METRICS_PORTS:
+        return DEV_METRICS_PORTS[name]
+    return DEV_METRICS_PORTS["recorder"] + int(name.removeprefix("worker-")) - 1
+
+
+def ocr_threads_each(workers: int, cores: int | None = None) -> int:
+    """onnxruntime threads for each of ``workers`` workers on this machine's cores: the cores shared out."""
+    usable = cores if cores is not None else len(os.sched_getaffinity(0))
+    return max(1, usable // workers)
+
+
+def _names(state: DevState) -> list[str]:
+    """The roles in ``state``, extra workers included, in the order they start."""
+    extra = sorted(
+        (n for n in state.processes if n.startswith("worker-")), key=lambda n: int(n.removeprefix("worker-"))
+    )
+    return _with_workers(extra)
+
+
+def _with_workers(extra: Sequence[str]) -> list[str]:
+    """The roles with ``extra`` workers after the first."""
+    at = ROLES.index("worker") + 1
+    return [*ROLES[:at], *extra, *ROLES[at:]]
 
 
 def role_queues(topology: Topology) -> dict[str, str]:
@@ -694,15 +729,22 @@ def consumer_counts(amqp_url: str, queues: Sequence[str]) -> dict[str, int | Non
 
 
 def _wait_roles(
-    amqp_url: str, waiting: Mapping[str, tuple[str, subprocess.Popen[bytes] | None, Path]], timeout: float
+    amqp_url: str,
+    waiting: Mapping[str, tuple[str, subprocess.Popen[bytes] | None, Path]],
+    timeout: float,
+    before: Mapping[str, int | None] | None = None,
 ) -> None:
-    """Block until every role in ``waiting`` (role -> (queue, process, log)) has a consumer on its queue."""
+    """Block until every role in ``waiting`` (role -> (queue, process, log)) consumes its queue: until
+    each queue has as many consumers as it had ``before`` they started and one for each of them."""
     pending = dict(waiting)
+    need = {queue: (before or {}).get(queue) or 0 for queue, _, _ in pending.values()}
+    for queue, _, _ in pending.values():
+        need[queue] += 1
     deadline = time.monotonic() + timeout
     while pending:
         counts = consumer_counts(amqp_url, [queue for queue, _, _ in pending.values()])
         for role, (queue, proc, log_path) in list(pending.items()):
-            if counts.get(queue):
+            if (counts.get(queue) or 0) >= need[queue]:
                 del pending[role]
             elif proc is not None and proc.poll() is not None:
                 raise DevStackError(
@@ -726,6 +768,7 @@ def dev_up(
     settings: Settings | None = None,
     base_env: Mapping[str, str] | None = None,
     role_timeout: float = 120.0,
+    workers: int = 1,
 ) -> DevState:
     """Bring the local stack up, idempotently, and return what runs.
 
@@ -738,7 +781,15 @@ def dev_up(
     ``settings`` defaults to ``Settings()`` (the ``PAGEWIRE_*`` environment);
     ``base_env`` (default: this process's environment) is what the roles
     inherit, plus the stack's variables.
+
+    ``workers`` worker processes consume the tasks queue (pdfium reads a page on
+    one core: one worker per core uses them all on text pages). More than one
+    share the cores out for OCR (``PAGEWIRE_OCR_THREADS``, unless it is set) as
+    they start; workers beyond ``workers`` that an earlier ``dev up`` started are
+    stopped (those left keep their share: ``dev down`` first to share anew).
     """
+    if not 1 <= workers <= MAX_WORKERS:
+        raise DevStackError(f"workers must be 1 to {MAX_WORKERS}, not {workers}")
     settings = settings or Settings()
     base_env = dict(os.environ) if base_env is None else dict(base_env)
     state = DevState.load(state_dir)
@@ -794,23 +845,34 @@ def dev_up(
     state.save()
     if roles:
         queues = role_queues(settings.topology)
+        wanted = worker_names(workers)
+        for name in _names(state):
+            if name not in wanted and name.startswith("worker-"):
+                rec = state.processes.pop(name)
+                if rec.started and _is_ours(rec, _role_marker(name)) and rec.pid is not None:
+                    stop_pid(rec.pid)
+                state.save()
         counts = consumer_counts(amqp_url, list(queues.values()))
         waiting: dict[str, tuple[str, subprocess.Popen[bytes] | None, Path]] = {}
-        for role in ROLES:
-            log_path = log_dir / f"{role}.log"
-            if _is_ours(state.processes.get(role), _role_marker(role)):
+        role_env: dict[str, str] = {}
+        if workers > 1 and "PAGEWIRE_OCR_THREADS" not in base_env:
+            role_env["PAGEWIRE_OCR_THREADS"] = str(ocr_threads_each(workers))
+        for name in _with_workers(wanted[1:]):
+            role = name.split("-")[0]
+            log_path = log_dir / f"{name}.log"
+            if _is_ours(state.processes.get(name), _role_marker(name)):
                 continue
-            if counts.get(queues[role]):
-                record(role, ProcessRecord(None, False, f"{queues[role]} already has a consumer: not started"))
+            if name in ROLES and counts.get(queues[role]):
+                record(name, ProcessRecord(None, False, f"{queues[role]} already has a consumer: not started"))
                 continue
-            # Three roles on one host cannot share the default metrics port: one each, on loopback.
-            port = DEV_METRICS_PORTS[role]
+            port = metrics_port(name)
             metrics_env = {"PAGEWIRE_METRICS_HOST": LOOPBACK, "PAGEWIRE_METRICS_PORT": str(port)}
-            proc = _spawn([sys.executable, "-m", "producer.cli", role], log_path, {**base_env, **env, **metrics_env})
+            variables = {**base_env, **env, **metrics_env, **(role_env if role == "worker" else {})}
+            proc = _spawn([sys.executable, "-m", "producer.cli", role], log_path, variables)
             detail = f"consumes {queues[role]}; metrics on http://{LOOPBACK}:{port}/metrics"
-            record(role, ProcessRecord(proc.pid, True, detail, str(log_path)))
-            waiting[role] = (queues[role], proc, log_path)
-        _wait_roles(amqp_url, waiting, role_timeout)
+            record(name, ProcessRecord(proc.pid, True, detail, str(log_path)))
+            waiting[name] = (queues[role], proc, log_path)
+        _wait_roles(amqp_url, waiting, role_timeout, before=counts)
     return state
 
 
@@ -823,7 +885,7 @@ def dev_down(state_dir: Path = DEFAULT_STATE_DIR) -> list[str]:
     """
     state = DevState.load(state_dir)
     lines: list[str] = []
-    for name in (*ROLES, SEAWEEDFS):
+    for name in (*_names(state), SEAWEEDFS):
         rec = state.processes.pop(name, None)
         if rec is None:
             continue
@@ -867,13 +929,14 @@ def dev_status(state_dir: Path = DEFAULT_STATE_DIR, *, settings: Settings | None
     if mq_up:
         with contextlib.suppress(Exception):  # status must print even when the broker refuses us
             counts = consumer_counts(amqp_url, list(queues.values()))
-    for role in ROLES:
-        rec = state.processes.get(role)
+    for name in _names(state):
+        rec = state.processes.get(name)
         pid = rec.pid if rec else None
-        alive = _is_ours(rec, _role_marker(role))
-        consumers = counts.get(queues[role])
-        detail = f"{queues[role]}: {consumers if consumers is not None else '?'} consumer(s)"
-        rows.append(ServiceStatus(role, pid, alive or bool(consumers), detail))
+        alive = _is_ours(rec, _role_marker(name))
+        queue = queues[name.split("-")[0]]
+        consumers = counts.get(queue)
+        detail = f"{queue}: {consumers if consumers is not None else '?'} consumer(s)"
+        rows.append(ServiceStatus(name, pid, alive or (name in ROLES and bool(consumers)), detail))
     return rows
 
 

@@ -245,6 +245,15 @@ def _migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _worker_count(text: str) -> int:
+    from consumer.devstack import MAX_WORKERS
+
+    value = int(text)
+    if not 1 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_WORKERS}, not {value}")
+    return value
+
+
 def _dev(args: argparse.Namespace) -> int:
     from producer import devcli
 
@@ -357,6 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["up", "down", "status", "env"])
     p.add_argument("--state-dir", default=".dev", help="where the stack keeps its data, logs and pids (.dev)")
     p.add_argument("--no-roles", action="store_true", help="with up: start services and migrate, but no roles")
+    p.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=1,
+        metavar="N",
+        help="with up: worker processes (1); a text page is read on one core, so one a core reads text"
+        " pages on them all, and OCR threads are shared out among them",
+    )
     p.set_defaults(func=_dev)
 
     from consumer.dropfolder import add_parser as add_dropfolder_parser

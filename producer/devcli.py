@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     if args.action == "up":
         with console.status("starting the local stack (services, migrations, roles)"):
-            devstack.dev_up(state_dir, roles=not args.no_roles)
+            devstack.dev_up(state_dir, roles=not args.no_roles, workers=args.workers)
         _print_status(console, state_dir)
         console.print('point a shell at it with: eval "$(pagewire dev env)"; stop it with: pagewire dev down')
         return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
+import pytest
 from sqlalchemy.engine import make_url
 
 from consumer import devstack
@@ -125,3 +126,41 @@ def test_fixtures_give_a_migrated_database_a_bucket_and_a_prefix(services, pagew
     assert pagewire_env["PAGEWIRE_PREFIX"].startswith("t")
     assert pagewire_settings.prefix == pagewire_env["PAGEWIRE_PREFIX"]
     assert pagewire_settings.database_url.get_secret_value() == services.database_url
+
+
+def test_dev_up_runs_as_many_workers_as_asked_and_down_stops_them_all(
+    tmp_path: Path, pagewire_env: dict[str, str], pagewire_settings
+) -> None:
+    ports = [devstack.metrics_port(name) for name in ("planner", "worker", "worker-2", "recorder")]
+    if any(devstack.port_open(devstack.LOOPBACK, port) for port in ports):
+        pytest.skip("a dev stack of this machine holds the roles' metrics ports")
+    tasks = pagewire_settings.topology.tasks_queue
+    amqp_url = pagewire_env["PAGEWIRE_AMQP_URL"]
+    try:
+        # When the stack comes up with two workers
+        devstack.dev_up(tmp_path, settings=pagewire_settings, base_env=pagewire_env, workers=2)
+
+        # Then both consume the tasks queue, each with half the cores for OCR, and status shows them
+        assert devstack.consumer_counts(amqp_url, [tasks]) == {tasks: 2}
+        rows = {row.name: row for row in devstack.dev_status(tmp_path, settings=pagewire_settings)}
+        assert rows["worker"].running and rows["worker-2"].running
+        second = rows["worker-2"].pid
+        assert second is not None
+        environ = Path(f"/proc/{second}/environ").read_bytes().split(b"\0")
+        assert f"PAGEWIRE_OCR_THREADS={devstack.ocr_threads_each(2)}".encode() in environ
+
+        # When it is brought up again with one: the second stops, the first goes on
+        first = rows["worker"].pid
+        devstack.dev_up(tmp_path, settings=pagewire_settings, base_env=pagewire_env, workers=1)
+        assert not devstack.pid_alive(second)
+        assert devstack.consumer_counts(amqp_url, [tasks]) == {tasks: 1}
+        assert {row.name: row.pid for row in devstack.dev_status(tmp_path, settings=pagewire_settings)}[
+            "worker"
+        ] == first
+    finally:
+        lines = devstack.dev_down(tmp_path)
+    # Then down stops every role it started
+    assert all(
+        devstack.consumer_counts(amqp_url, [q]) == {q: 0} for q in (tasks, pagewire_settings.topology.jobs_queue)
+    )
+    assert any(line.startswith("worker: stopped pid") for line in lines)
