@@ -327,9 +327,15 @@ def bare_loop(
     return timings.stats(sum(r.pages for r in ranges), wall)
 
 
-def task_ranges(ranges: Sequence[PageRange], engine: Engine, planner: PlannerSettings) -> list[PageRange]:
-    """``ranges`` (a job each) cut into tasks as ``planner`` would cut them for ``engine``."""
+def bare_task_size(engine: Engine, ocr: bool, planner: PlannerSettings, worker: WorkerSettings) -> int:
+    """Pages a task of the stack holds, for jobs of ``engine`` over pages that need OCR (``ocr``) or not:
+    the planner's cut, and in ``auto`` mode the worker's, which hands OCR pages on in tasks of their own."""
     size = task_size(engine, text_per_task=planner.text_pages_per_task, ocr_per_task=planner.ocr_pages_per_task)
+    return min(size, worker.ocr_pages_per_task) if ocr and engine == Engine.AUTO else size
+
+
+def task_ranges(ranges: Sequence[PageRange], size: int) -> list[PageRange]:
+    """``ranges`` (a job each) cut into tasks of ``size`` pages at most."""
     return [PageRange(r.path, a, b) for r in ranges for a, b in cut(r.first, r.last, size)]
 
 
@@ -357,15 +363,11 @@ def _bare_child_read(task: PageRange, options: JobOptions, max_megapixels: float
 
 
 def bare_loops(
-    ranges: Sequence[PageRange],
-    options: JobOptions,
-    settings: WorkerSettings,
-    processes: int,
-    planner: PlannerSettings | None = None,
+    ranges: Sequence[PageRange], options: JobOptions, settings: WorkerSettings, processes: int, per_task: int
 ) -> BareStats:
-    """The bare loop as ``processes`` workers run it: the pages cut into tasks as ``planner`` cuts
-    them, each task read whole by the next process free, each process with a worker's engines
-    (``settings``' OCR threads); blocking. With one process: :func:`bare_loop`, here.
+    """The bare loop as ``processes`` workers run it: the pages cut into tasks of ``per_task`` pages
+    (:func:`bare_task_size`), each task read whole by the next process free, each process with a
+    worker's engines (``settings``' OCR threads); blocking. With one process: :func:`bare_loop`, here.
 
     The processes start and load their engines before the clock does, as workers do before they
     take work. CPU time is theirs, added up.
@@ -375,7 +377,7 @@ def bare_loops(
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    tasks = task_ranges(ranges, options.engine, planner or PlannerSettings())
+    tasks = task_ranges(ranges, per_task)
     context = multiprocessing.get_context("spawn")
     ready = context.Barrier(processes)
     with ProcessPoolExecutor(
@@ -1424,7 +1426,8 @@ async def _phase(
                     bare_loop, ranges, options, engines, max_megapixels=worker.max_megapixels
                 )
             else:
-                bare = await asyncio.to_thread(bare_loops, ranges, options, worker, args.workers)
+                size = bare_task_size(engine, name == "ocr", PlannerSettings(), worker)
+                bare = await asyncio.to_thread(bare_loops, ranges, options, worker, args.workers, size)
         runs.append((bare, stack))
     phase.rounds = [(b.pages_per_s if b else None, s.pages_per_s if s else None) for b, s in runs]
     phase.bare, phase.stack = runs[median_round(phase.rounds)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from consumer.bench import PageRange, bare_loop, bare_loops, task_ranges, worker_engines
+from consumer.bench import PageRange, bare_loop, bare_loops, bare_task_size, task_ranges, worker_engines
 from consumer.devstack import DEV_METRICS_PORTS, MAX_WORKERS, metrics_port, ocr_threads_each, worker_names
 from consumer.samples import lines, text_pdf
 from schemas.messages import Engine, JobOptions
@@ -28,16 +28,18 @@ def test_the_cores_are_shared_out_among_workers_for_ocr_and_none_gets_less_than_
     assert ocr_threads_each(4, cores=2) == 1
 
 
-def test_the_bare_loop_cuts_jobs_into_tasks_as_the_planner_does(tmp_path: Path) -> None:
+def test_the_bare_loop_cuts_jobs_into_tasks_as_the_stack_does(tmp_path: Path) -> None:
+    planner, worker = PlannerSettings(text_pages_per_task=4, ocr_pages_per_task=2), WorkerSettings(ocr_pages_per_task=1)
+    # Text pages in tasks of the planner's text size; OCR jobs in the planner's OCR size; OCR pages of
+    # an auto job as the worker hands them on
+    assert bare_task_size(Engine.AUTO, False, planner, worker) == 4
+    assert bare_task_size(Engine.TEXT, False, planner, worker) == 4
+    assert bare_task_size(Engine.RAPIDOCR, True, planner, worker) == 2
+    assert bare_task_size(Engine.AUTO, True, planner, worker) == 1
+
     pdf = tmp_path / "doc.pdf"
-    planner = PlannerSettings(text_pages_per_task=4, ocr_pages_per_task=1)
-    jobs = [PageRange(pdf, 1, 10), PageRange(pdf, 3, 3)]
-
-    text = task_ranges(jobs, Engine.AUTO, planner)
-    ocr = task_ranges(jobs, Engine.RAPIDOCR, planner)
-
-    assert [(t.first, t.last) for t in text] == [(1, 4), (5, 8), (9, 10), (3, 3)]
-    assert [(t.first, t.last) for t in ocr] == [(p, p) for p in range(1, 11)] + [(3, 3)]
+    tasks = task_ranges([PageRange(pdf, 1, 10), PageRange(pdf, 3, 3)], 4)
+    assert [(t.first, t.last) for t in tasks] == [(1, 4), (5, 8), (9, 10), (3, 3)]
 
 
 def test_the_bare_loop_in_two_processes_reads_every_page_once_as_one_process_does(tmp_path: Path) -> None:
@@ -50,7 +52,7 @@ def test_the_bare_loop_in_two_processes_reads_every_page_once_as_one_process_doe
     settings = WorkerSettings(ocr_threads=1)
 
     # When the bare loop runs as two workers, and as one
-    two = bare_loops(jobs, options, settings, 2, PlannerSettings(text_pages_per_task=3))
+    two = bare_loops(jobs, options, settings, 2, per_task=3)
     one = bare_loop(jobs, options, worker_engines(settings))
 
     # Then both read all nine pages from their text layers, the two processes a task at a time
