@@ -367,13 +367,12 @@ def bare_loops(
 ) -> BareStats:
     """The bare loop as ``processes`` workers run it: the pages cut into tasks of ``per_task`` pages
     (:func:`bare_task_size`), each task read whole by the next process free, each process with a
-    worker's engines (``settings``' OCR threads); blocking. With one process: :func:`bare_loop`, here.
+    worker's engines (``settings``' OCR threads); blocking. One worker's loop is :func:`bare_loop`,
+    which runs in this process.
 
     The processes start and load their engines before the clock does, as workers do before they
     take work. CPU time is theirs, added up.
     """
-    if processes == 1:
-        return bare_loop(ranges, options, worker_engines(settings), max_megapixels=settings.max_megapixels)
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
