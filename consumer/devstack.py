@@ -768,7 +768,7 @@ def dev_up(
     settings: Settings | None = None,
     base_env: Mapping[str, str] | None = None,
     role_timeout: float = 120.0,
-    workers: int = 1,
+    workers: int | None = None,
 ) -> DevState:
     """Bring the local stack up, idempotently, and return what runs.
 
@@ -782,13 +782,14 @@ def dev_up(
     ``base_env`` (default: this process's environment) is what the roles
     inherit, plus the stack's variables.
 
-    ``workers`` worker processes consume the tasks queue (pdfium reads a page on
+    ``workers`` worker processes (default: as many as the last ``dev up`` asked
+    for, or one) consume the tasks queue (pdfium reads a page on
     one core: one worker per core uses them all on text pages). More than one
     share the cores out for OCR (``PAGEWIRE_OCR_THREADS``, unless it is set) as
     they start; workers beyond ``workers`` that an earlier ``dev up`` started are
     stopped (those left keep their share: ``dev down`` first to share anew).
     """
-    if not 1 <= workers <= MAX_WORKERS:
+    if workers is not None and not 1 <= workers <= MAX_WORKERS:
         raise DevStackError(f"workers must be 1 to {MAX_WORKERS}, not {workers}")
     settings = settings or Settings()
     base_env = dict(os.environ) if base_env is None else dict(base_env)
@@ -845,6 +846,8 @@ def dev_up(
     state.save()
     if roles:
         queues = role_queues(settings.topology)
+        if workers is None:
+            workers = len([n for n in _names(state) if n.startswith("worker-")]) + 1
         wanted = worker_names(workers)
         for name in _names(state):
             if name not in wanted and name.startswith("worker-"):

@@ -369,10 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers",
         type=_worker_count,
-        default=1,
+        default=None,
         metavar="N",
-        help="with up: worker processes (1); a text page is read on one core, so one a core reads text"
-        " pages on them all, and OCR threads are shared out among them",
+        help="with up: worker processes (default: as many as the last up asked for, or 1); a text page is"
+        " read on one core, so one a core reads text pages on them all, and OCR threads are shared out among them",
     )
     p.set_defaults(func=_dev)
 

@@ -149,6 +149,13 @@ def test_dev_up_runs_as_many_workers_as_asked_and_down_stops_them_all(
         environ = Path(f"/proc/{second}/environ").read_bytes().split(b"\0")
         assert f"PAGEWIRE_OCR_THREADS={devstack.ocr_threads_each(2)}".encode() in environ
 
+        # When it is brought up again without a count: the two go on as they are
+        devstack.dev_up(tmp_path, settings=pagewire_settings, base_env=pagewire_env)
+        assert devstack.consumer_counts(amqp_url, [tasks]) == {tasks: 2}
+        assert {row.name: row.pid for row in devstack.dev_status(tmp_path, settings=pagewire_settings)}[
+            "worker-2"
+        ] == second
+
         # When it is brought up again with one: the second stops, the first goes on
         first = rows["worker"].pid
         devstack.dev_up(tmp_path, settings=pagewire_settings, base_env=pagewire_env, workers=1)
