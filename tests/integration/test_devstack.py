@@ -160,14 +160,24 @@ def test_dev_up_runs_as_many_workers_as_asked_and_down_stops_them_all(
         first = rows["worker"].pid
         devstack.dev_up(tmp_path, settings=pagewire_settings, base_env=pagewire_env, workers=1)
         assert not devstack.pid_alive(second)
-        assert devstack.consumer_counts(amqp_url, [tasks]) == {tasks: 1}
+        assert _consumers_become(amqp_url, tasks, 1)
         assert {row.name: row.pid for row in devstack.dev_status(tmp_path, settings=pagewire_settings)}[
             "worker"
         ] == first
     finally:
         lines = devstack.dev_down(tmp_path)
     # Then down stops every role it started
-    assert all(
-        devstack.consumer_counts(amqp_url, [q]) == {q: 0} for q in (tasks, pagewire_settings.topology.jobs_queue)
-    )
+    assert all(_consumers_become(amqp_url, q, 0) for q in (tasks, pagewire_settings.topology.jobs_queue))
     assert any(line.startswith("worker: stopped pid") for line in lines)
+
+
+def _consumers_become(amqp_url: str, queue: str, count: int, within_s: float = 10.0) -> bool:
+    """True once ``queue`` has ``count`` consumers (the broker drops a stopped one's as its connection closes)."""
+    import time
+
+    deadline = time.monotonic() + within_s
+    while devstack.consumer_counts(amqp_url, [queue]) != {queue: count}:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
