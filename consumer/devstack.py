@@ -860,12 +860,14 @@ def dev_up(
         role_env: dict[str, str] = {}
         if workers > 1 and "PAGEWIRE_OCR_THREADS" not in base_env:
             role_env["PAGEWIRE_OCR_THREADS"] = str(ocr_threads_each(workers))
+        # The tasks queue's consumers that are workers of ours already, not another stack's.
+        ours = sum(_is_ours(state.processes.get(n), _role_marker(n)) for n in wanted[1:])
         for name in _with_workers(wanted[1:]):
             role = name.split("-")[0]
             log_path = log_dir / f"{name}.log"
             if _is_ours(state.processes.get(name), _role_marker(name)):
                 continue
-            if name in ROLES and counts.get(queues[role]):
+            if name in ROLES and (counts.get(queues[role]) or 0) > (ours if role == "worker" else 0):
                 record(name, ProcessRecord(None, False, f"{queues[role]} already has a consumer: not started"))
                 continue
             port = metrics_port(name)

@@ -156,6 +156,17 @@ def test_dev_up_runs_as_many_workers_as_asked_and_down_stops_them_all(
             "worker-2"
         ] == second
 
+        # When the first worker is gone and the stack is brought up again: the second worker's
+        # consumer is not taken for another stack's, and the first comes back
+        gone = rows["worker"].pid
+        assert gone is not None
+        devstack.stop_pid(gone)
+        assert _consumers_become(amqp_url, tasks, 1)
+        devstack.dev_up(tmp_path, settings=pagewire_settings, base_env=pagewire_env, workers=2)
+        assert devstack.consumer_counts(amqp_url, [tasks]) == {tasks: 2}
+        rows = {row.name: row for row in devstack.dev_status(tmp_path, settings=pagewire_settings)}
+        assert rows["worker"].pid not in (None, gone) and rows["worker-2"].pid == second
+
         # When it is brought up again with one: the second stops, the first goes on
         first = rows["worker"].pid
         devstack.dev_up(tmp_path, settings=pagewire_settings, base_env=pagewire_env, workers=1)
