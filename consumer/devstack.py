@@ -655,9 +655,14 @@ def _is_ours(record: ProcessRecord | None, marker: str) -> bool:
     return not argv or marker in " ".join(argv)
 
 
-def _role_marker(role: str) -> str:
-    """What the command line of the process started as ``role`` (``worker-2`` is a worker) holds."""
-    return f"producer.cli {role.split('-')[0]}"
+def _role_of(name: str) -> str:
+    """The role of a part ``dev up`` names: ``worker-2`` is a worker."""
+    return name.split("-")[0]
+
+
+def _role_marker(name: str) -> str:
+    """What the command line of the process started as ``name`` holds."""
+    return f"producer.cli {_role_of(name)}"
 
 
 def worker_names(workers: int) -> list[str]:
@@ -678,12 +683,14 @@ def ocr_threads_each(workers: int, cores: int | None = None) -> int:
     return max(1, usable // workers)
 
 
+def _extra_workers(state: DevState) -> list[str]:
+    """The workers after the first that ``state`` records, in order."""
+    return sorted((n for n in state.processes if n.startswith("worker-")), key=lambda n: int(n.removeprefix("worker-")))
+
+
 def _names(state: DevState) -> list[str]:
     """The roles in ``state``, extra workers included, in the order they start."""
-    extra = sorted(
-        (n for n in state.processes if n.startswith("worker-")), key=lambda n: int(n.removeprefix("worker-"))
-    )
-    return _with_workers(extra)
+    return _with_workers(_extra_workers(state))
 
 
 def _with_workers(extra: Sequence[str]) -> list[str]:
@@ -847,10 +854,10 @@ def dev_up(
     if roles:
         queues = role_queues(settings.topology)
         if workers is None:
-            workers = len([n for n in _names(state) if n.startswith("worker-")]) + 1
+            workers = len(_extra_workers(state)) + 1
         wanted = worker_names(workers)
-        for name in _names(state):
-            if name not in wanted and name.startswith("worker-"):
+        for name in _extra_workers(state):
+            if name not in wanted:
                 rec = state.processes.pop(name)
                 if rec.started and _is_ours(rec, _role_marker(name)) and rec.pid is not None:
                     stop_pid(rec.pid)
@@ -863,7 +870,7 @@ def dev_up(
         # The tasks queue's consumers that are workers of ours already, not another stack's.
         ours = sum(_is_ours(state.processes.get(n), _role_marker(n)) for n in wanted[1:])
         for name in _with_workers(wanted[1:]):
-            role = name.split("-")[0]
+            role = _role_of(name)
             log_path = log_dir / f"{name}.log"
             if _is_ours(state.processes.get(name), _role_marker(name)):
                 continue
@@ -938,7 +945,7 @@ def dev_status(state_dir: Path = DEFAULT_STATE_DIR, *, settings: Settings | None
         rec = state.processes.get(name)
         pid = rec.pid if rec else None
         alive = _is_ours(rec, _role_marker(name))
-        queue = queues[name.split("-")[0]]
+        queue = queues[_role_of(name)]
         consumers = counts.get(queue)
         detail = f"{queue}: {consumers if consumers is not None else '?'} consumer(s)"
         rows.append(ServiceStatus(name, pid, alive or (name in ROLES and bool(consumers)), detail))
