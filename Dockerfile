@@ -24,7 +24,7 @@ RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))
 
 FROM ${PYTHON_IMAGE} AS runtime
 # The source runs from /app on PYTHONPATH rather than being installed into site-packages:
-# `pagewire migrate` finds the Alembic scripts beside the packages (consumer/migrate.py).
+# `pagewire migrate` finds the Alembic scripts beside the packages (adapters/database.py).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app \
     PYTHONUNBUFFERED=1 \
@@ -36,7 +36,7 @@ RUN groupadd --system --gid 10001 pagewire \
     && useradd --system --uid 10001 --gid pagewire --home-dir /home/pagewire --create-home --shell /usr/sbin/nologin pagewire \
     && mkdir -p /var/cache/pagewire \
     && chown pagewire:pagewire /var/cache/pagewire \
-    && printf '#!/bin/sh\nexec python -m producer.cli "$@"\n' > /usr/local/bin/pagewire \
+    && printf '#!/bin/sh\nexec python -m pagewire "$@"\n' > /usr/local/bin/pagewire \
     && chmod 0755 /usr/local/bin/pagewire
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app

@@ -21,12 +21,12 @@ from sqlalchemy import Integer, Text, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from consumer.amqp import Publisher, ack
+from adapters.amqp import Publisher, ack
+from adapters.storage import PdfCache, Storage
 from consumer.cancel import CancelledJobs
 from consumer.pdf import count_pages
 from consumer.sandbox import Sandbox
 from consumer.service import Handler, run_consumer, settle_failure
-from consumer.storage import PdfCache, Storage
 from schemas.errors import ErrorCode, PagewireError, PermanentError
 from schemas.messages import (
     CACHE_WORKER,

@@ -54,11 +54,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from consumer import metrics
-from consumer.amqp import Publisher, ack, ack_all, close, connect, get_queue
+from adapters import metrics
+from adapters.amqp import Publisher, ack, ack_all, close, connect, get_queue
+from adapters.signals import Stopper
+from adapters.storage import Storage
 from consumer.results import PageRow, assemble_json, assemble_markdown
-from consumer.service import Stopper
-from consumer.storage import Storage
 from schemas.errors import PermanentError
 from schemas.messages import (
     CACHE_WORKER,

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import Awaitable, Callable
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from consumer import metrics
-from consumer.amqp import Publisher, ack, attempt_of, close, connect, get_queue, is_last_attempt, reject
+from adapters import metrics
+from adapters.amqp import Publisher, ack, attempt_of, close, connect, get_queue, is_last_attempt, reject
+from adapters.signals import Stopper
 from schemas.errors import ErrorCode, PagewireError, RetryableError
 from schemas.settings import Settings
 
@@ -71,18 +71,6 @@ async def settle_failure(
     await publisher.dead_letter(message, exhausted, queue_name)
     await ack(message)
     metrics.MESSAGES.labels(queue=queue_name, outcome="dead_letter").inc()
-
-
-class Stopper:
-    """Turns SIGTERM/SIGINT into an event the role waits on."""
-
-    def __init__(self) -> None:
-        self.event = asyncio.Event()
-
-    def install(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.event.set)
 
 
 async def run_consumer(

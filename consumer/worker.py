@@ -13,201 +13,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from consumer import metrics
-from consumer.amqp import Publisher, ack, attempt_of
+from adapters import metrics
+from adapters.amqp import Publisher, ack, attempt_of
+from adapters.logs import log_context
+from adapters.storage import PdfCache, Storage
 from consumer.cancel import CancelledJobs
-from consumer.engines import OcrEngine, PageText, make_engine, page_text_from_blocks
+from consumer.child import LayerReading, child_ocr_page, child_setup, child_text_layer, child_text_layers
 from consumer.lanes import PriorityGate
-from consumer.layout import merge_blocks
-from consumer.pdf import PageSource, PdfDocument, TextLayer, has_real_text
+from consumer.pdf import TextLayer
 from consumer.planner import cut, runs
+from consumer.reading import PageReading, combine, from_text_layer, takes_text_layer
 from consumer.sandbox import Sandbox
 from consumer.service import Handler, run_consumer, settle_failure
-from consumer.storage import PdfCache, Storage
-from consumer.witness import number_disagreements
 from schemas.errors import ErrorCode, PagewireError, PermanentError
 from schemas.messages import (
-    Block,
     Engine,
     JobOptions,
-    NumberDisagreement,
     PageCompleted,
     PageFailed,
     PageTask,
-    TextSource,
     parse_as,
 )
 from schemas.names import HIGH_PRIORITY, HIGH_TASK_ROUTING_KEY
 from schemas.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Engines:
-    """The OCR engines this worker has loaded, made on first use and kept."""
-
-    threads: int
-    default: Engine
-    model_dir: Path | None = None
-    loaded: dict[Engine, OcrEngine] = field(default_factory=dict)
-
-    def get(self, engine: Engine) -> OcrEngine:
-        """The OCR engine for a job's choice; ``auto`` means this worker's default."""
-        wanted = self.default if engine in (Engine.AUTO, Engine.TEXT) else engine
-        if wanted not in self.loaded:
-            self.loaded[wanted] = make_engine(wanted, threads=self.threads, model_dir=self.model_dir)
-        return self.loaded[wanted]
-
-
-PageResult = tuple[str, list[Block], float, Engine, float]
-"""Text, blocks, confidence, the engine that read the page, and render milliseconds."""
-
-
-def takes_text_layer(options: JobOptions, layer: TextLayer) -> bool:
-    """``text`` always takes the layer; ``auto`` only when the page was judged ``text`` (real text that
-    covers what is visible), so a born-digital page never reaches OCR and a scan always does."""
-    return options.engine == Engine.TEXT or (options.engine == Engine.AUTO and layer.source == PageSource.TEXT)
-
-
-def _ocr(
-    doc: PdfDocument, page_no: int, options: JobOptions, engines: Engines, max_megapixels: float
-) -> tuple[PageText, Engine, float]:
-    engine = engines.get(options.engine)
-    started = time.perf_counter()
-    image = doc.render(page_no, dpi=options.dpi, max_megapixels=max_megapixels)
-    render_ms = (time.perf_counter() - started) * 1000
-    return engine.read(image), engine.name, render_ms
-
-
-def ocr_page(
-    doc: PdfDocument, page_no: int, options: JobOptions, engines: Engines, max_megapixels: float
-) -> PageResult:
-    """Render a page and read it with the OCR engine the job asked for; blocking."""
-    result, engine, render_ms = _ocr(doc, page_no, options, engines, max_megapixels)
-    return result.text, list(result.blocks), result.confidence, engine, render_ms
-
-
-def read_page(
-    doc: PdfDocument, page_no: int, options: JobOptions, engines: Engines, max_megapixels: float
-) -> PageResult:
-    """Read one page in this process, as the worker does; blocking. The bare engine loop of ``pagewire bench``."""
-    layer: TextLayer | None = None
-    if options.engine in (Engine.TEXT, Engine.AUTO):
-        layer = doc.text_layer(page_no)
-        if takes_text_layer(options, layer):
-            return layer.text, list(layer.blocks), 1.0, Engine.TEXT, 0.0
-    reading = combine(layer, *_ocr(doc, page_no, options, engines, max_megapixels))
-    return reading.text, reading.blocks, reading.confidence, reading.engine, reading.render_ms
-
-
-# --- the sandbox child's side: pdfium and the engines live there -------------------
-
-_child_engines: Engines | None = None
-_child_docs: OrderedDict[str, PdfDocument] = OrderedDict()
-
-
-def child_setup(threads: int, default: Engine, model_dir: Path | None) -> None:
-    """In the sandbox child: load the default engine before the first page."""
-    global _child_engines
-    _child_engines = Engines(threads=threads, default=default, model_dir=model_dir)
-    _child_engines.get(default)
-
-
-def _child_doc(path: str) -> PdfDocument:
-    # A task's pages, and usually a job's tasks, come one after another: keep a few open.
-    doc = _child_docs.pop(path, None) or PdfDocument(Path(path))
-    _child_docs[path] = doc
-    while len(_child_docs) > 4:
-        _child_docs.popitem(last=False)[1].close()
-    return doc
-
-
-def child_text_layer(path: str, page_no: int) -> TextLayer:
-    """In the sandbox child: a page's text layer."""
-    return _child_doc(path).text_layer(page_no)
-
-
-LayerReading = tuple[TextLayer | PermanentError, float]
-"""A page's text layer (or why it could not be read) and the milliseconds it took."""
-
-
-def child_text_layers(path: str, page_nos: list[int]) -> list[LayerReading]:
-    """In the sandbox child: the text layers of a run of pages, in one call; a bad page fails alone."""
-    doc = _child_doc(path)
-    out: list[LayerReading] = []
-    for page_no in page_nos:
-        started = time.perf_counter()
-        try:
-            layer: TextLayer | PermanentError = doc.text_layer(page_no)
-        except PermanentError as exc:
-            layer = exc
-        out.append((layer, (time.perf_counter() - started) * 1000))
-    return out
-
-
-def child_ocr_page(
-    path: str, page_no: int, options: JobOptions, max_megapixels: float
-) -> tuple[PageText, Engine, float]:
-    """In the sandbox child: render and OCR a page (text, the engine, render ms)."""
-    assert _child_engines is not None, "child_setup did not run"
-    return _ocr(_child_doc(path), page_no, options, _child_engines, max_megapixels)
-
-
-@dataclass(frozen=True)
-class PageReading:
-    """What the worker publishes of a page."""
-
-    text: str
-    blocks: list[Block]
-    confidence: float
-    engine: Engine
-    render_ms: float
-    source: TextSource
-    rotation: int = 0
-    disagreements: list[NumberDisagreement] = field(default_factory=list)
-
-
-def from_text_layer(layer: TextLayer) -> PageReading:
-    """A page read from its text layer alone."""
-    return PageReading(layer.text, list(layer.blocks), 1.0, Engine.TEXT, 0.0, TextSource.TEXT)
-
-
-def combine(layer: TextLayer | None, ocr: PageText, engine: Engine, render_ms: float) -> PageReading:
-    """OCR of a page, merged with its text layer where the layer was judged ``hybrid``.
-
-    Where the layer holds real text too (hybrid, or an invisible layer under a
-    scan), it is a witness: numbers, amounts and dates the two read
-    differently are listed, for a user to query.
-    """
-    witness = layer is not None and has_real_text(layer.text)
-    disagreements = (
-        [NumberDisagreement.model_validate(d) for d in number_disagreements(layer.text, ocr.text)]
-        if witness and layer is not None
-        else []
-    )
-    if layer is not None and layer.source == PageSource.HYBRID:
-        merged = page_text_from_blocks(merge_blocks(list(layer.blocks), list(ocr.blocks)))
-        return PageReading(
-            merged.text,
-            list(merged.blocks),
-            merged.confidence,
-            engine,
-            render_ms,
-            TextSource.HYBRID,
-            ocr.rotation,
-            disagreements,
-        )
-    return PageReading(
-        ocr.text, list(ocr.blocks), ocr.confidence, engine, render_ms, TextSource.OCR, ocr.rotation, disagreements
-    )
 
 
 TEXT_CHUNK = 8
@@ -323,7 +157,7 @@ class Worker:
                             asyncio.create_task(self.read_layers(path, _chunk(following, task.last_page))),
                         )
                         await asyncio.sleep(0)  # the read is handed to the child before these pages are made events
-                with metrics.log_context(job_id=task.job_id, page_no=page_no):
+                with log_context(job_id=task.job_id, page_no=page_no):
                     given = layers.pop(page_no, None)
                     if (
                         given is not None

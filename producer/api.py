@@ -29,14 +29,13 @@ from aio_pika.abc import AbstractRobustConnection
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from consumer.amqp import Publisher, connect
-from consumer.storage import Storage
+from adapters.amqp import Publisher, connect
+from adapters.storage import Storage
 from schemas.errors import ErrorCode, PermanentError
 from schemas.messages import (
+    TERMINAL_EVENTS,
     Event,
     JobCancelled,
-    JobCompleted,
-    JobFailed,
     JobOptions,
     JobQueued,
     JobRequest,
@@ -50,7 +49,6 @@ from schemas.s3keys import source_key
 from schemas.settings import ClientSettings
 from schemas.tables import TERMINAL_JOB_STATUSES, PageStatus, jobs, pages
 
-TERMINAL_EVENTS = (JobCompleted, JobFailed, JobCancelled)
 STATUS_FIELDS = (
     "job_id",
     "status",

@@ -1,9 +1,7 @@
-"""``pagewire``: one command, a subcommand per role and per user task.
+"""The user's commands: ``submit``, ``status``, ``result``, ``cancel``, ``retry`` and ``watch``.
 
-This module only parses arguments, configures logging and calls the API
-(``producer.api``) or a role's ``run``. Exit codes: 0 done, 1 a job failed
-(or finished with errors), 2 usage error, 3 a service could not be reached,
-4 not found / not ready.
+Each parses its arguments and calls the Python API (:mod:`producer.api`);
+exit codes are those of :mod:`producer.output`.
 """
 
 from __future__ import annotations
@@ -11,75 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOT_FOUND = 0, 1, 2, 3, 4
-
-EPILOG = """\
-examples:
-  pagewire dev up                       start a local stack (S3, migrations, planner, worker, recorder)
-  eval "$(pagewire dev env)"            point this shell at it
-  pagewire submit scan.pdf --wait       queue a PDF, show a progress bar, print the job id
-  pagewire status JOB --json            the job's status row
-  pagewire result JOB > text.md         the assembled text
-  pagewire watch                        every page event, live
-
-Configuration comes from PAGEWIRE_* environment variables (see README).
-"""
-
-
-def configure_logging(level: str, fmt: str) -> None:
-    from consumer.metrics import LogContextFilter
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(LogContextFilter())
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-    for noisy in ("aiormq", "aio_pika", "botocore", "boto3", "urllib3", "s3transfer"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-class _JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log collectors."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created).isoformat(),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for field in ("job_id", "page"):
-            value = getattr(record, field, None)
-            if value is not None:
-                entry[field] = value
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return float(value)
-    if hasattr(value, "total_seconds"):
-        return value.total_seconds()
-    if isinstance(value, int | float | str | bool | list | dict) or value is None:
-        return value
-    return str(value)
-
-
-# --- user commands ------------------------------------------------------------
+from producer.output import EXIT_JOB_FAILED, EXIT_OK, jsonable
 
 
 async def _submit(args: argparse.Namespace) -> int:
@@ -118,7 +53,7 @@ async def _submit(args: argparse.Namespace) -> int:
         for request in requests:
             row = await client.final_status(request.job_id)
             if args.json:
-                print(json.dumps({k: _jsonable(v) for k, v in row.items()}))
+                print(json.dumps({k: jsonable(v) for k, v in row.items()}))
             else:
                 detail = f"{row['pages_ok']}/{row['total_pages']} pages"
                 if row["error_code"]:
@@ -136,11 +71,11 @@ async def _status(args: argparse.Namespace) -> int:
     async with Client(ClientSettings()) as client:
         row = await client.status(args.job)
     if args.json:
-        print(json.dumps({k: _jsonable(v) for k, v in row.items()}))
+        print(json.dumps({k: jsonable(v) for k, v in row.items()}))
     else:
         width = max(len(k) for k in row)
         for key, value in row.items():
-            print(f"{key:<{width}}  {_jsonable(value) if value is not None else '-'}")
+            print(f"{key:<{width}}  {jsonable(value) if value is not None else '-'}")
     return EXIT_OK
 
 
@@ -199,85 +134,8 @@ async def _watch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# --- roles ----------------------------------------------------------------------
-
-
-async def _planner(args: argparse.Namespace) -> int:
-    from consumer import planner
-    from schemas.settings import PlannerSettings
-
-    settings = PlannerSettings()
-    configure_logging(settings.log_level, settings.log_format)
-    await planner.run(settings, grace_s=args.grace)
-    return EXIT_OK
-
-
-async def _worker(args: argparse.Namespace) -> int:
-    from consumer import worker
-    from schemas.settings import WorkerSettings
-
-    settings = WorkerSettings()
-    configure_logging(settings.log_level, settings.log_format)
-    await worker.run(settings, grace_s=args.grace)
-    return EXIT_OK
-
-
-async def _recorder(args: argparse.Namespace) -> int:
-    from consumer import recorder
-    from schemas.settings import RecorderSettings
-
-    settings = RecorderSettings()
-    configure_logging(settings.log_level, settings.log_format)
-    await recorder.run(settings, grace_s=args.grace)
-    return EXIT_OK
-
-
-def _migrate(args: argparse.Namespace) -> int:
-    from consumer.devstack import ensure_database
-    from consumer.migrate import upgrade
-    from schemas.settings import Settings
-
-    url = Settings().database_url.get_secret_value()
-    if args.create_database:
-        ensure_database(url)
-    upgrade(url, args.revision)
-    print(f"database migrated to {args.revision}")
-    return EXIT_OK
-
-
-def _worker_count(text: str) -> int:
-    from consumer.devstack import MAX_WORKERS
-
-    value = int(text)
-    if not 1 <= value <= MAX_WORKERS:
-        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_WORKERS}, not {value}")
-    return value
-
-
-def _dev(args: argparse.Namespace) -> int:
-    from producer import devcli
-
-    return devcli.run(args)
-
-
-async def _demo(args: argparse.Namespace) -> int:
-    from producer import devcli
-
-    return await devcli.demo(args)
-
-
-# --- parser ---------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="pagewire",
-        description="pagewire turns PDFs into text at scale: S3 in, RabbitMQ between, PostgreSQL status.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_parsers(sub: Any) -> None:
+    """Add the user's commands to the ``pagewire`` parser's subcommands."""
     p = sub.add_parser(
         "submit", help="upload PDFs to S3 and queue them", description="Upload PDFs and queue a job each."
     )
@@ -341,98 +199,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", metavar="JOB", nargs="?")
     p.add_argument("--json", action="store_true", help="print each event as a JSON line")
     p.set_defaults(func=_watch)
-
-    for name, func, grace, text in (
-        ("planner", _planner, 30.0, "run a planner: JobRequest in, page tasks out"),
-        ("worker", _worker, 60.0, "run an OCR worker: one page task at a time (prefetch=1)"),
-        ("recorder", _recorder, 30.0, "run the recorder: events into PostgreSQL, results into S3"),
-    ):
-        p = sub.add_parser(name, help=text, description=text.capitalize() + ". Stops cleanly on SIGTERM.")
-        p.add_argument(
-            "--grace", type=float, default=grace, help=f"seconds to finish work in hand on SIGTERM ({grace:g})"
-        )
-        p.set_defaults(func=func)
-
-    p = sub.add_parser("migrate", help="create or upgrade the status tables", description="Run the Alembic migrations.")
-    p.add_argument("--revision", default="head")
-    p.add_argument("--create-database", action="store_true", help="create the database first if it does not exist")
-    p.set_defaults(func=_migrate)
-
-    p = sub.add_parser(
-        "dev",
-        help="a local stack for development: up, down, status, env",
-        description="Run pagewire and what it needs on this machine.",
-    )
-    p.add_argument("action", choices=["up", "down", "status", "env"])
-    p.add_argument("--state-dir", default=".dev", help="where the stack keeps its data, logs and pids (.dev)")
-    p.add_argument("--no-roles", action="store_true", help="with up: start services and migrate, but no roles")
-    p.add_argument(
-        "--workers",
-        type=_worker_count,
-        default=None,
-        metavar="N",
-        help="with up: worker processes (default: as many as the last up asked for, or 1); a text page is"
-        " read on one core, so one a core reads text pages on them all, and OCR threads are shared out among them",
-    )
-    p.set_defaults(func=_dev)
-
-    from consumer.dropfolder import add_parser as add_dropfolder_parser
-    from producer.jobs import add_parser as add_jobs_parser
-
-    add_dropfolder_parser(sub)
-    add_jobs_parser(sub)
-
-    from producer.web import add_parser as add_http_parser
-
-    add_http_parser(sub)
-
-    from consumer.evaluate import add_parser as add_eval_parser
-
-    add_eval_parser(sub)
-
-    from consumer.bench import add_parser as add_bench_parser
-
-    add_bench_parser(sub)
-
-    from producer import dead
-
-    dead.add_parser(sub)
-
-    p = sub.add_parser(
-        "demo",
-        help="dev up, then read a sample PDF and show text and status",
-        description="Start the local stack, submit a sample PDF, print its text and status row.",
-    )
-    p.add_argument("file", nargs="?", help="PDF to read (default: a sample from the corpus or a generated one)")
-    p.add_argument("--state-dir", default=".dev")
-    p.set_defaults(func=_demo)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``pagewire`` command."""
-    args = build_parser().parse_args(argv)
-    if args.command not in ("planner", "worker", "recorder"):
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from schemas.errors import PagewireError
-
-    try:
-        result = args.func(args)
-        if asyncio.iscoroutine(result):
-            result = asyncio.run(result)
-        return int(result)
-    except PagewireError as exc:
-        print(f"pagewire: {exc.code}: {exc.message}", file=sys.stderr)
-        return EXIT_NOT_FOUND if exc.code in ("job_not_found", "result_not_ready") else EXIT_JOB_FAILED
-    except (ConnectionError, OSError) as exc:
-        print(f"pagewire: cannot reach a service: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    except TimeoutError:
-        print("pagewire: timed out", file=sys.stderr)
-        return EXIT_JOB_FAILED
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

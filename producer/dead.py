@@ -2,7 +2,7 @@
 
 Messages reach ``{prefix}.dead`` two ways:
 
-- a role gave up on them (:meth:`consumer.amqp.Publisher.dead_letter`): poison
+- a role gave up on them (:meth:`adapters.amqp.Publisher.dead_letter`): poison
   bodies (malformed, unknown schema version, too large) and messages whose
   retries ran out. These carry ``x-pagewire-error-code``, ``x-pagewire-error``,
   ``x-pagewire-queue`` (the origin) and ``x-pagewire-attempts``;
@@ -54,14 +54,17 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage
 from aio_pika.exceptions import AMQPError
 
-from consumer.amqp import Exchanges, declare_topology
+from adapters.amqp import Exchanges, declare_topology
+from producer.output import EXIT_JOB_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE
 from schemas.messages import job_id_of
 from schemas.names import (
+    HEADER_ATTEMPTS,
     HEADER_DEATH,
     HEADER_DELIVERY_COUNT,
     HEADER_ERROR,
     HEADER_ERROR_CODE,
     HEADER_JOB_ID,
+    HEADER_QUEUE,
     HEADER_TYPE,
     HIGH_TASK_ROUTING_KEY,
     JOB_ROUTING_KEY,
@@ -69,11 +72,6 @@ from schemas.names import (
 )
 from schemas.settings import ClientSettings, Settings
 
-# The same meanings as in producer.cli (not imported: the CLI imports this module).
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND = 0, 1, 2, 4
-
-HEADER_QUEUE = "x-pagewire-queue"
-HEADER_ATTEMPTS = "x-pagewire-attempts"
 # What dead-lettering added, by pagewire or the broker; replay removes these.
 DEAD_LETTER_HEADERS = frozenset(
     {
@@ -373,7 +371,7 @@ def _report(outcome: Outcome, verb: str) -> int:
     for letter_id in outcome.not_found:
         print(f"pagewire: no dead message {letter_id}", file=sys.stderr)
     if outcome.failed:
-        return EXIT_FAILED
+        return EXIT_JOB_FAILED
     return EXIT_NOT_FOUND if outcome.not_found else EXIT_OK
 
 

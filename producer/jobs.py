@@ -47,8 +47,9 @@ from pydantic import BeforeValidator, Field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from consumer.service import Stopper
-from consumer.storage import Storage
+from adapters.signals import Stopper
+from adapters.storage import Storage
+from producer.output import EXIT_OK, EXIT_USAGE, jsonable
 from schemas.messages import OutputFormat
 from schemas.s3keys import source_key
 from schemas.settings import Settings
@@ -56,8 +57,6 @@ from schemas.tables import TERMINAL_JOB_STATUSES, JobStatus
 
 log = logging.getLogger(__name__)
 
-# The same meanings as in producer.cli (not imported: the CLI imports this module).
-EXIT_OK, EXIT_USAGE = 0, 2
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
@@ -156,16 +155,6 @@ def format_table(rows: Sequence[dict[str, Any]], now: datetime | None = None) ->
     return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in lines)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if hasattr(value, "total_seconds"):
-        return value.total_seconds()
-    if isinstance(value, int | float | str | bool | list | dict) or value is None:
-        return value
-    return float(value) if hasattr(value, "__float__") else str(value)
-
-
 async def _jobs_command(args: argparse.Namespace) -> int:
     settings = Settings()
     statuses = [s for arg in args.status for s in arg.split(",") if s]
@@ -181,7 +170,7 @@ async def _jobs_command(args: argparse.Namespace) -> int:
         await db.dispose()
     if args.json:
         for row in rows:
-            print(json.dumps({k: _jsonable(v) for k, v in row.items()}))
+            print(json.dumps({k: jsonable(v) for k, v in row.items()}))
     elif rows:
         print(format_table(rows))
     return EXIT_OK

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from producer.api import TERMINAL_EVENTS, Subscription
-from schemas.messages import JobStarted, PageCompleted, PageFailed
+from producer.api import Subscription
+from schemas.messages import TERMINAL_EVENTS, JobStarted, PageCompleted, PageFailed
 
 
 async def follow(events: Subscription, names: dict[str, str], *, quiet: bool) -> dict[str, str]:

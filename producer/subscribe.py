@@ -54,12 +54,10 @@ import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue, AbstractQueueIterator
 
 from schemas.errors import PermanentError
-from schemas.messages import Event, JobCancelled, JobCompleted, JobFailed, parse_event
+from schemas.messages import TERMINAL_EVENTS, Event, parse_event
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
-
-TERMINAL_EVENTS = (JobCompleted, JobFailed, JobCancelled)
 
 
 class EventStream:

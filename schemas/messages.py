@@ -264,6 +264,10 @@ class JobCancelled(_Event):
     reason: str = ""
 
 
+TERMINAL_EVENTS = (JobCompleted, JobFailed, JobCancelled)
+"""The events that end a job: after one of them, nothing more happens to it."""
+
+
 Event = Annotated[
     JobQueued | JobStarted | PageCompleted | PageFailed | JobCompleted | JobFailed | JobCancelled,
     Field(discriminator="type"),

@@ -23,6 +23,9 @@ HEADER_ERROR_CODE = "x-pagewire-error-code"
 HEADER_ERROR = "x-pagewire-error"
 HEADER_DELIVERY_COUNT = "x-delivery-count"  # set by quorum queues on redelivery
 HEADER_DEATH = "x-death"
+# Set on a dead-lettered copy: the queue it came from and the deliveries it had.
+HEADER_QUEUE = "x-pagewire-queue"
+HEADER_ATTEMPTS = "x-pagewire-attempts"
 
 
 @dataclass(frozen=True)

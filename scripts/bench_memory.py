@@ -31,11 +31,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from consumer import devstack  # noqa: E402
-from consumer.bench import descendants, dev_pid, job_events  # noqa: E402
-from consumer.samples import lines, long_text_pdf, scanned_pdf  # noqa: E402
 from schemas.messages import Engine, JobFailed, JobOptions, PageCompleted  # noqa: E402
 from schemas.settings import ClientSettings  # noqa: E402
+from tools import devstack  # noqa: E402
+from tools.bench import descendants, dev_pid, job_events  # noqa: E402
+from tools.samples import lines, long_text_pdf, scanned_pdf  # noqa: E402
 
 ROLES = ("planner", "worker", "recorder")
 

@@ -39,11 +39,11 @@ from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from producer.api import TERMINAL_EVENTS, Client
+from producer.api import Client
 from producer.web import events as live
 from producer.web import jobs as store
 from schemas.errors import ErrorCode, PagewireError
-from schemas.messages import Engine, JobOptions, JobRequest, Source
+from schemas.messages import TERMINAL_EVENTS, Engine, JobOptions, JobRequest, Source
 from schemas.settings import ClientSettings
 from schemas.tables import TERMINAL_JOB_STATUSES, JobStatus
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from consumer.storage import Storage
+from adapters.storage import Storage
 from schemas.errors import ErrorCode, PermanentError
 from schemas.tables import JobStatus, jobs, pages
 

@@ -21,10 +21,11 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from consumer import devstack
+from adapters import database
 from schemas.names import Topology
 from schemas.settings import Settings
 from tests.integration.stack import ROLES, MakeStack, Stack
+from tools import devstack
 
 LOCAL_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 LOCAL_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -130,14 +131,14 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 @pytest.fixture(scope="session")
 def services(servers: Servers, s3_server: S3Server) -> Iterator[Services]:
     """All three servers, with a fresh migrated database ``pagewire_test_<hex>`` dropped at the end."""
-    from consumer.migrate import upgrade
+    from adapters.database import upgrade
 
     database_url = (
         make_url(servers.postgres_url)
         .set(database=f"pagewire_test_{secrets.token_hex(4)}")
         .render_as_string(hide_password=False)
     )
-    devstack.ensure_database(database_url)
+    database.ensure_database(database_url)
     try:
         upgrade(database_url)
         yield Services(
@@ -149,7 +150,7 @@ def services(servers: Servers, s3_server: S3Server) -> Iterator[Services]:
             secret_key=s3_server.secret_key,
         )
     finally:
-        devstack.drop_database(database_url)
+        database.drop_database(database_url)
 
 
 @pytest.fixture

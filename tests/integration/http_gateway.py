@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 
-from consumer import devstack
 from tests.integration.stack import REPO_ROOT, Stack
+from tools import devstack
 
 
 @dataclass

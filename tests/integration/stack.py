@@ -1,6 +1,6 @@
 """Real role processes for integration tests: start, stop, kill, and run jobs through them.
 
-Each role runs as its own ``python -m producer.cli ROLE`` process, exactly as an
+Each role runs as its own ``python -m pagewire ROLE`` process, exactly as an
 operator runs it, so a test can SIGTERM or kill -9 one of them.
 """
 
@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from consumer import devstack
-from producer.api import TERMINAL_EVENTS, Client
-from schemas.messages import Event, JobOptions
+from producer.api import Client
+from schemas.messages import TERMINAL_EVENTS, Event, JobOptions
 from schemas.names import Topology
 from schemas.settings import ClientSettings
+from tools import devstack
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ROLES = ("planner", "worker", "recorder")
@@ -54,7 +54,7 @@ class Stack:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PAGEWIRE_")}
         env.update(self.env, PAGEWIRE_LOG_LEVEL="INFO", PAGEWIRE_METRICS_PORT="0", **(extra_env or {}))
         self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "producer.cli", role],
+            [sys.executable, "-m", "pagewire", role],
             cwd=REPO_ROOT,
             env=env,
             stdout=log,

@@ -15,11 +15,11 @@ from typing import Any
 import aio_pika
 import pytest
 
-from consumer.samples import encrypted_pdf, lines, text_pdf, zero_page_pdf
 from producer.api import Client
 from schemas.errors import ErrorCode
 from schemas.messages import Engine, JobFailed, JobOptions, JobRequest, Source
 from tests.integration.stack import JobRun, Stack, run_job, running_stack
+from tools.samples import encrypted_pdf, lines, text_pdf, zero_page_pdf
 
 MAX_PAGES = 50
 

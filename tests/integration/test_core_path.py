@@ -25,11 +25,11 @@ import boto3
 import pytest
 from sqlalchemy import select
 
-from consumer.samples import DEMO_TEXT, lines, mixed_sample, text_pdf
 from schemas.messages import Engine, JobOptions, JobStarted, PageCompleted
 from schemas.tables import applied_events, jobs, pages
 from tests.integration.stack import JobRun, Stack, run_job, running_stack
 from tests.textcheck import cer, expected_pages
+from tools.samples import DEMO_TEXT, lines, mixed_sample, text_pdf
 
 BORN_DIGITAL_CER = 0.01
 SCANNED_CER = 0.05

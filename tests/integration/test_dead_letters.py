@@ -19,14 +19,14 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from consumer.amqp import declare_topology, queue_depth
-from consumer.samples import lines, text_pdf
+from adapters.amqp import declare_topology, queue_depth
 from producer import dead
 from producer.api import Client
 from schemas.messages import Engine, JobOptions, JobRequest, Source
 from schemas.names import Topology
 from schemas.settings import ClientSettings, Settings
 from tests.integration.stack import Stack
+from tools.samples import lines, text_pdf
 
 pytestmark = pytest.mark.integration
 

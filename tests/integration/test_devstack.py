@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from consumer import devstack
+from adapters import database
 from schemas.names import Topology
+from tools import devstack
 
 
 def test_seaweedfs_serves_objects_and_stops(tmp_path: Path) -> None:
@@ -56,11 +57,11 @@ def test_ensure_database_creates_then_finds(servers) -> None:
     database_url = url.render_as_string(hide_password=False)
     try:
         # When it is ensured twice, then it is created once and found the second time
-        assert devstack.ensure_database(database_url) is True
-        assert devstack.ensure_database(database_url) is False
+        assert database.ensure_database(database_url) is True
+        assert database.ensure_database(database_url) is False
     finally:
-        assert devstack.drop_database(database_url) is True
-    assert devstack.drop_database(database_url) is False
+        assert database.drop_database(database_url) is True
+    assert database.drop_database(database_url) is False
 
 
 def test_consumer_counts_and_delete_topology(servers) -> None:

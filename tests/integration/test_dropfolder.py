@@ -1,6 +1,6 @@
 """The drop folder on the real services: each PDF put in the inbox becomes exactly one job.
 
-Watchers run as real processes (``python -m consumer.dropfolder``, the same
+Watchers run as real processes (``python -m producer.dropfolder``, the same
 code ``pagewire dropfolder`` runs) or in-process where a test needs to stop
 one at an exact step. Every test has its own inbox, processed and failed
 prefixes in the shared bucket; one stack of planner, worker and recorder
@@ -27,9 +27,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from consumer import devstack
-from consumer.amqp import Publisher, declare_topology
-from consumer.dropfolder import (
+from adapters.amqp import Publisher, declare_topology
+from adapters.storage import Storage
+from consumer.service import Stopper
+from producer.dropfolder import (
     META_ERROR_CODE,
     META_JOB_ID,
     Claims,
@@ -38,13 +39,12 @@ from consumer.dropfolder import (
     Watcher,
     dropfolder_claims,
 )
-from consumer.samples import lines, text_pdf
-from consumer.service import Stopper
-from consumer.storage import Storage
 from schemas.messages import JobRequest, parse_as
 from schemas.names import JOB_ROUTING_KEY
 from schemas.tables import jobs
 from tests.integration.stack import REPO_ROOT, Stack, running_stack
+from tools import devstack
+from tools.samples import lines, text_pdf
 
 pytestmark = pytest.mark.integration
 
@@ -117,7 +117,7 @@ class Folder:
         env.update(self.env, **extra)
         log = open(self.tmp_path / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
         self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "consumer.dropfolder"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "producer.dropfolder"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
 

@@ -23,7 +23,6 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from consumer.recorder import apply_batch
-from consumer.samples import DEMO_TEXT, lines, scanned_pdf, text_pdf
 from producer.api import Client
 from schemas.messages import (
     Engine,
@@ -38,6 +37,7 @@ from schemas.messages import (
 from schemas.tables import jobs, pages
 from tests.integration.proxy import TcpProxy
 from tests.integration.stack import MakeStack, Stack
+from tools.samples import DEMO_TEXT, lines, scanned_pdf, text_pdf
 
 DB_OUTAGE_S = float(os.environ.get("PAGEWIRE_TEST_DB_OUTAGE_S", "30"))
 

@@ -34,7 +34,6 @@ from typing import Any
 import aio_pika
 import pytest
 
-from consumer.samples import concat, lines, text_pdf
 from producer.api import Client
 from producer.dead import DeadLetters
 from schemas.errors import ErrorCode
@@ -49,6 +48,7 @@ from schemas.messages import (
     to_body,
 )
 from tests.integration.stack import JobRun, Stack, run_job, running_stack
+from tools.samples import concat, lines, text_pdf
 
 pytestmark = pytest.mark.integration
 

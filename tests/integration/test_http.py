@@ -21,9 +21,9 @@ import boto3
 import httpx
 import pytest
 
-from consumer.samples import lines, scanned_pdf, text_pdf
 from tests.integration.http_gateway import Gateway, read_sse, running_gateway, running_stack
 from tests.integration.stack import Stack
+from tools.samples import lines, scanned_pdf, text_pdf
 
 MAX_UPLOAD = 2_000_000
 PAGE_TEXT = ["pagewire reads this page.", "Over HTTP, with events."]

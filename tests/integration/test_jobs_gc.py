@@ -19,15 +19,16 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from consumer import devstack
-from consumer.migrate import upgrade
-from consumer.samples import lines, text_pdf
-from consumer.storage import Storage
+from adapters import database
+from adapters.database import upgrade
+from adapters.storage import Storage
 from producer import jobs as jobs_cli
 from producer.api import Client
 from producer.jobs import RetentionSettings, collect_garbage
 from schemas.messages import Engine, JobOptions, JobRequest, Source
 from tests.integration.stack import Stack
+from tools import devstack
+from tools.samples import lines, text_pdf
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +42,7 @@ def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         .set(database=f"pagewire_gc_{secrets.token_hex(4)}")
         .render_as_string(hide_password=False)
     )
-    devstack.ensure_database(database_url)
+    database.ensure_database(database_url)
     upgrade(database_url)
     private = replace(services, database_url=database_url)
     stack = Stack(private.env(f"t{secrets.token_hex(6)}"), tmp_path_factory.mktemp("roles"))
@@ -53,7 +54,7 @@ def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     finally:
         stack.stop_all()
         devstack.delete_topology(services.amqp_url, stack.topology)
-        devstack.drop_database(database_url)
+        database.drop_database(database_url)
 
 
 @pytest.fixture

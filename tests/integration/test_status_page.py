@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from consumer.samples import lines, text_pdf
 from tests.integration.http_gateway import Gateway, running_gateway, running_stack
 from tests.integration.stack import Stack
+from tools.samples import lines, text_pdf
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [

@@ -13,12 +13,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from consumer.samples import DEMO_TEXT, lines, scanned_pdf, text_pdf
 from producer.api import Client
 from schemas.errors import ErrorCode
 from schemas.messages import CACHE_WORKER, Engine, Event, JobFailed, JobOptions, JobStarted, PageCompleted, PageFailed
 from schemas.tables import job_plans, jobs, pages
 from tests.integration.stack import MakeStack, Stack
+from tools.samples import DEMO_TEXT, lines, scanned_pdf, text_pdf
 
 
 async def job_row(db: AsyncEngine, job_id: str) -> Any:

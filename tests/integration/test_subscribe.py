@@ -16,11 +16,11 @@ from typing import Any
 import aio_pika
 import pytest
 
-from consumer.samples import lines, text_pdf
 from producer.api import Client
 from producer.subscribe import subscribe
 from schemas.messages import Engine, Event, JobCompleted, JobOptions, PageCompleted
 from tests.integration.stack import REPO_ROOT, Stack, running_stack
+from tools.samples import lines, text_pdf
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import pypdfium2 as pdfium
 import pytest
 
 from consumer.pdf import PDFIUM_LOCK
-from consumer.samples import TextRun, add_text, encrypted_pdf, text_pdf, zero_page_pdf
+from tools.samples import TextRun, add_text, encrypted_pdf, text_pdf, zero_page_pdf
 
 
 def corpus_dir() -> Path:

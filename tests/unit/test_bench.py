@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from consumer.bench import (
+from schemas.messages import Engine, JobCompleted, JobOptions, JobStarted, PageCompleted, Source
+from tools.bench import (
     BareStats,
     BenchReport,
     PageRange,
@@ -31,7 +32,6 @@ from consumer.bench import (
     stack_stages,
     summarize,
 )
-from schemas.messages import Engine, JobCompleted, JobOptions, JobStarted, PageCompleted, Source
 
 
 def test_percentile_interpolates_between_ranks() -> None:

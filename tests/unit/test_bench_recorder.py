@@ -8,7 +8,7 @@ from io import StringIO
 
 from rich.console import Console
 
-from consumer.bench import BenchReport, RecorderStats, check_targets, render_report
+from tools.bench import BenchReport, RecorderStats, check_targets, render_report
 
 
 def stats(**bodies: float) -> RecorderStats:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from consumer.bench import PageRange, bare_loop, bare_loops, bare_task_size, task_ranges, worker_engines
-from consumer.devstack import DEV_METRICS_PORTS, MAX_WORKERS, metrics_port, ocr_threads_each, worker_names
-from consumer.samples import lines, text_pdf
 from schemas.messages import Engine, JobOptions
 from schemas.settings import PlannerSettings, WorkerSettings
+from tools.bench import PageRange, bare_loop, bare_loops, bare_task_size, task_ranges, worker_engines
+from tools.devstack import DEV_METRICS_PORTS, MAX_WORKERS, metrics_port, ocr_threads_each, worker_names
+from tools.samples import lines, text_pdf
 
 
 def test_workers_are_named_after_the_first_and_each_has_a_metrics_port_of_its_own() -> None:

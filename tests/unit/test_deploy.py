@@ -35,9 +35,9 @@ from dockerfile_parse import DockerfileParser
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
-from consumer import metrics
-from consumer.dropfolder import DropFolderSettings
-from producer.cli import build_parser
+from adapters import metrics
+from pagewire.cli import parse_args
+from producer.dropfolder import DropFolderSettings
 from producer.web.app import HttpSettings
 from schemas.names import Topology
 from schemas.settings import PlannerSettings, RecorderSettings, Settings, WorkerSettings
@@ -60,7 +60,7 @@ ROLE_SETTINGS: dict[str, type[Settings]] = {
 # Subcommands the manifests name before the code has them.
 PENDING_COMMANDS: set[str] = set()
 # Variables the manifests set before schemas/settings.py reads them: the metrics port, until
-# the lead wires consumer/metrics.py in. Remove a name here once its field exists.
+# the lead wires adapters/metrics.py in. Remove a name here once its field exists.
 PENDING_VARIABLES = {"PAGEWIRE_METRICS_PORT"} - {f"PAGEWIRE_{name.upper()}" for name in Settings.model_fields}
 BUILTIN_API_GROUPS = ("v1", "apps/v1", "batch/v1", "policy/v1")
 
@@ -162,7 +162,7 @@ def compose() -> dict[str, Any]:
 
 def grace_of(args: list[str]) -> float:
     """The drain time a role gets from these arguments, from the real command-line parser."""
-    return float(build_parser().parse_args(args).grace)
+    return float(parse_args(args).grace)
 
 
 def duration_s(text: str) -> float:
@@ -296,7 +296,7 @@ def test_grace_periods_outlast_the_roles_drain(rendered: tuple[str, list[dict[st
             args = container["args"]
             if args[0] in PENDING_COMMANDS:
                 continue
-            parsed = build_parser().parse_args(args)  # the manifests run real subcommands
+            parsed = parse_args(args)  # the manifests run real subcommands
             if doc["kind"] == "Deployment":
                 # Roles without --grace (the drop-folder watcher) finish the one object in hand.
                 assert doc["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > getattr(parsed, "grace", 0), (
@@ -345,7 +345,7 @@ def test_migration_is_a_job() -> None:
     job = find(render(K8S / "overlays" / "cpu"), "Job", "pagewire-migrate")
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["migrate", "--create-database"]
-    assert build_parser().parse_args(container["args"]).create_database
+    assert parse_args(container["args"]).create_database
 
 
 # --- docker compose -------------------------------------------------------------------
@@ -378,7 +378,7 @@ def test_compose_services_agree_with_the_code() -> None:
         command = service.get("command")
         if not service.get("image", "").startswith("pagewire") or command[0] in PENDING_COMMANDS | {"--help"}:
             continue
-        args = build_parser().parse_args(command)  # every role service runs a real subcommand
+        args = parse_args(command)  # every role service runs a real subcommand
         env = set(service["environment"])
         assert_settings_names(ROLE_SETTINGS.get(command[0], Settings), env, f"compose service {name}")
         if command[0] in ("planner", "worker", "recorder"):

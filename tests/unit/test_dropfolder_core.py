@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
-from consumer.dropfolder import (
+from producer.dropfolder import (
     DropFolderSettings,
     InboxObject,
     job_id_for,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from consumer.evaluate import (
+from consumer.pdf import PdfDocument
+from tools.evaluate import (
     Reading,
     Report,
     Score,
@@ -21,7 +22,6 @@ from consumer.evaluate import (
     run,
     score_page,
 )
-from consumer.pdf import PdfDocument
 
 
 def test_score_page_exact_and_reordered() -> None:

@@ -1,4 +1,4 @@
-"""The metrics and health endpoint every role serves (consumer/metrics.py), over a real socket."""
+"""The metrics and health endpoint every role serves (adapters/metrics.py), over a real socket."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from consumer import metrics
+from adapters import logs, metrics
 
 
 async def get(port: int, path: str, accept: str = "") -> tuple[int, dict[str, str], bytes]:
@@ -163,13 +163,13 @@ def test_log_context_tags_records() -> None:
             records.append(record)
 
     handler = Keep()
-    handler.addFilter(metrics.LogContextFilter())
+    handler.addFilter(logs.LogContextFilter())
     logger = logging.getLogger("test.metrics.context")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
         # When a line is logged inside and outside a job's context
-        with metrics.log_context(job_id="j1", page_no=3):
+        with logs.log_context(job_id="j1", page_no=3):
             logger.info("reading")
         logger.info("idle")
     finally:

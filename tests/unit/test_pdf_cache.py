@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.storage import ObjectInfo, PdfCache, Storage
+from adapters.storage import ObjectInfo, PdfCache, Storage
 from schemas.errors import ErrorCode, PermanentError
 from schemas.messages import Source
 
@@ -30,7 +30,7 @@ class Body(io.BytesIO):
 
 
 class Objects:
-    """Stands in for :class:`consumer.storage.Storage`: objects in memory, requests and bytes read counted."""
+    """Stands in for :class:`adapters.storage.Storage`: objects in memory, requests and bytes read counted."""
 
     def __init__(self) -> None:
         self.objects: dict[str, tuple[bytes, str]] = {}

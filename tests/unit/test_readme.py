@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from consumer.dropfolder import DropFolderSettings
-from producer.cli import build_parser
+from pagewire.cli import build_parser
+from producer.dropfolder import DropFolderSettings
 from producer.jobs import RetentionSettings
 from producer.web.app import HttpSettings
 from schemas.settings import PlannerSettings, RecorderSettings, Settings, WorkerSettings

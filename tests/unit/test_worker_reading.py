@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from consumer.engines import PageText
 from consumer.pdf import PageContent, PageSource, TextLayer
-from consumer.worker import combine
+from consumer.reading import combine
 from schemas.messages import Block, Engine, TextSource
 
 INVOICE = "Invoice 2024-117 issued 05/03/2024 for a total of EUR 1,234.56 payable in thirty days."

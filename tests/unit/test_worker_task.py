@@ -12,13 +12,15 @@ import pytest
 from pydantic import BaseModel
 
 import consumer.worker as worker_module
+from consumer.child import child_text_layers
 from consumer.pdf import TextLayer
-from consumer.samples import TextRun, lines, text_pdf
+from consumer.reading import PageReading, from_text_layer
 from consumer.sandbox import Sandbox
-from consumer.worker import TEXT_CHUNK, PageReading, Worker, child_text_layers, from_text_layer
+from consumer.worker import TEXT_CHUNK, Worker
 from schemas.errors import ErrorCode, PermanentError
 from schemas.messages import Engine, JobOptions, PageCompleted, PageTask, Source
 from schemas.settings import WorkerSettings
+from tools.samples import TextRun, lines, text_pdf
 
 T = TypeVar("T")
 

@@ -3,8 +3,8 @@
 Three measurements, each a plain function so scripts and tests can call them:
 
 * :func:`bare_loop`: the pages read in one process with nothing around them:
-  :class:`~consumer.pdf.PdfDocument` and :func:`consumer.worker.read_page`
-  with the same :class:`~consumer.worker.Engines` the worker builds (same
+  :class:`~consumer.pdf.PdfDocument` and :func:`tools.engine_loop.read_page`
+  with the same :class:`~consumer.reading.Engines` the worker builds (same
   engine, threads, DPI and pages). No broker, no S3, no database. This is the
   ceiling the stack is compared with.
 * :func:`stack_run`: the same pages through the running stack with
@@ -49,8 +49,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from consumer.pdf import PdfDocument, inspect_pdf
 from consumer.planner import cut, task_size
-from consumer.samples import long_text_pdf
-from consumer.worker import Engines, read_page
+from consumer.reading import Engines
 from schemas.messages import (
     Block,
     Engine,
@@ -67,6 +66,8 @@ from schemas.messages import (
 )
 from schemas.names import HEADER_JOB_ID
 from schemas.settings import ClientSettings, PlannerSettings, RecorderSettings, WorkerSettings
+from tools.engine_loop import read_page
+from tools.samples import long_text_pdf
 
 if TYPE_CHECKING:
     from producer.api import Subscription
@@ -500,7 +501,7 @@ async def job_events(events: Subscription, job_ids: set[str]) -> AsyncIterator[E
     the channel, and asyncio logs a ``ChannelClosed`` nobody retrieves. Holding
     the iterator and closing it here closes it while the channel is still open.
     """
-    from producer.api import TERMINAL_EVENTS
+    from schemas.messages import TERMINAL_EVENTS
 
     open_jobs = set(job_ids)
     # Subscription.__aiter__ is an async generator, typed as a plain iterator.
@@ -703,7 +704,7 @@ async def _stack_run(
         async def collect() -> None:
             # Bodies are kept and parsed after the run: this process shares the cores with the
             # roles it measures, and needs no more than each event's headers to follow the jobs.
-            from producer.api import TERMINAL_EVENTS
+            from schemas.messages import TERMINAL_EVENTS
 
             nonlocal first_page_at, end_at
             job_ends = {t.__name__ for t in TERMINAL_EVENTS}
@@ -1325,7 +1326,7 @@ def _positive(text: str) -> int:
 
 def _stack_env(args: argparse.Namespace) -> dict[str, str]:
     """The stack's ``PAGEWIRE_*`` variables: started (idempotently) by dev up unless ``--no-dev-up``."""
-    from consumer import devstack
+    from tools import devstack
 
     state_dir = Path(args.state_dir)
     if args.no_dev_up:
@@ -1336,7 +1337,7 @@ def _stack_env(args: argparse.Namespace) -> dict[str, str]:
 
 def dev_pid(state_dir: Path, role: str) -> int | None:
     """The pid of a role ``dev up`` started and that still runs (None otherwise: its CPU and memory go unmeasured)."""
-    from consumer import devstack
+    from tools import devstack
 
     record = devstack.DevState.load(state_dir).processes.get(role)
     if record is None or record.pid is None or not devstack.pid_alive(record.pid):
@@ -1347,7 +1348,7 @@ def dev_pid(state_dir: Path, role: str) -> int | None:
 def _worker_settings(env: dict[str, str], workers: int = 1) -> WorkerSettings:
     """What each dev worker runs with: this process's ``PAGEWIRE_*`` environment overlaid with the
     stack's, and the share of the cores ``dev up`` gives each of ``workers`` for OCR."""
-    from consumer.devstack import ocr_threads_each
+    from tools.devstack import ocr_threads_each
 
     overrides: dict[str, Any] = {key.removeprefix("PAGEWIRE_").lower(): value for key, value in env.items()}
     if workers > 1 and "PAGEWIRE_OCR_THREADS" not in os.environ:
@@ -1382,7 +1383,7 @@ def _latency_pdf(workload: Workload) -> bytes:
     One page is one task: the smallest job, so the figure is the pipeline's
     fixed cost (upload, planner, dispatch), not reading.
     """
-    from consumer.samples import DEMO_TEXT, lines, text_pdf
+    from tools.samples import DEMO_TEXT, lines, text_pdf
 
     if workload.text:
         return single_page(workload.text[0].path, workload.text[0].first)
@@ -1453,7 +1454,7 @@ async def run(args: argparse.Namespace) -> int:
     def note(text: str) -> None:
         console.log(text)
 
-    from consumer.devstack import worker_names
+    from tools.devstack import worker_names
 
     roles = {"planner": ["planner"], "worker": worker_names(args.workers), "recorder": ["recorder"]}
     role_pids = {
@@ -1489,11 +1490,11 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m consumer.bench``: the same command outside ``pagewire``."""
+    """``python -m tools.bench``: the same command outside ``pagewire``."""
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m consumer.bench", description="pagewire bench")
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description="pagewire bench")
     _add_arguments(parser)
     args = parser.parse_args(argv)
     return asyncio.run(run(args))

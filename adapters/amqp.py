@@ -29,10 +29,12 @@ from schemas.errors import PagewireError
 from schemas.messages import to_body
 from schemas.names import (
     CONTENT_TYPE,
+    HEADER_ATTEMPTS,
     HEADER_DELIVERY_COUNT,
     HEADER_ERROR,
     HEADER_ERROR_CODE,
     HEADER_JOB_ID,
+    HEADER_QUEUE,
     HEADER_TYPE,
     HIGH_TASK_ROUTING_KEY,
     JOB_ROUTING_KEY,
@@ -161,8 +163,8 @@ class Publisher:
             {
                 HEADER_ERROR_CODE: str(error.code),
                 HEADER_ERROR: error.message[:1000],
-                "x-pagewire-queue": source_queue,
-                "x-pagewire-attempts": attempt_of(incoming),
+                HEADER_QUEUE: source_queue,
+                HEADER_ATTEMPTS: attempt_of(incoming),
             }
         )
         copy = aio_pika.Message(

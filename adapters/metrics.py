@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import json
 import logging
 import time
@@ -298,38 +297,3 @@ async def _measure_loop_lag(interval_s: float = 1.0) -> None:
 
 def _json(value: dict[str, Any]) -> bytes:
     return (json.dumps(value) + "\n").encode()
-
-
-# --- log context -------------------------------------------------------------------
-
-_JOB_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("pagewire_job_id", default=None)
-_PAGE_NO: contextvars.ContextVar[int | None] = contextvars.ContextVar("pagewire_page_no", default=None)
-
-
-@contextlib.contextmanager
-def log_context(job_id: str | None = None, page_no: int | None = None) -> Iterator[None]:
-    """Tag every log record made inside the block (this task, and threads started with
-    :func:`asyncio.to_thread`, which copies the context) with the job id and page."""
-    job_token = _JOB_ID.set(job_id) if job_id is not None else None
-    page_token = _PAGE_NO.set(page_no) if page_no is not None else None
-    try:
-        yield
-    finally:
-        if page_token is not None:
-            _PAGE_NO.reset(page_token)
-        if job_token is not None:
-            _JOB_ID.reset(job_token)
-
-
-class LogContextFilter(logging.Filter):
-    """Adds ``job_id`` and ``page`` attributes (None outside a :func:`log_context`) to each record.
-
-    Attach it to the handler; a JSON formatter then writes them as fields.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "job_id"):
-            record.job_id = _JOB_ID.get()
-        if not hasattr(record, "page"):
-            record.page = _PAGE_NO.get()
-        return True

@@ -1,8 +1,8 @@
 """``pagewire eval``: how right is the text, per class of page and per engine, against the corpus's expected text.
 
 Every page is read in this process with the functions the worker uses
-(:class:`~consumer.pdf.PdfDocument`, :func:`consumer.worker.read_page`,
-:func:`consumer.worker.ocr_page` and :class:`consumer.worker.Engines`), then
+(:class:`~consumer.pdf.PdfDocument`, :func:`tools.engine_loop.read_page`,
+:func:`consumer.reading.render_and_read` and :class:`consumer.reading.Engines`), then
 scored on whitespace-normalised text:
 
 * **CER**: Levenshtein edits over the expected characters (reading order counts);
@@ -19,7 +19,7 @@ page rendered, lightened to grey on white and placed as an image-only page).
 
 Engines: ``text`` (the text layer), ``rapidocr`` and ``auto`` (the judged text
 layer of :attr:`consumer.pdf.TextLayer.source`: text, OCR, or both merged), all
-read by :func:`consumer.worker.read_page` exactly as the worker reads them;
+read by :func:`tools.engine_loop.read_page` exactly as the worker reads them;
 ``auto-worker`` is kept as another name for ``auto``. OCR results are cached by image, so engines that OCR the same
 page pay for it once.
 """
@@ -44,8 +44,9 @@ from rapidfuzz.distance import Levenshtein
 
 from consumer.engines import Image, OcrEngine, PageText, make_engine
 from consumer.pdf import PDFIUM_LOCK, PageSource, PdfDocument
-from consumer.worker import Engines, read_page, takes_text_layer
+from consumer.reading import Engines, takes_text_layer
 from schemas.messages import Engine, JobOptions
+from tools.engine_loop import read_page
 
 __all__ = [
     "ENGINES",
@@ -711,11 +712,11 @@ def _wants_generated(classes: Iterable[str] | None) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m consumer.evaluate``: the same command outside ``pagewire``."""
+    """``python -m tools.evaluate``: the same command outside ``pagewire``."""
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m consumer.evaluate", description="pagewire eval")
+    parser = argparse.ArgumentParser(prog="python -m tools.evaluate", description="pagewire eval")
     _add_arguments(parser)
     return run(parser.parse_args(argv))
 

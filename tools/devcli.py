@@ -10,8 +10,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from consumer import devstack
 from schemas.settings import ClientSettings
+from tools import devstack
 
 
 def _print_status(console: Console, state_dir: Path) -> bool:
@@ -47,9 +47,9 @@ def run(args: argparse.Namespace) -> int:
 
 async def demo(args: argparse.Namespace) -> int:
     """Bring the stack up, read one PDF end to end, print its text and status row."""
-    from consumer.samples import mixed_sample
     from producer.api import Client
     from producer.progress import follow
+    from tools.samples import mixed_sample
 
     console = Console(stderr=True)
     state_dir = Path(args.state_dir)
