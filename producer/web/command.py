@@ -11,7 +11,8 @@ async def serve(args: argparse.Namespace) -> int:
     """``pagewire http``: run the gateway under uvicorn until SIGINT/SIGTERM."""
     import uvicorn
 
-    from producer.web.app import HttpSettings, create_app
+    from producer.web.app import create_app
+    from producer.web.gateway import HttpSettings
 
     settings = HttpSettings()
     logging.getLogger().setLevel(settings.log_level.upper())

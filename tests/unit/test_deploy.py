@@ -38,7 +38,7 @@ from pydantic import SecretStr
 from adapters import metrics
 from pagewire.cli import parse_args
 from producer.dropfolder import DropFolderSettings
-from producer.web.app import HttpSettings
+from producer.web.gateway import HttpSettings
 from schemas.names import Topology
 from schemas.settings import PlannerSettings, RecorderSettings, Settings, WorkerSettings
 

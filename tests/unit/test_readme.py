@@ -7,7 +7,7 @@ from pathlib import Path
 from pagewire.cli import build_parser
 from producer.dropfolder import DropFolderSettings
 from producer.jobs import RetentionSettings
-from producer.web.app import HttpSettings
+from producer.web.gateway import HttpSettings
 from schemas.settings import PlannerSettings, RecorderSettings, Settings, WorkerSettings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()

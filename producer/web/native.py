@@ -1,0 +1,240 @@
+"""pagewire's own routes: queue jobs, list and read them, follow their events, fetch results, cancel and delete."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile as StarletteUploadFile
+
+from producer.web import events as live
+from producer.web import jobs as store
+from producer.web.errors import ApiError, HttpErrorCode, validation_error
+from producer.web.gateway import (
+    GatewayDep,
+    answers,
+    aware,
+    check_new,
+    links,
+    read_pdf,
+    require,
+    require_key,
+    sse_response,
+    submit_upload,
+)
+from producer.web.models import (
+    ERRORS,
+    SSE_RESPONSE,
+    CancelAccepted,
+    CancelRequest,
+    Health,
+    JobAccepted,
+    JobCreate,
+    JobDetail,
+    JobList,
+    JobSummary,
+    PageSummary,
+)
+from schemas.errors import ErrorCode
+from schemas.messages import Engine, JobRequest
+from schemas.tables import TERMINAL_JOB_STATUSES, JobStatus
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+auth = [Depends(require_key)]
+
+UPLOAD_FORM_SCHEMA = {
+    "type": "object",
+    "required": ["file"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "the PDF (application/pdf)"},
+        "engine": {"type": "string", "enum": [e.value for e in Engine]},
+        "dpi": {"type": "integer", "minimum": 36, "maximum": 600},
+        "first_page": {"type": "integer", "minimum": 1},
+        "last_page": {"type": "integer", "minimum": 1},
+        "priority": {"type": "integer", "minimum": 0, "maximum": 9},
+        "job_id": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+        "submitted_by": {"type": "string", "maxLength": 256},
+    },
+}
+
+
+@router.post(
+    "/jobs",
+    status_code=202,
+    response_model=JobAccepted,
+    responses=ERRORS,
+    dependencies=auth,
+    tags=["jobs"],
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {"schema": UPLOAD_FORM_SCHEMA},
+                "application/json": {"schema": {"$ref": "#/components/schemas/JobCreate"}},
+            },
+        }
+    },
+)
+async def create_job(request: Request, gw: GatewayDep) -> JSONResponse:
+    """Queue a PDF: upload it (multipart, field ``file``) or name one in S3 (JSON). Answers at once."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        async with request.form(max_files=1, max_fields=16) as form:
+            upload = form.get("file")
+            if not isinstance(upload, StarletteUploadFile):
+                raise ApiError(422, ErrorCode.MALFORMED_MESSAGE, "file: a PDF is required (multipart field 'file')")
+            data = await read_pdf(upload, gw.settings.http_max_upload_bytes)
+            fields = {k: v for k, v in form.items() if isinstance(v, str) and v != ""}
+            queued = await submit_upload(gw, data, upload.filename or "upload.pdf", fields)
+    elif content_type == "application/json":
+        try:
+            body = JobCreate.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise validation_error(exc, ErrorCode.MALFORMED_MESSAGE) from exc
+        job_id = body.job_id or str(uuid.uuid4())
+        await check_new(gw, job_id)
+        gw.client.storage.check_source(body.source)
+        info = await asyncio.to_thread(gw.client.storage.head, body.source.bucket, body.source.key)
+        source = body.source.model_copy(update={"etag": body.source.etag or info.etag})
+        queued = JobRequest(
+            job_id=job_id,
+            source=source,
+            options=body.options,
+            priority=body.priority,
+            submitted_by=body.submitted_by,
+            metadata=body.metadata,
+        )
+        await gw.client.publish(queued)
+        gw.remember(job_id)
+        log.info("queued s3://%s/%s as job %s", source.bucket, source.key, job_id)
+    else:
+        raise ApiError(
+            415, HttpErrorCode.UNSUPPORTED_MEDIA_TYPE, "send multipart/form-data (an upload) or application/json"
+        )
+    accepted = JobAccepted(job_id=queued.job_id, links=links(queued.job_id))
+    return JSONResponse(accepted.model_dump(), status_code=202, headers={"Location": f"/jobs/{queued.job_id}"})
+
+
+@router.get("/jobs", response_model=JobList, responses=ERRORS, dependencies=auth, tags=["jobs"])
+async def list_jobs(
+    gw: GatewayDep,
+    status: Annotated[list[JobStatus], Query(description="only jobs in these states")] = [],  # noqa: B006
+    submitted_by: Annotated[str | None, Query(max_length=256)] = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=512, description="next_cursor of the page before")] = None,
+) -> JobList:
+    """Jobs, newest first, a page at a time."""
+    where = store.JobFilter(tuple(status), submitted_by, aware(created_after), aware(created_before))
+    rows, next_cursor = await store.list_jobs(gw.client.db, where, limit=limit, cursor=cursor)
+    return JobList(jobs=[JobSummary(**r, links=links(r["job_id"])) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/jobs/{job_id}", response_model=JobDetail, responses=ERRORS, dependencies=auth, tags=["jobs"])
+async def get_job(job_id: str, gw: GatewayDep) -> JobDetail:
+    """The job's status, progress and error, and the status of each page."""
+    row = await require(gw, job_id)
+    pages = await store.get_pages(gw.client.db, job_id)
+    return JobDetail(**row, links=links(job_id), pages=[PageSummary(**p) for p in pages])
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={**SSE_RESPONSE, **ERRORS},
+    dependencies=auth,
+    tags=["events"],
+)
+async def job_events(
+    job_id: str, gw: GatewayDep, text: Annotated[bool, Query(description="send each page's text")] = True
+) -> StreamingResponse:
+    """Server-sent events of one job: ``start``, ``page``, ``complete`` or ``error``; a reconnect replays."""
+    await require(gw, job_id)
+    items = live.follow_job(gw.hub, gw.client.db, job_id, with_text=text)
+    return sse_response(items)
+
+
+@router.get("/events", response_class=StreamingResponse, responses={**SSE_RESPONSE, **ERRORS}, dependencies=auth)
+async def all_events(gw: GatewayDep) -> StreamingResponse:
+    """Server-sent events of every job, without page text (``queued`` too): the status page's one stream."""
+    return sse_response(live.follow_all(gw.hub, gw.client.db))
+
+
+@router.get(
+    "/jobs/{job_id}/result",
+    responses={
+        200: {"content": {"text/markdown": {"schema": {"type": "string"}}, "application/json": {}}},
+        **ERRORS,
+    },
+    response_class=Response,
+    dependencies=auth,
+    tags=["jobs"],
+)
+async def job_result(
+    job_id: str, gw: GatewayDep, format: Literal["md", "json"] = "md", download: bool = False
+) -> Response:
+    """The assembled result: Markdown (one section a page) or JSON (pages, blocks, boxes)."""
+    await require(gw, job_id)
+    body = await gw.client.result(job_id, format)
+    media = "text/markdown; charset=utf-8" if format == "md" else "application/json"
+    headers = {"Content-Disposition": f'attachment; filename="{job_id}.{format}"'} if download else None
+    return Response(body, media_type=media, headers=headers)
+
+
+@router.post(
+    "/jobs/{job_id}/cancel",
+    status_code=202,
+    response_model=CancelAccepted,
+    responses=ERRORS,
+    dependencies=auth,
+    tags=["jobs"],
+)
+async def cancel_job(job_id: str, gw: GatewayDep, body: CancelRequest | None = None) -> CancelAccepted:
+    """Cancel a job: the recorder marks it cancelled, workers skip its remaining pages."""
+    row = await require(gw, job_id)
+    if row["status"] in TERMINAL_JOB_STATUSES:
+        raise ApiError(409, HttpErrorCode.JOB_FINISHED, f"job {job_id!r} is {row['status']} already", job_id=job_id)
+    reason = (body.reason if body else "") or "cancelled over HTTP"
+    # The event makes the recorder mark the job; Client.cancel also tells running roles to skip its pages.
+    await gw.client.cancel(job_id, reason)
+    log.info("cancel of job %s published: %s", job_id, reason)
+    return CancelAccepted(job_id=job_id)
+
+
+@router.delete("/jobs/{job_id}", status_code=204, responses=ERRORS, dependencies=auth, tags=["jobs"])
+async def remove_job(job_id: str, gw: GatewayDep) -> Response:
+    """Delete a finished job: its S3 objects under ``jobs/{id}/`` and its rows."""
+    row = await require(gw, job_id)
+    if row["status"] not in TERMINAL_JOB_STATUSES:
+        raise ApiError(
+            409,
+            HttpErrorCode.JOB_NOT_FINISHED,
+            f"job {job_id!r} is {row['status']}: cancel it first",
+            job_id=job_id,
+        )
+    deleted = await store.delete_job(gw.client.db, gw.client.storage, gw.settings.s3_bucket, job_id)
+    gw.recent.pop(job_id, None)
+    log.info("deleted job %s and %d S3 objects", job_id, deleted)
+    return Response(status_code=204)
+
+
+@router.get("/health", response_model=Health, responses={503: {"model": Health}}, tags=["service"])
+async def health(gw: GatewayDep) -> JSONResponse:
+    """Whether the broker, the database, S3 and the event subscription answer."""
+    checks = {"broker": gw.hub.running, "events": gw.hub.running}
+    checks["database"] = await answers(lambda: store.job_exists(gw.client.db, "-"))
+    checks["storage"] = await answers(
+        lambda: asyncio.to_thread(gw.client.storage.client.head_bucket, Bucket=gw.settings.s3_bucket)
+    )
+    ok = all(checks.values())
+    body = Health(status="ok" if ok else "degraded", checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
