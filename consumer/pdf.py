@@ -164,9 +164,8 @@ class TextLayer:
     def blocks(self) -> list[Block]:
         """The runs as :class:`Block` models, made on first use.
 
-        Not in the sandbox child, which reads a page and sends it over: models built there were only
-        taken apart again for the pipe (pickling 50 of them cost twice as much as plain values),
-        and built again on the other side, 2.7 us a block each time.
+        Not in the sandbox child, which reads a page and sends it over: models built there would only
+        be taken apart again for the pipe, where plain values pickle at a fraction of their cost.
         """
         return _BLOCKS.validate_python([{"text": t, "bbox": b, "confidence": c} for t, b, c in self.boxes])
 
@@ -248,8 +247,8 @@ def _kind(c: str) -> int:
 def _char_counts(text: str) -> tuple[int, int, int]:
     """Of ``text``'s characters: how many are not whitespace, how many letters or digits, how many bad.
 
-    Looked up in a table, a page of 1,750 characters at once: asking each distinct character
-    (a ``Counter``) took some 90 to 150 us a page, about a tenth of the worker parent's time on text pages.
+    Looked up in a table, a page's characters at once: every text page passes through here, and a
+    lookup per distinct character costs several times as much.
     """
     if not text:
         return 0, 0, 0
@@ -594,7 +593,7 @@ def _text_in(handle: Any, rect: Rect, buffer: ctypes.Array[ctypes.c_ushort]) -> 
     """The text pdfium finds inside ``rect`` (left, bottom, right, top). Caller holds the lock.
 
     One search of the page's characters into a buffer of the page's size, where pypdfium2's
-    ``get_text_bounded`` makes two (one to size the buffer): 35 us a piece on GeoTopo's pages.
+    ``get_text_bounded`` makes two (one to size the buffer), for every piece of every line.
     A text that may not have fit is asked for again at its size.
     """
     left, bottom, right, top = rect

@@ -178,8 +178,8 @@ class Planner:
             return
         if request.deadline is not None and datetime.now(UTC) > request.deadline:
             raise PermanentError(ErrorCode.DEADLINE_EXCEEDED, f"the deadline {request.deadline} passed before planning")
-        # One connection for the job's three statements: a checkout (and its ping) each cost the
-        # planner about 0.5 ms of CPU a job more. The pool holds one for each job in hand.
+        # One connection for the job's three statements: each checkout pings the server, and jobs of
+        # one page come by the hundred. The pool holds one for each job in hand.
         async with self.db.connect() as conn:
             await self._plan(request, conn)
 

@@ -130,7 +130,7 @@ class Worker:
         # all are confirmed before the next OCR page, the end of the task, and its ack.
         publishing: list[asyncio.Task[None]] = []
         # The next run of text layers, handed to the child as soon as this run is in: the child reads
-        # it while this process turns this run into events, where it used to wait for that to be done.
+        # it while this process turns this run into events, instead of waiting for that to be done.
         ahead: tuple[int, asyncio.Task[dict[int, LayerReading | None]]] | None = None
         try:
             for page_no in range(task.first_page, task.last_page + 1):
@@ -272,8 +272,8 @@ class Worker:
         await self.publisher.publish_event(event)
         metrics.observe_page(reading.engine, "completed", event.duration_ms / 1000)
         done.add(page_no)
-        # An OCR page takes seconds and is worth a line; text pages come hundreds a second, and the
-        # task's line says how they went (a log line a page was some 9 % of the worker parent's Python time).
+        # An OCR page takes seconds and is worth a line; text pages come hundreds a second, so they
+        # log at debug, and the task's one line says how they went.
         log.log(
             logging.DEBUG if reading.engine == Engine.TEXT else logging.INFO,
             "job %s page %s read by %s in %.0f ms",

@@ -96,7 +96,7 @@ __all__ = [
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 """``../shared/corpus`` next to the repository, where the team keeps its test and benchmark PDFs."""
 
-# The targets of issue 6 (2-core machine).
+# The speed targets on a 2-core machine (docs/benchmarks.md).
 TARGET_OCR_RATIO = 0.95
 TARGET_TEXT_PAGES_PER_S = 200.0
 TARGET_RECORDER_EVENTS_PER_S = 5000.0
@@ -1061,7 +1061,7 @@ def median_round(rounds: Sequence[tuple[float | None, float | None]]) -> int:
 
 @dataclass(frozen=True)
 class TargetCheck:
-    """One target of issue 6 against what was measured (``met`` is None when not measured)."""
+    """One speed target against what was measured (``met`` is None when not measured)."""
 
     name: str
     measured: float | None
@@ -1100,7 +1100,7 @@ def _finite(value: Any) -> Any:
 
 
 def check_targets(report: BenchReport) -> list[TargetCheck]:
-    """The issue's targets that this report measured (pure)."""
+    """The speed targets that this report measured (pure)."""
     checks: list[TargetCheck] = []
     phases = {p.name: p for p in report.phases}
     ocr = phases.get("ocr")
@@ -1253,7 +1253,7 @@ def render_report(report: BenchReport, console: Any) -> None:
             "one per transaction", str(rec.single_events), _fmt(rec.single_s, 2), _fmt(rec.single_events_per_s, 0)
         )
         console.print(table)
-    table = Table(title="targets (issue 6, 2 cores)", title_justify="left")
+    table = Table(title="targets (2 cores)", title_justify="left")
     for name in ("target", "measured", "goal", "met"):
         table.add_column(name, justify="right" if name in ("measured",) else "left")
     for check in report.targets:

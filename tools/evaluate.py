@@ -430,7 +430,7 @@ def summarise(report: Report) -> list[Row]:
 
 @dataclass(frozen=True)
 class Goal:
-    """A bound the issue sets on a class."""
+    """A quality goal: a bound on one class of pages."""
 
     name: str
     classes: tuple[str, ...]
@@ -640,7 +640,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="measure text quality per class of page and engine against the corpus",
         description=(
             "Read the corpus pages in this process with each engine (as the worker does) and print character error "
-            "rate, order-free error rate and word recall per class of page, with the goals of issue 7."
+            "rate, order-free error rate and word recall per class of page, with the quality goals of docs/quality.md."
         ),
     )
     _add_arguments(p)

@@ -161,6 +161,25 @@ def zero_page_pdf() -> bytes:
     return out.getvalue()
 
 
+def write_pdf(objects: list[bytes], trailer: bytes = b"") -> bytes:
+    """A PDF file of the given objects (numbered from 1, the first the catalog) with a correct xref table.
+
+    For the files pdfium will not write: encrypted ones, and broken or hostile ones that tests feed in.
+    ``trailer`` is added to the trailer dictionary.
+    """
+    body = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, obj in enumerate(objects, start=1):
+        offsets.append(len(body))
+        body += b"%d 0 obj\n%s\nendobj\n" % (number, obj)
+    xref = len(body)
+    body += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    body += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    body += b"trailer\n<< /Size %d /Root 1 0 R %s >>\n" % (len(objects) + 1, trailer)
+    body += b"startxref\n%d\n%%%%EOF\n" % xref
+    return bytes(body)
+
+
 # --- an encrypted PDF, written by hand ---------------------------------------
 # pdfium cannot write encrypted files, so this writes the smallest one the
 # standard security handler allows (revision 2, 40-bit RC4, PDF 1.7 spec
@@ -201,18 +220,5 @@ def encrypted_pdf(user_password: bytes = b"secret", owner_password: bytes = b"ow
         b"<< /Filter /Standard /V 1 /R 2 /O <%s> /U <%s> /P %d >>"
         % (o_entry.hex().encode(), u_entry.hex().encode(), permissions),
     ]
-    body = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, obj in enumerate(objects, start=1):
-        offsets.append(len(body))
-        body += b"%d 0 obj\n%s\nendobj\n" % (number, obj)
-    xref = len(body)
-    body += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    body += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    body += b"trailer\n<< /Size %d /Root 1 0 R /Encrypt 4 0 R /ID [<%s> <%s>] >>\n" % (
-        len(objects) + 1,
-        file_id.hex().encode(),
-        file_id.hex().encode(),
-    )
-    body += b"startxref\n%d\n%%%%EOF\n" % xref
-    return bytes(body)
+    trailer = b"/Encrypt 4 0 R /ID [<%s> <%s>]" % (file_id.hex().encode(), file_id.hex().encode())
+    return write_pdf(objects, trailer)

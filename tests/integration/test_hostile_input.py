@@ -48,7 +48,7 @@ from schemas.messages import (
     to_body,
 )
 from tests.integration.stack import JobRun, Stack, run_job, running_stack
-from tools.samples import concat, lines, text_pdf
+from tools.samples import concat, lines, text_pdf, write_pdf
 
 pytestmark = pytest.mark.integration
 
@@ -123,16 +123,7 @@ def flate_bomb(chunk: bytes, inflated_bytes: int, *, font: bool = False) -> byte
         b"<< /Length %d /Filter /FlateDecode >>\nstream\n%s\nendstream" % (len(stream), stream),
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
     ]
-    body = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, obj in enumerate(objects, start=1):
-        offsets.append(len(body))
-        body += b"%d 0 obj\n%s\nendobj\n" % (number, obj)
-    xref = len(body)
-    body += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    body += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    body += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
-    return bytes(body)
+    return write_pdf(objects)
 
 
 async def test_ten_thousand_pages_is_too_many_pages_at_the_default_limit(stack: Stack) -> None:

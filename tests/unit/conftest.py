@@ -15,7 +15,7 @@ import pypdfium2 as pdfium
 import pytest
 
 from consumer.pdf import PDFIUM_LOCK
-from tools.samples import TextRun, add_text, encrypted_pdf, text_pdf, zero_page_pdf
+from tools.samples import TextRun, add_text, encrypted_pdf, text_pdf, write_pdf, zero_page_pdf
 
 
 def corpus_dir() -> Path:
@@ -88,21 +88,6 @@ def broken_page_pdf() -> bytes:
             b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>",
         ]
     )
-
-
-def write_pdf(objects: list[bytes], trailer: bytes = b"") -> bytes:
-    """A PDF file of the given objects (numbered from 1, the first the catalog) with a correct xref table."""
-    body = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, obj in enumerate(objects, start=1):
-        offsets.append(len(body))
-        body += b"%d 0 obj\n%s\nendobj\n" % (number, obj)
-    xref = len(body)
-    body += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    body += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    body += b"trailer\n<< /Size %d /Root 1 0 R %s >>\n" % (len(objects) + 1, trailer)
-    body += b"startxref\n%d\n%%%%EOF\n" % xref
-    return bytes(body)
 
 
 # Fixtures hand the helpers to tests: test modules do not import conftest
