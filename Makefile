@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.pagewire-installed
 PYTEST_FLAGS ?= -q -p no:cacheprovider
 
-.PHONY: install demo up down status test check lint format typecheck unit integration clean
+.PHONY: install demo up down status test check lint format typecheck unit integration install-check clean
 
 install: $(STAMP)
 
@@ -55,6 +55,10 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(BIN)/pytest $(PYTEST_FLAGS) tests/integration
+
+## The wheel in a fresh venv without extras, run from outside the tree, as the images run it.
+install-check: $(STAMP)
+	PYTHON=$(BIN)/python scripts/check_install.sh
 
 clean:
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

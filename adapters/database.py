@@ -15,7 +15,9 @@ from alembic import command
 
 T = TypeVar("T")
 
-ALEMBIC_DIR = Path(__file__).resolve().parent.parent / "alembic"
+_INSTALLED = Path(__file__).resolve().parent / "migrations"
+ALEMBIC_DIR = _INSTALLED if _INSTALLED.is_dir() else Path(__file__).resolve().parent.parent / "alembic"
+"""The migration scripts: inside the package where pagewire is installed, at the top of a source tree."""
 
 
 def _config(database_url: str) -> Config:
