@@ -50,7 +50,7 @@ def upgrade(database_url: str, revision: str = "head") -> None:
         raise errors[0]
 
 
-def _run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a coroutine to completion from sync code, even when an event loop already runs here.
 
     ``asyncio.run`` cannot nest, and the CLI, the dev stack and the test
@@ -120,7 +120,7 @@ def ensure_database(database_url: str) -> bool:
         finally:
             await conn.close()
 
-    return _run_async(create)
+    return run_async(create)
 
 
 def drop_database(database_url: str) -> bool:
@@ -139,4 +139,4 @@ def drop_database(database_url: str) -> bool:
         finally:
             await conn.close()
 
-    return _run_async(drop)
+    return run_async(drop)

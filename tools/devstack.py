@@ -16,7 +16,6 @@ Only ``subprocess``, sockets and ``/proc`` are used; never a shell.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -26,15 +25,14 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
-from adapters.database import ensure_database
+from adapters.database import ensure_database, run_async
 from schemas.names import Topology
 from schemas.settings import Settings
 
@@ -196,29 +194,6 @@ def _log_tail(path: Path, lines: int = 20) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
-
-
-def _run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine to completion from sync code, even when an event loop already runs here.
-
-    ``asyncio.run`` cannot nest, and the fixtures and CLI call these helpers from
-    both worlds, so the coroutine gets its own loop on its own thread.
-    """
-    results: list[T] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            results.append(asyncio.run(factory()))
-        except BaseException as exc:  # re-raised on the caller's thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, name="devstack-async")
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return results[0]
 
 
 def _spawn(argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -664,7 +639,7 @@ def consumer_counts(amqp_url: str, queues: Sequence[str]) -> dict[str, int | Non
             await connection.close()
         return counts
 
-    return _run_async(count)
+    return run_async(count)
 
 
 def _wait_roles(
@@ -932,4 +907,4 @@ def delete_topology(amqp_url: str, topology: Topology, extra_queues: Sequence[st
         finally:
             await connection.close()
 
-    _run_async(delete)
+    run_async(delete)
