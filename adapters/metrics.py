@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import time
@@ -33,6 +34,8 @@ from typing import Any, Final
 from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
+
+from schemas.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +222,17 @@ class MetricsServer:
 
         All interfaces by default: the kubelet's probes and Prometheus come from outside the pod.
         """
-        self._server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
+        try:
+            self._server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            # Not a service that cannot be reached: another process (often a second role on this
+            # host) has the port, and the fix is in this role's settings.
+            raise ConfigurationError(
+                f"the metrics port {host}:{port} is in use by another process: give this {self.health.role} its own "
+                "with PAGEWIRE_METRICS_PORT (0 turns metrics off)"
+            ) from exc
         self._ticker = asyncio.create_task(_measure_loop_lag(), name="pagewire-loop-lag")
         log.info("%s serving metrics and health on %s:%s", self.health.role, host, self.port)
         return self

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from adapters.logs import configure_logging
 from pagewire import __version__
 from producer import cli
-from producer.output import EXIT_JOB_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNREACHABLE
-from schemas.errors import PagewireError
+from producer.output import EXIT_JOB_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from schemas.errors import ConfigurationError, PagewireError
 
 EPILOG = """\
 examples:
@@ -206,6 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PagewireError as exc:
         print(f"pagewire: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_NOT_FOUND if exc.code in ("job_not_found", "result_not_ready") else EXIT_JOB_FAILED
+    except ConfigurationError as exc:
+        print(f"pagewire: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (ConnectionError, OSError) as exc:
         print(f"pagewire: cannot reach a service: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE

@@ -77,3 +77,10 @@ class RetryableError(PagewireError):
     """A passing fault (storage down, engine hiccup): try the message again."""
 
     retryable = True
+
+
+class ConfigurationError(Exception):
+    """A process cannot start as configured; the message names the setting to change.
+
+    Not a :class:`PagewireError`: no job or message is at fault, and no error code is stored.
+    """

@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from adapters import logs, metrics
+from schemas.errors import ConfigurationError
 
 
 async def get(port: int, path: str, accept: str = "") -> tuple[int, dict[str, str], bytes]:
@@ -178,3 +183,36 @@ def test_log_context_tags_records() -> None:
     # Then the first carries the job and page, the second neither
     assert (records[0].job_id, records[0].page) == ("j1", 3)  # type: ignore[attr-defined]
     assert (records[1].job_id, records[1].page) == (None, None)  # type: ignore[attr-defined]
+
+
+async def test_a_port_in_use_is_a_setting_to_change_not_a_service_to_reach() -> None:
+    # Given a port another process (here: another server) already listens on
+    holder = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = holder.sockets[0].getsockname()[1]
+    try:
+        # When a role's metrics server asks for it, then the error names the port and the setting
+        with pytest.raises(ConfigurationError, match=rf"127\.0\.0\.1:{port} is in use.*PAGEWIRE_METRICS_PORT"):
+            async with metrics.serving(port, metrics.Health("planner"), "127.0.0.1"):
+                pass
+    finally:
+        holder.close()
+        await holder.wait_closed()
+
+
+def test_the_command_says_so_in_one_line_and_exits_with_the_usage_code() -> None:
+    # Given a port in use and a planner asked to serve its metrics there
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        env = {**os.environ, "PAGEWIRE_METRICS_PORT": str(port), "PAGEWIRE_METRICS_HOST": "127.0.0.1"}
+        # When it starts, then it stops at once with one line that names the port and the variable
+        done = subprocess.run(
+            [sys.executable, "-m", "pagewire", "planner"], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.startswith("pagewire:")]
+    assert lines == [
+        f"pagewire: the metrics port 127.0.0.1:{port} is in use by another process: give this planner its"
+        " own with PAGEWIRE_METRICS_PORT (0 turns metrics off)"
+    ]
