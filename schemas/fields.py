@@ -121,6 +121,12 @@ def _clean(pattern: re.Pattern[str], text: str, max_length: int | None) -> str:
     return text
 
 
+def refused_in_name(text: str) -> str | None:
+    """The first character of ``text`` that a :data:`Name` field refuses, or None."""
+    found = _NOT_NAME.search(text)
+    return found.group() if found is not None else None
+
+
 def clean_text(text: str, max_length: int | None = None) -> str:
     """``text`` as :data:`Text` and :data:`PageText` fields take it.
 

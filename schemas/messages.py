@@ -281,7 +281,7 @@ class JobCompleted(_Event):
     result_keys: dict[Name, Key] = Field(
         default_factory=dict, max_length=len(OutputFormat), description="format -> S3 key"
     )
-    bucket: Bucket
+    bucket: Name
 
 
 class JobFailed(_Event):
