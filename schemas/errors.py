@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from schemas.fields import TEXT_MAX_CHARS, clean_text
+
 
 class ErrorCode(StrEnum):
     """Stable error codes, stored in tables and sent in events."""
@@ -58,6 +60,10 @@ class PagewireError(Exception):
     retryable: bool = False
 
     def __init__(self, code: ErrorCode, message: str) -> None:
+        # The message goes into PageFailed/JobFailed, the tables and a header, and is often made of an
+        # exception's text or a name from outside: made to fit a Text field here, once for every
+        # caller, so reporting a failure cannot fail on it.
+        message = clean_text(message, TEXT_MAX_CHARS)
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message

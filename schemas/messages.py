@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -17,9 +18,21 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
 import pydantic_core
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from schemas.errors import ErrorCode, PermanentError
+from schemas.fields import (
+    JOB_ID_MAX_CHARS,
+    JOB_ID_PATTERN,
+    Bucket,
+    JobId,
+    JobIdOrEmpty,
+    Key,
+    MetaValue,
+    Name,
+    PageText,
+    Text,
+)
 
 T = TypeVar("T", bound=BaseModel)
 P = TypeVar("P")
@@ -59,14 +72,31 @@ class _Model(BaseModel):
 class Source(_Model):
     """Where the PDF lies in S3."""
 
-    bucket: str = Field(min_length=3, max_length=63)
-    key: str = Field(min_length=1, max_length=1024)
-    etag: str | None = Field(
+    bucket: Bucket
+    key: Key
+    etag: Name | None = Field(
         default=None,
         description="the object's version; in a PageTask, the version its planner counted and hashed, which a worker"
         " that has it cached reads without asking S3",
     )
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
+def _unique_formats(formats: list[OutputFormat]) -> list[OutputFormat]:
+    # A set in meaning, a list on the wire (JSON has none): the recorder writes one file per entry, so a
+    # repeat is dropped here, and the enum's order makes two requests that differ only in order equal.
+    return [f for f in OutputFormat if f in formats]
+
+
+OutputFormats = Annotated[
+    list[OutputFormat],
+    # At most one entry per format before the repeats go: a long list is refused, not walked.
+    Field(max_length=len(OutputFormat), json_schema_extra={"uniqueItems": True}),
+    AfterValidator(_unique_formats),
+]
+
+Metadata = Annotated[dict[Name, MetaValue], Field(max_length=32)]
+"""A few short labels for the producer's own use; stored with the job."""
 
 
 class JobOptions(_Model):
@@ -76,7 +106,7 @@ class JobOptions(_Model):
     dpi: int = Field(default=150, ge=36, le=600)
     first_page: int | None = Field(default=None, ge=1, description="1-based, inclusive")
     last_page: int | None = Field(default=None, ge=1, description="1-based, inclusive")
-    output_formats: list[OutputFormat] = Field(default_factory=lambda: [OutputFormat.MD, OutputFormat.JSON])
+    output_formats: OutputFormats = Field(default_factory=lambda: [OutputFormat.MD, OutputFormat.JSON])
 
     @model_validator(mode="after")
     def _range_ordered(self) -> JobOptions:
@@ -90,17 +120,17 @@ class JobRequest(_Model):
 
     type: Literal["JobRequest"] = "JobRequest"
     schema_version: int = SCHEMA_VERSION
-    job_id: str = Field(default_factory=_new_id, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    job_id: JobId = Field(default_factory=_new_id)
     source: Source
     options: JobOptions = Field(default_factory=JobOptions)
     priority: int = Field(default=0, ge=0, le=9, description=">= 5 goes to the high-priority lane")
-    idempotency_key: str | None = Field(
-        default=None, max_length=256, description="the same key gives the same job (its id is derived from it)"
+    idempotency_key: Name | None = Field(
+        default=None, description="the same key gives the same job (its id is derived from it)"
     )
     deadline: datetime | None = Field(default=None, description="work still to do after it is dropped")
-    submitted_by: str | None = Field(default=None, max_length=256)
+    submitted_by: Name | None = None
     submitted_at: datetime = Field(default_factory=_now)
-    metadata: dict[str, str] = Field(default_factory=dict, max_length=32)
+    metadata: Metadata = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -116,8 +146,8 @@ class PageTask(_Model):
 
     type: Literal["PageTask"] = "PageTask"
     schema_version: int = SCHEMA_VERSION
-    task_id: str = Field(default_factory=_new_id)
-    job_id: str
+    task_id: Name = Field(default_factory=_new_id)
+    job_id: JobId
     source: Source
     first_page: int = Field(ge=1)
     last_page: int = Field(ge=1)
@@ -131,8 +161,8 @@ class PageTask(_Model):
 
 class _Event(_Model):
     schema_version: int = SCHEMA_VERSION
-    event_id: str = Field(default_factory=_new_id)
-    job_id: str
+    event_id: Name = Field(default_factory=_new_id)
+    job_id: JobId
     occurred_at: datetime = Field(default_factory=_now)
 
 
@@ -143,8 +173,8 @@ class JobQueued(_Event):
     source: Source
     options: JobOptions
     priority: int = 0
-    submitted_by: str | None = None
-    metadata: dict[str, str] = Field(default_factory=dict)
+    submitted_by: Name | None = None
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class JobStarted(_Event):
@@ -165,7 +195,7 @@ class JobStarted(_Event):
     )
     cached_pages: int = Field(default=0, ge=0, description="pages answered from the page cache")
     priority: int = Field(default=0, ge=0, le=9)
-    idempotency_key: str | None = None
+    idempotency_key: Name | None = None
     deadline: datetime | None = None
 
 
@@ -180,9 +210,9 @@ class TextSource(StrEnum):
 class NumberDisagreement(_Model):
     """A number, amount or date the text layer and OCR read differently (or only one of them has)."""
 
-    kind: str = Field(description="date, currency or number")
-    text_layer: str | None
-    ocr: str | None
+    kind: Name = Field(description="date, currency or number")
+    text_layer: PageText | None
+    ocr: PageText | None
     text_layer_offset: int | None = None
     ocr_offset: int | None = None
 
@@ -200,7 +230,7 @@ def page_fraction(value: float) -> float:
 class Block(_Model):
     """A piece of text on the page with its box, in page fractions (0..1, origin top-left)."""
 
-    text: str
+    text: PageText
     bbox: tuple[float, float, float, float] = Field(
         description="x0, y0, x1, y1 as fractions of the page, rounded to 4 decimal places"
     )
@@ -211,8 +241,11 @@ class PageCompleted(_Event):
     """One page was read."""
 
     type: Literal["PageCompleted"] = "PageCompleted"
+    # Empty is still let through here, as before: the planner builds the events of pages from the page
+    # cache before it stamps the job's id on them (model_copy). Every other message needs a real id.
+    job_id: JobIdOrEmpty
     page_no: int = Field(ge=1)
-    text: str
+    text: PageText
     blocks: list[Block] = Field(default_factory=list)
     confidence: float = Field(ge=0.0, le=1.0)
     engine: Engine
@@ -223,7 +256,7 @@ class PageCompleted(_Event):
     )
     duration_ms: float = Field(ge=0)
     render_ms: float = Field(default=0, ge=0)
-    worker: str
+    worker: Name
     attempt: int = Field(default=1, ge=1)
 
 
@@ -233,10 +266,10 @@ class PageFailed(_Event):
     type: Literal["PageFailed"] = "PageFailed"
     page_no: int = Field(ge=1)
     error_code: ErrorCode
-    message: str
+    message: Text
     attempt: int = Field(ge=1)
     final: bool
-    worker: str
+    worker: Name
 
 
 class JobCompleted(_Event):
@@ -245,8 +278,10 @@ class JobCompleted(_Event):
     type: Literal["JobCompleted"] = "JobCompleted"
     pages_ok: int = Field(ge=0)
     pages_failed: int = Field(ge=0)
-    result_keys: dict[str, str] = Field(default_factory=dict, description="format -> S3 key")
-    bucket: str
+    result_keys: dict[Name, Key] = Field(
+        default_factory=dict, max_length=len(OutputFormat), description="format -> S3 key"
+    )
+    bucket: Name
 
 
 class JobFailed(_Event):
@@ -254,14 +289,14 @@ class JobFailed(_Event):
 
     type: Literal["JobFailed"] = "JobFailed"
     error_code: ErrorCode
-    message: str
+    message: Text
 
 
 class JobCancelled(_Event):
     """The job was cancelled; remaining pages are skipped."""
 
     type: Literal["JobCancelled"] = "JobCancelled"
-    reason: str = ""
+    reason: Text = ""
 
 
 TERMINAL_EVENTS = (JobCompleted, JobFailed, JobCancelled)
@@ -363,6 +398,9 @@ def parse_as(model: type[T], body: bytes, max_bytes: int = 16 * 1024 * 1024) -> 
     return _parse(model.model_validate_json, body, max_bytes)
 
 
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+
+
 def job_id_of(body: bytes) -> str | None:
     """Best effort: the job id of a body that failed to parse, so its failure can be recorded."""
     try:
@@ -370,11 +408,8 @@ def job_id_of(body: bytes) -> str | None:
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
     job_id = data.get("job_id") if isinstance(data, dict) else None
-    if (
-        isinstance(job_id, str)
-        and 0 < len(job_id) <= 64
-        and job_id.replace("-", "").replace("_", "").replace(".", "").isalnum()
-    ):
+    # The messages' own rule: an id it lets through must make a valid JobFailed.
+    if isinstance(job_id, str) and len(job_id) <= JOB_ID_MAX_CHARS and _JOB_ID.fullmatch(job_id):
         return job_id
     return None
 
