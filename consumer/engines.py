@@ -35,6 +35,7 @@ import numpy.typing as npt
 
 from consumer.layout import UPRIGHT_CONFIDENCE, blocks_to_text, detect_rotation, order_blocks, rotate_box
 from schemas.errors import ErrorCode, PermanentError, RetryableError
+from schemas.fields import clean_text
 from schemas.messages import Block, Engine, page_fraction
 
 __all__ = [
@@ -94,7 +95,7 @@ def _unit(value: float) -> float:
 def _box_to_block(text: str, xs: list[float], ys: list[float], confidence: float, width: int, height: int) -> Block:
     """A block from a box's corner coordinates in pixels."""
     return Block(
-        text=text,
+        text=clean_text(text),
         bbox=(
             page_fraction(min(xs) / width),
             page_fraction(min(ys) / height),

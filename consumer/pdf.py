@@ -47,6 +47,7 @@ from pydantic import TypeAdapter
 
 from consumer.layout import rotate_box
 from schemas.errors import ErrorCode, PermanentError
+from schemas.fields import clean_text
 from schemas.messages import Block
 
 __all__ = [
@@ -463,7 +464,9 @@ class PdfDocument:
                             ErrorCode.PDF_TOO_COMPLEX,
                             f"page {page_no} holds {chars:,} characters of text, more than {MAX_PAGE_CHARS:,}",
                         )
-                    raw = textpage.get_text_range()
+                    # pdfium can hand back control characters (a NUL among them): no message may carry
+                    # them; one for one, so offsets into the text still hold.
+                    raw = clean_text(textpage.get_text_range())
                     text = _normalise_text(raw)
                     boxes = _boxes_unlocked(page, textpage, raw, rotation)
                     content = _page_content_unlocked(page)
@@ -605,7 +608,7 @@ def _text_in(handle: Any, rect: Rect, buffer: ctypes.Array[ctypes.c_ushort]) -> 
     if copied <= 0:
         return ""
     # pdfium counts the NUL it ends the text with, where there is room for one.
-    return ctypes.string_at(buffer, 2 * copied).decode("utf-16-le", "ignore").removesuffix("\x00")
+    return clean_text(ctypes.string_at(buffer, 2 * copied).decode("utf-16-le", "ignore").removesuffix("\x00"))
 
 
 # A line of pdfium's text: what lies between its line ends (CR LF, or a lone CR or LF).

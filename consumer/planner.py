@@ -28,6 +28,7 @@ from consumer.pdf import count_pages
 from consumer.sandbox import Sandbox
 from consumer.service import Handler, run_consumer, settle_failure
 from schemas.errors import ErrorCode, PagewireError, PermanentError
+from schemas.fields import clean_text
 from schemas.messages import (
     CACHE_WORKER,
     Engine,
@@ -201,7 +202,7 @@ class Planner:
         last = min(request.options.last_page or count, count)
         # The tasks name the version counted and hashed here: a worker that has it cached asks S3 nothing.
         source = request.source.model_copy(update={"sha256": sha256, "etag": etag})
-        cached = await self.cached_pages(conn, sha256, request.options, first, last)
+        cached = await self.cached_pages(conn, request.job_id, sha256, request.options, first, last)
         size = task_size(
             request.options.engine,
             text_per_task=self.settings.text_pages_per_task,
@@ -233,7 +234,7 @@ class Planner:
                     deadline=request.deadline,
                 )
             ),
-            *(self.publisher.publish_event(e.model_copy(update={"job_id": request.job_id})) for e in cached.values()),
+            *(self.publisher.publish_event(e) for e in cached.values()),
         )
         await conn.execute(_RECORD_PLAN, {"job_id": request.job_id, "tasks": tasks, "cached_pages": len(cached)})
         log.info(
@@ -247,17 +248,20 @@ class Planner:
 
     @staticmethod
     async def cached_pages(
-        conn: AsyncConnection, sha256: str, options: JobOptions, first: int, last: int
+        conn: AsyncConnection, job_id: str, sha256: str, options: JobOptions, first: int, last: int
     ) -> dict[int, PageCompleted]:
-        """Pages of this content read before with the same options, as ready events."""
+        """Pages of this content read before with the same options, as ready events of ``job_id``.
+
+        Rows stored before messages refused control characters may hold some: cleaned here.
+        """
         params = {"sha256": sha256, "options_key": options_key(options), "first": first, "last": last}
         rows = (await conn.execute(_CACHED_PAGES, params)).mappings().all()
         return {
             row["page_no"]: PageCompleted(
-                job_id="",
+                job_id=job_id,
                 page_no=row["page_no"],
-                text=row["text"],
-                blocks=row["blocks"] or [],
+                text=clean_text(row["text"]),
+                blocks=[{**block, "text": clean_text(block.get("text", ""))} for block in row["blocks"] or []],
                 confidence=row["confidence"],
                 engine=Engine(row["engine"]),
                 text_source=TextSource.TEXT if row["engine"] == Engine.TEXT else TextSource.OCR,

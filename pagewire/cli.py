@@ -217,6 +217,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_JOB_FAILED
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # pydantic is imported here, not at the top: every command would pay for it at start.
+        from pydantic import ValidationError
+
+        if not isinstance(exc, ValidationError):
+            raise
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "input"
+        print(f"pagewire: refused: {where}: {first['msg']}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

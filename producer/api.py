@@ -165,12 +165,10 @@ class Client:
         twice gives one job, planned once.
         """
         job_id = job_id or (idempotent_job_id(idempotency_key) if idempotency_key else str(uuid.uuid4()))
-        data = pdf if isinstance(pdf, bytes) else await asyncio.to_thread(pdf.read_bytes)
-        key = source_key(job_id)
-        etag = await asyncio.to_thread(self.storage.put_bytes, self.settings.s3_bucket, key, data, "application/pdf")
+        # Validated before anything is uploaded: a request the contract refuses leaves nothing behind.
         request = JobRequest(
             job_id=job_id,
-            source=Source(bucket=self.settings.s3_bucket, key=key, etag=etag),
+            source=Source(bucket=self.settings.s3_bucket, key=source_key(job_id)),
             options=options or JobOptions(),
             priority=priority,
             idempotency_key=idempotency_key,
@@ -178,6 +176,10 @@ class Client:
             submitted_by=submitted_by,
             metadata=metadata or {},
         )
+        data = pdf if isinstance(pdf, bytes) else await asyncio.to_thread(pdf.read_bytes)
+        source = request.source
+        etag = await asyncio.to_thread(self.storage.put_bytes, source.bucket, source.key, data, "application/pdf")
+        request = request.model_copy(update={"source": source.model_copy(update={"etag": etag})})
         await self.publish(request)
         return request
 

@@ -80,6 +80,7 @@ from adapters.amqp import Publisher, ack, close, connect
 from adapters.signals import Stopper
 from adapters.storage import Storage
 from schemas.errors import ErrorCode, PermanentError
+from schemas.fields import clean_name, clean_text
 from schemas.messages import Engine, JobFailed, JobOptions, JobQueued, JobRequest, Source, completion_event_id
 from schemas.s3keys import validate_bucket, validate_key
 from schemas.settings import Settings
@@ -575,7 +576,7 @@ class Watcher:
         settings = self.settings
         source = Source(bucket=settings.bucket, key=target, etag=etag)
         options = JobOptions(engine=settings.dropfolder_engine, dpi=settings.dropfolder_dpi)
-        metadata = {"dropfolder_key": obj.key}
+        metadata = {"dropfolder_key": clean_name(obj.key, 1024)}
         if error is None:
             request = JobRequest(job_id=job_id, source=source, options=options, submitted_by=ROLE, metadata=metadata)
             await self.publisher.publish_job(request)
@@ -593,7 +594,7 @@ class Watcher:
                 event_id=completion_event_id(job_id, "failed"),
                 job_id=job_id,
                 error_code=error.code,
-                message=f"{error.message} (s3://{obj.bucket}/{obj.key})",
+                message=clean_text(f"{error.message} (s3://{obj.bucket}/{obj.key})"),
             )
             await self.publisher.publish_event(failed)
 

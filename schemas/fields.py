@@ -61,8 +61,6 @@ TEXT_PATTERN = rf"^[^{_CONTROLS_BUT_TAB_LF_CR}]*$"
 """No control character but tab, line feed and carriage return."""
 JOB_ID_PATTERN = rf"^[{_JOB_ID_CHARS}]*[A-Za-z0-9_-][{_JOB_ID_CHARS}]*$"
 """Letters, digits, ``_.-``, and at least one that is not a dot (no lookahead: Rust's regex has none)."""
-JOB_ID_OR_EMPTY_PATTERN = rf"^(?:[{_JOB_ID_CHARS}]*[A-Za-z0-9_-][{_JOB_ID_CHARS}]*)?$"
-""":data:`JOB_ID_PATTERN`, or the empty string (see ``PageCompleted.job_id``)."""
 
 
 def _refuses(chars: str) -> dict[str, JsonValue]:
@@ -97,14 +95,6 @@ JobId = Annotated[
         json_schema_extra=_refuses(f"^{_JOB_ID_CHARS}"),
     ),
 ]
-JobIdOrEmpty = Annotated[
-    str,
-    Field(
-        max_length=JOB_ID_MAX_CHARS, pattern=JOB_ID_OR_EMPTY_PATTERN, json_schema_extra=_refuses(f"^{_JOB_ID_CHARS}")
-    ),
-]
-""":data:`JobId`, or empty: only for ``PageCompleted.job_id`` (see there)."""
-
 REPLACEMENT = "\ufffd"
 """What :func:`clean_text` puts in place of a refused character: one for one, so offsets into the text hold."""
 _NOT_TEXT = re.compile(rf"[{_CONTROLS_BUT_TAB_LF_CR}\ud800-\udfff]")

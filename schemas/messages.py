@@ -26,7 +26,6 @@ from schemas.fields import (
     JOB_ID_PATTERN,
     Bucket,
     JobId,
-    JobIdOrEmpty,
     Key,
     MetaValue,
     Name,
@@ -241,9 +240,7 @@ class PageCompleted(_Event):
     """One page was read."""
 
     type: Literal["PageCompleted"] = "PageCompleted"
-    # Empty is still let through here, as before: the planner builds the events of pages from the page
-    # cache before it stamps the job's id on them (model_copy). Every other message needs a real id.
-    job_id: JobIdOrEmpty
+    job_id: JobId
     page_no: int = Field(ge=1)
     text: PageText
     blocks: list[Block] = Field(default_factory=list)

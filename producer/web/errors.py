@@ -87,6 +87,13 @@ def add_error_handlers(app: FastAPI) -> None:
         where = ".".join(str(p) for p in first["loc"]) or "request"
         return error_response(422, ErrorCode.MALFORMED_MESSAGE, f"{where}: {first['msg']}")
 
+    # A message model built inside a route refused what the request carried (a field the route's own
+    # model let through): the request was at fault, not the gateway.
+    @app.exception_handler(ValidationError)
+    async def invalid_message(request: Request, exc: ValidationError) -> JSONResponse:
+        error = validation_error(exc, ErrorCode.MALFORMED_MESSAGE)
+        return error_response(error.status_code, error.code, error.message)
+
     @app.exception_handler(PagewireError)
     async def pagewire_error(request: Request, exc: PagewireError) -> JSONResponse:
         status = ERROR_STATUS.get(exc.code, 503 if exc.retryable else 500)

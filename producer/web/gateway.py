@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import fastapi
 from fastapi import Depends, Request, Security
 from fastapi.responses import StreamingResponse
 from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
@@ -27,6 +28,7 @@ from producer.web import events as live
 from producer.web import jobs as store
 from producer.web.errors import ApiError, HttpErrorCode, error_response, validation_error
 from schemas.errors import ErrorCode
+from schemas.fields import JOB_ID_MAX_CHARS, JOB_ID_PATTERN, clean_name
 from schemas.messages import JobOptions, JobRequest, Source
 from schemas.settings import ClientSettings
 from schemas.tables import JobStatus
@@ -80,6 +82,13 @@ def gateway(request: Request) -> Gateway:
 
 
 GatewayDep = Annotated[Gateway, Depends(gateway)]
+JobIdPath = Annotated[
+    str,
+    fastapi.Path(
+        max_length=JOB_ID_MAX_CHARS, pattern=JOB_ID_PATTERN, description="letters, digits and _.-, not only dots"
+    ),
+]
+"""A job id in a route's path: refused with 422 before any lookup when it could not be one."""
 _key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key from PAGEWIRE_API_KEYS")
 _key_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer KEY")
 _key_query = APIKeyQuery(name="api_key", auto_error=False, description="for EventSource, which cannot set headers")
@@ -177,7 +186,7 @@ async def submit_upload(gw: Gateway, data: bytes, filename: str, form: dict[str,
         job_id=request.job_id,
         priority=request.priority,
         submitted_by=request.submitted_by,
-        metadata={"filename": filename[:256]},
+        metadata={"filename": clean_name(filename)},
     )
     gw.remember(queued.job_id)
     log.info("queued upload %s (%d bytes) as job %s", filename, len(data), queued.job_id)

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.fields import JobId, MetaValue, Name, Text
 from schemas.messages import JobOptions, Source
 from schemas.tables import JobStatus
 
@@ -29,10 +30,10 @@ class JobCreate(BaseModel):
 
     source: Source
     options: JobOptions = Field(default_factory=JobOptions)
-    job_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    job_id: JobId | None = None
     priority: int = Field(default=0, ge=0, le=9)
-    submitted_by: str | None = Field(default=None, max_length=256)
-    metadata: dict[str, str] = Field(default_factory=dict, max_length=32)
+    submitted_by: Name | None = None
+    metadata: dict[Name, MetaValue] = Field(default_factory=dict, max_length=32)
 
 
 class JobAccepted(BaseModel):
@@ -48,7 +49,7 @@ class CancelRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field(default="", max_length=1000)
+    reason: Text = ""
 
 
 class CancelAccepted(BaseModel):

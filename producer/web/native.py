@@ -18,6 +18,7 @@ from producer.web import jobs as store
 from producer.web.errors import ApiError, HttpErrorCode, validation_error
 from producer.web.gateway import (
     GatewayDep,
+    JobIdPath,
     answers,
     aware,
     check_new,
@@ -42,6 +43,7 @@ from producer.web.models import (
     PageSummary,
 )
 from schemas.errors import ErrorCode
+from schemas.fields import NAME_MAX_CHARS, NAME_PATTERN
 from schemas.messages import Engine, JobRequest
 from schemas.tables import TERMINAL_JOB_STATUSES, JobStatus
 
@@ -127,11 +129,13 @@ async def create_job(request: Request, gw: GatewayDep) -> JSONResponse:
 async def list_jobs(
     gw: GatewayDep,
     status: Annotated[list[JobStatus], Query(description="only jobs in these states")] = [],  # noqa: B006
-    submitted_by: Annotated[str | None, Query(max_length=256)] = None,
+    submitted_by: Annotated[str | None, Query(max_length=NAME_MAX_CHARS, pattern=NAME_PATTERN)] = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=512, description="next_cursor of the page before")] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=512, pattern=NAME_PATTERN, description="next_cursor of the page before")
+    ] = None,
 ) -> JobList:
     """Jobs, newest first, a page at a time."""
     where = store.JobFilter(tuple(status), submitted_by, aware(created_after), aware(created_before))
@@ -140,7 +144,7 @@ async def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=JobDetail, responses=ERRORS, dependencies=auth, tags=["jobs"])
-async def get_job(job_id: str, gw: GatewayDep) -> JobDetail:
+async def get_job(job_id: JobIdPath, gw: GatewayDep) -> JobDetail:
     """The job's status, progress and error, and the status of each page."""
     row = await require(gw, job_id)
     pages = await store.get_pages(gw.client.db, job_id)
@@ -155,7 +159,7 @@ async def get_job(job_id: str, gw: GatewayDep) -> JobDetail:
     tags=["events"],
 )
 async def job_events(
-    job_id: str, gw: GatewayDep, text: Annotated[bool, Query(description="send each page's text")] = True
+    job_id: JobIdPath, gw: GatewayDep, text: Annotated[bool, Query(description="send each page's text")] = True
 ) -> StreamingResponse:
     """Server-sent events of one job: ``start``, ``page``, ``complete`` or ``error``; a reconnect replays."""
     await require(gw, job_id)
@@ -180,7 +184,7 @@ async def all_events(gw: GatewayDep) -> StreamingResponse:
     tags=["jobs"],
 )
 async def job_result(
-    job_id: str, gw: GatewayDep, format: Literal["md", "json"] = "md", download: bool = False
+    job_id: JobIdPath, gw: GatewayDep, format: Literal["md", "json"] = "md", download: bool = False
 ) -> Response:
     """The assembled result: Markdown (one section a page) or JSON (pages, blocks, boxes)."""
     await require(gw, job_id)
@@ -198,7 +202,7 @@ async def job_result(
     dependencies=auth,
     tags=["jobs"],
 )
-async def cancel_job(job_id: str, gw: GatewayDep, body: CancelRequest | None = None) -> CancelAccepted:
+async def cancel_job(job_id: JobIdPath, gw: GatewayDep, body: CancelRequest | None = None) -> CancelAccepted:
     """Cancel a job: the recorder marks it cancelled, workers skip its remaining pages."""
     row = await require(gw, job_id)
     if row["status"] in TERMINAL_JOB_STATUSES:
@@ -211,7 +215,7 @@ async def cancel_job(job_id: str, gw: GatewayDep, body: CancelRequest | None = N
 
 
 @router.delete("/jobs/{job_id}", status_code=204, responses=ERRORS, dependencies=auth, tags=["jobs"])
-async def remove_job(job_id: str, gw: GatewayDep) -> Response:
+async def remove_job(job_id: JobIdPath, gw: GatewayDep) -> Response:
     """Delete a finished job: its S3 objects under ``jobs/{id}/`` and its rows."""
     row = await require(gw, job_id)
     if row["status"] not in TERMINAL_JOB_STATUSES:

@@ -20,6 +20,7 @@ from producer.web.errors import ApiError, HttpErrorCode, validation_error
 from producer.web.gateway import DPI_DOC, Gateway, GatewayDep, read_pdf, require_key, sse_response
 from producer.web.models import ERRORS, SSE_RESPONSE, ErrorBody, LegacyPage, LegacyPdf, LegacyResult
 from schemas.errors import ErrorCode
+from schemas.fields import clean_name
 from schemas.messages import TERMINAL_EVENTS, Engine, JobOptions
 from schemas.tables import TERMINAL_JOB_STATUSES, JobStatus
 
@@ -65,7 +66,7 @@ async def _run_to_end(gw: Gateway, data: bytes, filename: str, options: JobOptio
     job_id = str(uuid.uuid4())
     deadline = time.monotonic() + gw.settings.http_wait_s
     with gw.hub.listen(job_id) as inbox:
-        await gw.client.submit(data, options=options, job_id=job_id, metadata={"filename": filename[:256]})
+        await gw.client.submit(data, options=options, job_id=job_id, metadata={"filename": clean_name(filename)})
         gw.remember(job_id)
         while True:
             event = await inbox.get(2.0)
@@ -182,7 +183,7 @@ async def process_pdf_stream(
     job_id = str(uuid.uuid4())
     inbox = gw.hub.open_inbox(job_id)  # before the submit: not even the first event may slip past
     try:
-        await gw.client.submit(data, options=options, job_id=job_id, metadata={"filename": filename[:256]})
+        await gw.client.submit(data, options=options, job_id=job_id, metadata={"filename": clean_name(filename)})
     except BaseException:
         gw.hub.close_inbox(inbox)
         raise

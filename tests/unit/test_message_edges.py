@@ -292,11 +292,9 @@ def test_job_ids_made_of_dots_are_refused(name: str, path: Path) -> None:
         assert_accepted(name, with_value(BASES[name], path, fine))
 
 
-def test_an_empty_job_id_only_in_a_page_completed() -> None:
-    # The planner stamps the job's id on the events of cached pages after building them.
-    assert_accepted("PageCompleted", with_value(BASES["PageCompleted"], ("job_id",), ""))
+def test_an_empty_job_id_is_refused_but_in_a_request() -> None:
     for name in FIELDS:
-        if name not in ("PageCompleted", "JobRequest"):
+        if name != "JobRequest":
             assert_refused(name, with_value(BASES[name], ("job_id",), ""))
     # A request without an id (or with an empty one) gets one, derived from its idempotency key here.
     request = JobRequest.model_validate(with_value(BASES["JobRequest"], ("job_id",), ""))
