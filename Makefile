@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.pagewire-installed
 PYTEST_FLAGS ?= -q -p no:cacheprovider
 
-.PHONY: install demo up down status test check lint format typecheck unit integration clean
+.PHONY: install demo up down status test check lint format typecheck unit integration manifests clean
 
 install: $(STAMP)
 
@@ -54,6 +54,11 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(BIN)/pytest $(PYTEST_FLAGS) tests/integration
+
+## Render every kustomize overlay (kubectl kustomize, from the dev dependencies) and check it offline
+## against the Kubernetes and CRD schemas and the code; the compose file and Dockerfiles too.
+manifests: $(STAMP)
+	$(BIN)/pytest $(PYTEST_FLAGS) tests/unit/test_manifests.py tests/unit/test_deploy.py
 
 clean:
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
