@@ -17,6 +17,8 @@ import io
 import json
 import os
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -381,8 +383,7 @@ def test_compose_services_agree_with_the_code() -> None:
     assert {
         "rabbitmq",
         "postgres",
-        "minio",
-        "minio-init",
+        "seaweedfs",
         "migrate",
         "planner",
         "worker",
@@ -391,6 +392,7 @@ def test_compose_services_agree_with_the_code() -> None:
         "http",
     } <= set(services)
     assert services["worker-gpu"]["profiles"] == ["gpu"]
+    assert services["http-dev"]["profiles"] == ["dev"]
     assert "profiles" not in services["dropfolder"] and "profiles" not in services["http"]
     gpu = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["capabilities"] == ["gpu"]
@@ -408,9 +410,90 @@ def test_compose_services_agree_with_the_code() -> None:
             assert service["environment"]["PAGEWIRE_METRICS_PORT"] == str(metrics.DEFAULT_PORT)
             probe = " ".join(service["healthcheck"]["test"])
             assert f"127.0.0.1:{metrics.DEFAULT_PORT}{metrics.READY_PATH}" in probe
+        if command[0] == "http":
+            # The gateway serves no metrics port: its health check asks its own /health
+            probe = " ".join(service["healthcheck"]["test"])
+            assert f"127.0.0.1:{args.port}/health" in probe, name
+            assert f"{metrics.DEFAULT_PORT}" not in probe, name
     assert services["migrate"]["command"] == ["migrate", "--create-database"]
     gpu_env = services["worker-gpu"]["environment"]
     assert any(v.endswith(":" + gpu_env["NEMOTRON_OCR_MODEL_DIR"] + ":ro") for v in services["worker-gpu"]["volumes"])
+
+
+def test_compose_publishes_on_loopback_only() -> None:
+    for name, service in compose()["services"].items():
+        for port in service.get("ports", []):
+            assert isinstance(port, str) and port.startswith("127.0.0.1:"), (name, port)
+
+
+def test_compose_gpu_worker_has_no_address_space_cap() -> None:
+    services = compose()["services"]
+    assert services["worker-gpu"]["environment"]["PAGEWIRE_PAGE_MEMORY_MB"] == "0"
+    assert "PAGEWIRE_PAGE_MEMORY_MB" not in services["worker"]["environment"], "CPU workers keep the cap"
+
+
+def gateway_guard(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run the ``http`` service's entry point as its container would, with a stand-in ``pagewire``."""
+    service = compose()["services"]["http"]
+    # Compose turns $$ into $ before the container sees it.
+    entrypoint = [part.replace("$$", "$") for part in service["entrypoint"]]
+    fake = tmp_path / "pagewire"
+    fake.write_text('#!/bin/sh\necho "started: $*"\n')
+    fake.chmod(0o755)
+    path = f"{tmp_path}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    return subprocess.run(
+        [*entrypoint, *service["command"]], env={"PATH": path, **env}, capture_output=True, text=True, timeout=30
+    )
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="no POSIX shell")
+def test_compose_gateway_refuses_to_start_without_api_keys(tmp_path: Path) -> None:
+    for keys in ({}, {"PAGEWIRE_API_KEYS": ""}, {"PAGEWIRE_API_KEYS": "[]"}):
+        refused = gateway_guard(tmp_path, keys)
+        assert refused.returncode != 0, keys
+        assert "PAGEWIRE_API_KEYS" in refused.stderr and "started" not in refused.stdout
+    started = gateway_guard(tmp_path, {"PAGEWIRE_API_KEYS": '["k"]'})
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.strip() == "started: http --host 0.0.0.0 --port 8080"
+    # The environment passes the key on, interpolated from the host's
+    assert compose()["services"]["http"]["environment"]["PAGEWIRE_API_KEYS"] == "${PAGEWIRE_API_KEYS:-}"
+
+
+def test_compose_dev_gateway_is_the_only_one_without_keys() -> None:
+    services = compose()["services"]
+    dev = services["http-dev"]
+    assert dev["environment"]["PAGEWIRE_HTTP_NO_AUTH"] == "1"
+    assert "PAGEWIRE_API_KEYS" not in dev["environment"]
+    assert dev["command"] == services["http"]["command"]
+    assert "entrypoint" not in dev
+    assert not any("PAGEWIRE_HTTP_NO_AUTH" in s.get("environment", {}) for n, s in services.items() if n != "http-dev")
+
+
+def test_compose_s3_is_seaweedfs_with_the_roles_credentials_and_bucket() -> None:
+    spec = compose()
+    services = spec["services"]
+    assert not any("minio" in s.get("image", "") for s in services.values())
+    weed = services["seaweedfs"]
+    assert weed["image"].startswith("chrislusf/seaweedfs:")
+    flags = dict(arg.lstrip("-").split("=", 1) for arg in weed["command"][1:])
+    assert weed["command"][0] == "mini"
+    env = services["planner"]["environment"]
+    # The roles reach S3 at the service's name and S3 port, in the bucket weed creates
+    assert env["PAGEWIRE_S3_ENDPOINT_URL"] == f"http://seaweedfs:{flags['s3.port']}"
+    assert flags["bucket"] == env["PAGEWIRE_S3_BUCKET"]
+    assert f"/buckets/{env['PAGEWIRE_S3_BUCKET']}/" in " ".join(weed["healthcheck"]["test"])
+    # With the one identity the roles sign with
+    (mount,) = weed["configs"]
+    assert mount["target"] == flags["s3.config"]
+    identities = json.loads(spec["configs"][mount["source"]]["content"])["identities"]
+    credentials = [c for i in identities for c in i["credentials"]]
+    assert {"accessKey": env["PAGEWIRE_S3_ACCESS_KEY_ID"], "secretKey": env["PAGEWIRE_S3_SECRET_ACCESS_KEY"]} in (
+        credentials
+    )
+    # Every role waits for it to be healthy
+    for name, service in services.items():
+        if service.get("image", "").startswith("pagewire") and name != "migrate":
+            assert service["depends_on"]["seaweedfs"]["condition"] == "service_healthy", name
 
 
 # --- images ---------------------------------------------------------------------------
