@@ -230,6 +230,16 @@ def test_every_workload_runs_with_the_generated_config_and_a_secret() -> None:
                 assert sources == ["configMapRef", "secretRef"], (doc["metadata"]["name"], sources)
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_container_runs_an_image_the_overlay_names(overlay: str) -> None:
+    kustomization = yaml.safe_load((K8S / "overlays" / overlay / "kustomization.yaml").read_text())
+    named = {f"{i['newName']}:{i['newTag']}" for i in kustomization["images"]}
+    for doc in render(K8S / "overlays" / overlay):
+        spec = pod_spec(doc)
+        for container in (spec or {}).get("containers", []):
+            assert container["image"] in named, (doc["metadata"]["name"], container["image"])
+
+
 # --- the schemas refuse what they should -----------------------------------------------
 
 
