@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.pagewire-installed
 PYTEST_FLAGS ?= -q -p no:cacheprovider
 
-.PHONY: install demo up down status test check lint format typecheck unit integration install-check clean
+.PHONY: install demo up down status test check lint format typecheck unit integration install-check manifests clean
 
 install: $(STAMP)
 
@@ -59,6 +59,11 @@ integration: $(STAMP)
 ## The wheel in a fresh venv without extras, run from outside the tree, as the images run it.
 install-check: $(STAMP)
 	PYTHON=$(BIN)/python scripts/check_install.sh
+
+## Render every kustomize overlay (kubectl kustomize, from the dev dependencies) and check it offline
+## against the Kubernetes and CRD schemas and the code; the compose file and Dockerfiles too.
+manifests: $(STAMP)
+	$(BIN)/pytest $(PYTEST_FLAGS) tests/unit/test_manifests.py tests/unit/test_deploy.py
 
 clean:
 	rm -rf build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -202,29 +202,31 @@ class RapidOcrEngine:
 
 # --- nemotron-ocr ----------------------------------------------------------------
 
-# The files nemotron-ocr needs in its model directory. Given an incomplete one,
-# NemotronOCR silently downloads from Hugging Face instead, which must not
-# happen on a worker: check first.
-NEMOTRON_FILES = ("detector.pth", "recognizer.pth", "relational.pth", "charset.txt")
+# The files nemotron-ocr 2.0.2 needs in its model directory (its CHECKPOINT_FILES).
+# Given a directory that lacks any of them, NemotronOCR silently downloads a
+# checkpoint from Hugging Face instead (by default a different model, v2
+# multilingual), which must not happen on a worker: check first.
+NEMOTRON_FILES = ("detector.pth", "recognizer.pth", "relational.pth", "charset.txt", "model_config.json")
 
 
 class NemotronEngine:
-    """NVIDIA nemotron-ocr on CUDA, with weights from a local model directory.
+    """NVIDIA nemotron-ocr 2.0.2 on CUDA, with weights from a local model directory.
 
-    Written against the package's documented entry point,
-    ``nemotron_ocr.inference.pipeline.NemotronOCR(model_dir=...)``, called on
-    an RGB (H, W, 3) array with ``merge_level="sentence"`` and returning dicts
-    with ``text``, ``confidence`` and a box as image fractions (``left``,
-    ``right``, and ``upper``/``lower``, which the pipeline fills with the
-    larger and the smaller y; both are read as an unordered pair). This
-    adapter has not been run against a real GPU install here: no CUDA and no
-    package on the machine it was written on.
+    Written against ``nemotron_ocr.inference.pipeline.NemotronOCR(model_dir=...)``,
+    called on an RGB (H, W, 3) ``uint8`` array with ``merge_level="sentence"``
+    and returning dicts with ``text``, ``confidence`` and a box as fractions of
+    the image: ``left``, ``right``, and ``upper``/``lower``, which the pipeline
+    fills with the larger and the smaller y (both are read as an unordered
+    pair). The package's CUDA kernels are built for compute capability 8.0 and
+    newer, and its CUDA 13 runtime needs an R580 or newer driver.
     """
 
     name: Engine = Engine.NEMOTRON
 
+    MIN_COMPUTE_CAPABILITY = (8, 0)
+
     def __init__(self, model_dir: Path | None) -> None:
-        """Load the models onto the GPU; raises ``ENGINE_UNAVAILABLE`` when the package, CUDA or weights are missing."""
+        """Load the models onto the GPU; raises ``ENGINE_UNAVAILABLE`` when the package, weights or CUDA are missing."""
         try:
             torch = importlib.import_module("torch")
             pipeline = importlib.import_module("nemotron_ocr.inference.pipeline")
@@ -233,8 +235,6 @@ class NemotronEngine:
                 ErrorCode.ENGINE_UNAVAILABLE,
                 f"nemotron-ocr is not installed ({exc}); install pagewire with the gpu extra on a CUDA machine",
             ) from exc
-        if not torch.cuda.is_available():
-            raise PermanentError(ErrorCode.ENGINE_UNAVAILABLE, "nemotron-ocr needs CUDA, and torch sees no CUDA device")
         if model_dir is None:
             raise PermanentError(
                 ErrorCode.ENGINE_UNAVAILABLE, "no nemotron-ocr model directory: set NEMOTRON_OCR_MODEL_DIR"
@@ -242,12 +242,69 @@ class NemotronEngine:
         missing = [name for name in NEMOTRON_FILES if not (model_dir / name).is_file()]
         if missing:
             raise PermanentError(
-                ErrorCode.ENGINE_UNAVAILABLE, f"nemotron-ocr weights missing in {model_dir}: {', '.join(missing)}"
+                ErrorCode.ENGINE_UNAVAILABLE,
+                f"nemotron-ocr weights incomplete in {model_dir}: {', '.join(missing)} missing"
+                f" (it needs {', '.join(NEMOTRON_FILES)})",
             )
+        self._check_cuda(torch)
         try:
             self._ocr = pipeline.NemotronOCR(model_dir=str(model_dir))
         except Exception as exc:
-            raise PermanentError(ErrorCode.ENGINE_UNAVAILABLE, f"nemotron-ocr failed to load: {exc}") from exc
+            raise PermanentError(
+                ErrorCode.ENGINE_UNAVAILABLE, f"nemotron-ocr failed to load: {exc}{self._cap_hint()}"
+            ) from exc
+
+    @classmethod
+    def _check_cuda(cls, torch: Any) -> None:
+        """Raise ``ENGINE_UNAVAILABLE`` with the likely cause when CUDA cannot run the models here."""
+        try:
+            available = bool(torch.cuda.is_available())
+            if not available:
+                # is_available() hides why; init() raises with the driver's own reason.
+                torch.cuda.init()
+        except Exception as exc:
+            reason = str(exc)
+        else:
+            reason = "" if available else "torch sees no CUDA device"
+        if reason:
+            hint = cls._cap_hint() or (
+                "; check that the container is given a GPU (nvidia.com/gpu, or --gpus with the NVIDIA Container"
+                " Toolkit) and that the host driver is R580 or newer (CUDA 13)"
+            )
+            raise PermanentError(ErrorCode.ENGINE_UNAVAILABLE, f"nemotron-ocr cannot start CUDA ({reason}){hint}")
+        major, minor = (int(v) for v in torch.cuda.get_device_capability(0))
+        if (major, minor) < cls.MIN_COMPUTE_CAPABILITY:
+            want = ".".join(map(str, cls.MIN_COMPUTE_CAPABILITY))
+            raise PermanentError(
+                ErrorCode.ENGINE_UNAVAILABLE,
+                f"nemotron-ocr needs a GPU of compute capability {want} or newer;"
+                f" {torch.cuda.get_device_name(0)} is {major}.{minor}",
+            )
+
+    @staticmethod
+    def _address_space_cap_mb() -> int | None:
+        """This process's address-space limit (RLIMIT_AS) in MB, or None when there is none."""
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        return None if soft == resource.RLIM_INFINITY else soft // (1024 * 1024)
+
+    @classmethod
+    def _cap_hint(cls) -> str:
+        """Why CUDA fails under an address-space cap, or "" when the process has none.
+
+        A CUDA context reserves tens of GB of virtual address space before it
+        allocates anything, so under the page process's cap CUDA fails to start
+        and torch reports no device or "out of memory" instead of the cause.
+        """
+        cap = cls._address_space_cap_mb()
+        if cap is None:
+            return ""
+        return (
+            f"; the likely cause: this process's address space is capped at {cap} MB (RLIMIT_AS, set from"
+            " PAGEWIRE_PAGE_MEMORY_MB), far less than a CUDA context reserves; set PAGEWIRE_PAGE_MEMORY_MB=0"
+            " on GPU workers and let the container's memory limit bound them"
+        )
 
     def read(self, image: Image) -> PageText:
         """Read an RGB page image on the GPU."""
