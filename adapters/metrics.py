@@ -92,6 +92,10 @@ JOB_SECONDS = Histogram(
     ["status"],
     buckets=JOB_BUCKETS,
 )
+DEVICE_BUSY_SECONDS = Counter(
+    "pagewire_device_busy_seconds",
+    "Seconds the worker's OCR device spent reading batches (its utilisation is the rate).",
+)
 READY = Gauge("pagewire_ready", "1 while this role is connected to the broker and consuming.", ["role"])
 LOOP_LAG_SECONDS = Gauge(
     "pagewire_event_loop_lag_seconds", "How late the event loop woke a 1 s timer, last measured (blocking work)."

@@ -11,7 +11,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from consumer.engines import PageText
+from consumer.engines import Image, PageText
 from consumer.pdf import PdfDocument, TextLayer
 from consumer.reading import Engines, render_and_read
 from schemas.errors import PermanentError
@@ -21,10 +21,12 @@ _child_engines: Engines | None = None
 _child_docs: OrderedDict[str, PdfDocument] = OrderedDict()
 
 
-def child_setup(threads: int, default: Engine, model_dir: Path | None) -> None:
+def child_setup(
+    threads: int, default: Engine, model_dir: Path | None, sim_ms: tuple[float, float] = (50.0, 10.0)
+) -> None:
     """In the sandbox child: load the default engine before the first page."""
     global _child_engines
-    _child_engines = Engines(threads=threads, default=default, model_dir=model_dir)
+    _child_engines = Engines(threads=threads, default=default, model_dir=model_dir, sim_ms=sim_ms)
     _child_engines.get(default)
 
 
@@ -66,3 +68,22 @@ def child_ocr_page(
     """In the sandbox child: render and OCR a page (text, the engine, render ms)."""
     assert _child_engines is not None, "child_setup did not run"
     return render_and_read(_child_doc(path), page_no, options, _child_engines, max_megapixels)
+
+
+# --- the batched pipeline: renders in a pool of children, reading in the device's child ---------
+
+
+def child_render(path: str, page_no: int, dpi: int, max_megapixels: float) -> tuple[Image, float]:
+    """In a render child: a page's image and the milliseconds rendering took."""
+    started = time.perf_counter()
+    image = _child_doc(path).render(page_no, dpi=dpi, max_megapixels=max_megapixels)
+    return image, (time.perf_counter() - started) * 1000
+
+
+def child_read_batch(images: list[Image], engine: Engine) -> tuple[list[PageText], Engine, float]:
+    """In the device's child: read rendered pages in one batch (their texts, the engine, seconds reading)."""
+    assert _child_engines is not None, "child_setup did not run"
+    reader = _child_engines.get(engine)
+    started = time.perf_counter()
+    texts = reader.read_batch(images)
+    return texts, reader.name, time.perf_counter() - started

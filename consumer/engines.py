@@ -26,6 +26,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,9 +45,11 @@ __all__ = [
     "OcrEngine",
     "PageText",
     "RapidOcrEngine",
+    "SimEngine",
     "UprightEngine",
     "make_engine",
     "page_text_from_blocks",
+    "read_each",
     "read_upright",
 ]
 
@@ -71,13 +74,22 @@ class PageText:
 
 
 class OcrEngine(Protocol):
-    """An OCR engine: reads one page image at a time."""
+    """An OCR engine: reads a page image, or a batch of them (a GPU reads a batch in little more than a page)."""
 
     name: Engine
 
     def read(self, image: Image) -> PageText:
         """Read an RGB page image; blocking."""
         ...
+
+    def read_batch(self, images: Sequence[Image]) -> list[PageText]:
+        """Read page images together, one result each in their order; blocking."""
+        ...
+
+
+def read_each(engine: OcrEngine, images: Sequence[Image]) -> list[PageText]:
+    """A batch read a page at a time: for engines that gain nothing from reading pages together."""
+    return [engine.read(image) for image in images]
 
 
 def page_text_from_blocks(blocks: list[Block]) -> PageText:
@@ -123,6 +135,20 @@ def available_cores() -> int:
 # --- rapidocr --------------------------------------------------------------------
 
 
+def _check_cuda_provider() -> None:
+    """Raise ``ENGINE_UNAVAILABLE`` unless onnxruntime can run on CUDA here: rapidocr would fall back to the
+    CPU without a word, and a GPU worker reading on its CPU is far slower than it is sized for."""
+    import onnxruntime  # type: ignore[import-untyped]
+
+    providers = onnxruntime.get_available_providers()
+    if "CUDAExecutionProvider" not in providers:
+        raise PermanentError(
+            ErrorCode.ENGINE_UNAVAILABLE,
+            f"onnxruntime has no CUDA provider here ({', '.join(providers)}): install pagewire's gpu extra"
+            " (onnxruntime-gpu) on a machine with an NVIDIA GPU",
+        )
+
+
 class RapidOcrEngine:
     """rapidocr 3.x on CPU with the PP-OCRv6 small models packed in its wheel (no download).
 
@@ -134,12 +160,19 @@ class RapidOcrEngine:
 
     name: Engine = Engine.RAPIDOCR
 
-    def __init__(self, threads: int = 0) -> None:
-        """Load the models; ``threads`` is onnxruntime's intra-op thread count (0: the cores this process may use)."""
+    def __init__(self, threads: int = 0, *, cuda: bool = False) -> None:
+        """Load the models; ``threads`` is onnxruntime's intra-op thread count (0: the cores this process may use).
+
+        ``cuda``: run them on onnxruntime's CUDA provider (``onnxruntime-gpu``, the ``gpu`` extra), the
+        same models and so the same text as on the CPU, with no download.
+        """
         try:
             from rapidocr import EngineType, LangDet, LangRec, ModelType, OCRVersion, RapidOCR
         except ImportError as exc:
             raise PermanentError(ErrorCode.ENGINE_UNAVAILABLE, f"rapidocr is not installed: {exc}") from exc
+        if cuda:
+            self.name = Engine.RAPIDOCR_GPU
+            _check_cuda_provider()
         cores = available_cores()
         # rapidocr ignores a count above os.cpu_count(), silently; keep it in range.
         self.threads = min(threads or cores, os.cpu_count() or cores)
@@ -159,6 +192,7 @@ class RapidOcrEngine:
             "Rec.lang_type": LangRec.CH,
             "Rec.model_type": ModelType.SMALL,
             "Rec.ocr_version": OCRVersion.PPOCRV6,
+            "EngineConfig.onnxruntime.use_cuda": cuda,
         }
         started = time.perf_counter()
         try:
@@ -198,6 +232,10 @@ class RapidOcrEngine:
             if text.strip()
         ]
         return page_text_from_blocks(blocks)
+
+    def read_batch(self, images: Sequence[Image]) -> list[PageText]:
+        """Page after page: rapidocr takes one image a call, and already batches the line crops of a page."""
+        return read_each(self, images)
 
 
 # --- nemotron-ocr ----------------------------------------------------------------
@@ -248,7 +286,14 @@ class NemotronEngine:
             )
         self._check_cuda(torch)
         try:
-            self._ocr = pipeline.NemotronOCR(model_dir=str(model_dir))
+            # 2.0.2's NemotronOCRV2 reads a list of images in one pass (its detector batches them); a
+            # release without it reads one image a call.
+            try:
+                batched = importlib.import_module("nemotron_ocr.inference.pipeline_v2").NemotronOCRV2
+            except (ImportError, AttributeError):
+                batched = None
+            self._batched = batched is not None
+            self._ocr = (batched or pipeline.NemotronOCR)(model_dir=str(model_dir))
         except Exception as exc:
             raise PermanentError(
                 ErrorCode.ENGINE_UNAVAILABLE, f"nemotron-ocr failed to load: {exc}{self._cap_hint()}"
@@ -308,12 +353,25 @@ class NemotronEngine:
 
     def read(self, image: Image) -> PageText:
         """Read an RGB page image on the GPU."""
-        _check_image(image)
-        rgb = np.ascontiguousarray(image if image.ndim == 3 else np.stack([image] * 3, axis=-1))
+        return self.read_batch([image])[0]
+
+    def read_batch(self, images: Sequence[Image]) -> list[PageText]:
+        """Read page images on the GPU, in one pass where the package can batch them."""
+        rgbs = []
+        for image in images:
+            _check_image(image)
+            rgbs.append(np.ascontiguousarray(image if image.ndim == 3 else np.stack([image] * 3, axis=-1)))
         try:
-            predictions = self._ocr(rgb, merge_level="sentence")
+            if self._batched:
+                pages = self._ocr(rgbs, merge_level="sentence")
+            else:
+                pages = [self._ocr(rgb, merge_level="sentence") for rgb in rgbs]
         except Exception as exc:
             raise RetryableError(ErrorCode.OCR_FAILED, f"nemotron-ocr failed: {exc}") from exc
+        return [self._page(predictions) for predictions in pages]
+
+    @staticmethod
+    def _page(predictions: Sequence[dict[str, Any]]) -> PageText:
         blocks = []
         for pred in predictions:
             text = str(pred.get("text", ""))
@@ -333,15 +391,16 @@ class NemotronEngine:
 ROTATION_MARGIN = 0.05
 
 
-def read_upright(engine: OcrEngine, image: Image) -> PageText:
+def read_upright(engine: OcrEngine, image: Image, first: PageText | None = None) -> PageText:
     """Read a page image; if it looks sideways or upside down, read it turned back too and keep the better.
 
     An upright page costs one reading (and nothing more unless its mean
     confidence is under :data:`consumer.layout.UPRIGHT_CONFIDENCE`); a turned
     page costs two or three. Boxes of a turned reading are mapped back to the
-    page as displayed; the text keeps the upright reading order.
+    page as displayed; the text keeps the upright reading order. ``first``: the
+    upright reading, where it was made already (in a batch).
     """
-    first = engine.read(image)
+    first = first or engine.read(image)
     height, width = int(image.shape[0]), int(image.shape[1])
     candidates = detect_rotation(first.blocks, width, height)
     # A sideways reading has its lines in the wrong order even where each line was read
@@ -381,6 +440,11 @@ class UprightEngine:
         """Read the page the right way up."""
         return read_upright(self.inner, image)
 
+    def read_batch(self, images: Sequence[Image]) -> list[PageText]:
+        """Read the pages upright in one batch; only a page that looks turned is read again, alone."""
+        firsts = self.inner.read_batch(images)
+        return [read_upright(self.inner, image, first) for image, first in zip(images, firsts, strict=True)]
+
 
 # --- a fake for tests ----------------------------------------------------------------
 
@@ -414,14 +478,67 @@ class FakeEngine:
         block = Block(text=text, bbox=(0.0, 0.0, 1.0, 1.0), confidence=self.confidence)
         return PageText(text=text, blocks=[block], confidence=self.confidence)
 
+    def read_batch(self, images: Sequence[Image]) -> list[PageText]:
+        """Each image as :meth:`read` reads it."""
+        return read_each(self, images)
 
-def make_engine(engine: Engine, *, threads: int = 0, model_dir: Path | None = None) -> OcrEngine:
-    """Make the OCR engine for ``engine`` (``rapidocr`` or ``nemotron``); ``text`` and ``auto`` are not OCR engines.
+
+# --- a simulated device ----------------------------------------------------------------
+
+
+class SimEngine:
+    """A device that reads nothing and takes the time a GPU would: ``batch_ms`` a batch plus ``page_ms`` a page.
+
+    For the tests and the benchmark of the batched pipeline where no GPU is: whether the CPUs
+    render fast enough to keep a device busy does not depend on what the device computes. Each
+    page's text names its size, so a test can tell which page came back where. ``busy_s`` adds
+    up the time it was reading.
+    """
+
+    name: Engine = Engine.SIM
+
+    def __init__(self, batch_ms: float = 50.0, page_ms: float = 10.0) -> None:
+        """A device of this speed."""
+        self.batch_ms = batch_ms
+        self.page_ms = page_ms
+        self.busy_s = 0.0
+
+    def read(self, image: Image) -> PageText:
+        """One page as a batch of one."""
+        return self.read_batch([image])[0]
+
+    def read_batch(self, images: Sequence[Image]) -> list[PageText]:
+        """Wait as long as the device would take, and describe each image."""
+        sizes = [_check_image(image) for image in images]
+        seconds = (self.batch_ms + self.page_ms * len(images)) / 1000
+        time.sleep(seconds)
+        self.busy_s += seconds
+        out = []
+        for height, width in sizes:
+            text = f"simulated page {width}x{height}"
+            out.append(
+                PageText(
+                    text=text, blocks=[Block(text=text, bbox=(0.0, 0.0, 1.0, 1.0), confidence=1.0)], confidence=1.0
+                )
+            )
+        return out
+
+
+def make_engine(
+    engine: Engine, *, threads: int = 0, model_dir: Path | None = None, sim_ms: tuple[float, float] = (50.0, 10.0)
+) -> OcrEngine:
+    """Make the OCR engine for ``engine``; ``text`` and ``auto`` are not OCR engines.
+
+    ``sim_ms``: the simulated device's milliseconds a batch and a page.
 
     The engine comes wrapped in :class:`UprightEngine`, so turned pages are read the right way up.
     """
     if engine == Engine.RAPIDOCR:
         return UprightEngine(RapidOcrEngine(threads=threads))
+    if engine == Engine.RAPIDOCR_GPU:
+        return UprightEngine(RapidOcrEngine(threads=threads, cuda=True))
+    if engine == Engine.SIM:
+        return SimEngine(*sim_ms)  # nothing is read, so nothing is turned
     if engine == Engine.NEMOTRON:
         return UprightEngine(NemotronEngine(model_dir))
     raise ValueError(f"{engine} is not an OCR engine")

@@ -27,13 +27,16 @@ class Engines:
     threads: int
     default: Engine
     model_dir: Path | None = None
+    sim_ms: tuple[float, float] = (50.0, 10.0)
     loaded: dict[Engine, OcrEngine] = field(default_factory=dict)
 
     def get(self, engine: Engine) -> OcrEngine:
         """The OCR engine for a job's choice; ``auto`` means this worker's default."""
         wanted = self.default if engine in (Engine.AUTO, Engine.TEXT) else engine
         if wanted not in self.loaded:
-            self.loaded[wanted] = make_engine(wanted, threads=self.threads, model_dir=self.model_dir)
+            self.loaded[wanted] = make_engine(
+                wanted, threads=self.threads, model_dir=self.model_dir, sim_ms=self.sim_ms
+            )
         return self.loaded[wanted]
 
 

@@ -21,6 +21,7 @@ from adapters import metrics
 from adapters.amqp import Publisher, ack, attempt_of
 from adapters.logs import log_context
 from adapters.storage import PdfCache, Storage
+from consumer.batches import BatchReader, render_pool
 from consumer.cancel import CancelledJobs
 from consumer.child import LayerReading, child_ocr_page, child_setup, child_text_layer, child_text_layers
 from consumer.lanes import PriorityGate
@@ -43,6 +44,9 @@ from schemas.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
+
+LAYER_ENGINES = (Engine.TEXT, Engine.AUTO)
+"""The jobs' engines whose pages have their text layer read first."""
 
 TEXT_CHUNK = 8
 """Text layers read in one sandbox call: a round trip per page would cost as much as reading it."""
@@ -73,13 +77,18 @@ class Worker:
         cache: PdfCache,
         sandbox: Sandbox,
         cancelled: CancelledJobs | None = None,
+        batches: BatchReader | None = None,
     ) -> None:
+        """``batches``: read OCR pages in batches on the device with it (a GPU worker), else a page at a time."""
         self.settings = settings
         self.publisher = publisher
         self.cache = cache
         self.sandbox = sandbox
         self.cancelled = cancelled or CancelledJobs()
         self.gate = PriorityGate()
+        self.batches = batches
+        # OCR pages of auto tasks are handed on in tasks this size: a device's batch, or what the CPU reads.
+        self.ocr_task_pages = settings.gpu_batch_pages if batches is not None else settings.ocr_pages_per_task
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         async with self.gate.hold(high=message.routing_key == HIGH_TASK_ROUTING_KEY):
@@ -124,8 +133,10 @@ class Worker:
         # In auto mode the planner sized the task for text pages. Pages that turn out to need OCR
         # (seconds each) are handed on as tasks of their own, so that every idle worker takes some.
         pages = task.last_page - task.first_page + 1
-        hands_on = task.options.engine == Engine.AUTO and pages > self.settings.ocr_pages_per_task
+        hands_on = task.options.engine == Engine.AUTO and pages > self.ocr_task_pages
         handed: list[int] = []
+        # With a device that reads batches: the pages that need OCR, read together after the loop.
+        batched: list[tuple[int, TextLayer | None]] = []
         # Pages read from their text layer are published without waiting for each confirm in turn;
         # all are confirmed before the next OCR page, the end of the task, and its ack.
         publishing: list[asyncio.Task[None]] = []
@@ -171,9 +182,19 @@ class Worker:
                     if hands_on and given is not None and isinstance(given[0], TextLayer):
                         handed.append(page_no)
                         continue
+                    if self.batches is not None:
+                        layer = given[0] if given is not None else None
+                        if isinstance(layer, TextLayer):
+                            batched.append((page_no, layer))
+                            continue
+                        if given is None and task.options.engine not in LAYER_ENGINES:
+                            batched.append((page_no, None))
+                            continue
                     await _confirmed(publishing)
                     await self.run_page(task, path, page_no, attempt, done, given)
             await _confirmed(publishing)
+            if batched:
+                await self.read_batched(task, path, batched, attempt, done)
             await self.hand_on(task, handed, done)
             log.info(
                 "job %s task %s: pages %s-%s done in %.0f ms (%s handed on)",
@@ -196,7 +217,7 @@ class Worker:
         redelivered, and its pages read again (each counted once in the table)."""
         if not pages:
             return
-        ranges = [r for a, b in runs(pages) for r in cut(a, b, self.settings.ocr_pages_per_task)]
+        ranges = [r for a, b in runs(pages) for r in cut(a, b, self.ocr_task_pages)]
         await asyncio.gather(
             *(
                 self.publisher.publish_task(
@@ -208,6 +229,38 @@ class Worker:
         )
         done.update(pages)
         log.info("job %s: %s pages that need OCR handed on in %s tasks", task.job_id, len(pages), len(ranges))
+
+    async def read_batched(
+        self, task: PageTask, path: str, pages: list[tuple[int, TextLayer | None]], attempt: int, done: set[int]
+    ) -> None:
+        """Read ``pages`` (with their text layers, where read) in batches on the device, publishing as each ends."""
+        assert self.batches is not None
+        layers = dict(pages)
+        started = time.perf_counter()
+        busy_s = self.batches.busy_s
+        async for batch in self.batches.read(path, list(layers), task.options):
+            for page in batch:
+                with log_context(job_id=task.job_id, page_no=page.page_no):
+                    if isinstance(page.result, PermanentError):
+                        await self.page_failed(task, page.page_no, page.result, attempt, final=True)
+                        done.add(page.page_no)
+                        continue
+                    reading = combine(layers[page.page_no], page.result, page.engine, page.render_ms)
+                    # A page's share of the wall time its batch took, rendering ahead included.
+                    spent = (time.perf_counter() - started) * 1000 / len(batch)
+                    await self.publish_page(task, page.page_no, reading, spent, attempt, done)
+            metrics.DEVICE_BUSY_SECONDS.inc(self.batches.busy_s - busy_s)
+            busy_s = self.batches.busy_s
+            started = time.perf_counter()
+            if task.job_id in self.cancelled or (task.deadline is not None and datetime.now(UTC) > task.deadline):
+                # Between batches, as between pages: the rest goes back as the page loop would leave it.
+                rest = [p for p in layers if p not in done]
+                late = PermanentError(ErrorCode.DEADLINE_EXCEEDED, f"the job's deadline {task.deadline} has passed")
+                if task.job_id not in self.cancelled:
+                    for page_no in rest:
+                        await self.page_failed(task, page_no, late, attempt, final=True)
+                        done.add(page_no)
+                return
 
     async def read_layers(self, path: str, page_nos: list[int]) -> dict[int, LayerReading | None]:
         """The text layers of a run of pages in one sandbox call. None for a page means: read it alone.
@@ -307,7 +360,25 @@ async def run(settings: WorkerSettings, grace_s: float = 60.0) -> None:
         "worker",
         memory_mb=settings.page_memory_mb,
         setup=child_setup,
-        setup_args=(settings.ocr_threads, settings.engine, settings.nemotron_ocr_model_dir),
+        setup_args=(
+            settings.ocr_threads,
+            settings.engine,
+            settings.nemotron_ocr_model_dir,
+            (settings.sim_batch_ms, settings.sim_page_ms),
+        ),
+    )
+    renderers = render_pool(settings.render_processes, settings.page_memory_mb) if settings.gpu_batch_pages else []
+    batches = (
+        BatchReader(
+            sandbox,
+            renderers,
+            settings.gpu_batch_pages,
+            render_budget_s=settings.ocr_budget_s,
+            read_budget_s=settings.ocr_budget_s,
+            max_megapixels=settings.max_megapixels,
+        )
+        if renderers
+        else None
     )
 
     async def make_handler(connection: AbstractRobustConnection, publisher: Publisher) -> Handler:
@@ -318,9 +389,10 @@ async def run(settings: WorkerSettings, grace_s: float = 60.0) -> None:
         except PermanentError as exc:
             log.error("worker cannot load its engine %s: %s", settings.engine, exc)
             raise
+        await asyncio.gather(*(renderer.start() for renderer in renderers))
         cancelled = CancelledJobs()
         await cancelled.listen(connection, settings.topology)
-        return Worker(settings, publisher, cache, sandbox, cancelled).handle
+        return Worker(settings, publisher, cache, sandbox, cancelled, batches).handle
 
     await run_consumer(
         settings=settings,
@@ -332,3 +404,5 @@ async def run(settings: WorkerSettings, grace_s: float = 60.0) -> None:
         grace_s=grace_s,
     )
     sandbox.close()
+    for renderer in renderers:
+        renderer.close()

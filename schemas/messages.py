@@ -46,7 +46,11 @@ class Engine(StrEnum):
     AUTO = "auto"
     TEXT = "text"
     RAPIDOCR = "rapidocr"
+    RAPIDOCR_GPU = "rapidocr-gpu"
+    """rapidocr's models on onnxruntime's CUDA provider: the CPU engine's text, on a GPU."""
     NEMOTRON = "nemotron"
+    SIM = "sim"
+    """A simulated device: no text, a GPU's timing (tests and benchmarks of the batched pipeline)."""
 
 
 class OutputFormat(StrEnum):

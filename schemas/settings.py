@@ -107,6 +107,15 @@ class WorkerSettings(Settings):
     nemotron_ocr_model_dir: Path | None = Field(
         default=None, validation_alias="NEMOTRON_OCR_MODEL_DIR", description="nemotron-ocr weights"
     )
+    gpu_batch_pages: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="pages the engine reads at once, rendered ahead by render_processes; 0: a page at a time",
+    )
+    render_processes: int = Field(default=2, ge=1, le=64, description="with gpu_batch_pages: processes that render")
+    sim_batch_ms: float = Field(default=50.0, ge=0, description="the sim engine's time a batch")
+    sim_page_ms: float = Field(default=10.0, ge=0, description="the sim engine's time a page")
 
 
 class RecorderSettings(Settings):

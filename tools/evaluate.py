@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
-from consumer.engines import Image, OcrEngine, PageText, make_engine
+from consumer.engines import Image, OcrEngine, PageText, make_engine, read_each
 from consumer.pdf import PDFIUM_LOCK, PageSource, PdfDocument
 from consumer.reading import Engines, takes_text_layer
 from schemas.messages import Engine, JobOptions
@@ -291,6 +291,10 @@ class CachedEngine:
             self.reads += 1
             self.cache[key] = (result, time.perf_counter() - started)
         return self.cache[key][0]
+
+    def read_batch(self, images: Sequence[Image]) -> list[PageText]:
+        """Each image as :meth:`read` reads it."""
+        return read_each(self, images)
 
     def seconds(self, image: Image) -> float:
         """What reading ``image`` cost the first time (0 if never read)."""

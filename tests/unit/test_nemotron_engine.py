@@ -329,3 +329,55 @@ def test_a_malformed_image_is_refused_before_the_gpu(engine: NemotronEngine) -> 
     with pytest.raises(ValueError):
         engine.read(np.zeros((0, 10, 3), dtype=np.uint8))
     assert FakeNemotronOCR.instances[0].calls == []
+
+
+# --- batches ------------------------------------------------------------------------
+
+
+class FakeNemotronOCRV2(FakeNemotronOCR):
+    """``NemotronOCRV2`` of nemotron-ocr 2.0.2: a list of images in, a list of prediction lists out."""
+
+    def __call__(  # type: ignore[override]
+        self, images: Any, merge_level: str = "paragraph", include_invalid: bool = False
+    ) -> Any:
+        assert isinstance(images, list), "the batched pipeline is given the batch as a list"
+        self.calls.append((images, merge_level))
+        return [[dict(p) for p in self.predictions] for _ in images]
+
+
+def test_a_batch_is_one_call_of_the_batched_pipeline_where_the_package_has_it(
+    cuda: FakeCuda, no_cap: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the package's batched pipeline next to the single-image one
+    v2 = types.ModuleType("nemotron_ocr.inference.pipeline_v2")
+    v2.NemotronOCRV2 = FakeNemotronOCRV2  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "nemotron_ocr.inference.pipeline_v2", v2)
+    FakeNemotronOCR.predictions = [
+        {"text": "Hello", "confidence": 0.9, "left": 0.1, "right": 0.3, "upper": 0.2, "lower": 0.1}
+    ]
+    engine = NemotronEngine(weights(tmp_path / "weights"))
+
+    # When three pages are read as a batch
+    texts = engine.read_batch([np.zeros((50, 40, 3), dtype=np.uint8)] * 2 + [np.zeros((50, 40), dtype=np.uint8)])
+
+    # Then the device saw one call with all three, as RGB, and each page has its text
+    (instance,) = FakeNemotronOCR.instances
+    assert isinstance(instance, FakeNemotronOCRV2)
+    ((images, merge_level),) = instance.calls
+    assert len(images) == 3 and all(image.shape == (50, 40, 3) for image in images)
+    assert merge_level == "sentence"
+    assert [t.text for t in texts] == ["Hello"] * 3
+    assert texts[0].blocks[0].bbox == pytest.approx((0.1, 0.1, 0.3, 0.2))
+
+
+def test_without_the_batched_pipeline_a_batch_is_read_page_by_page(
+    cuda: FakeCuda, no_cap: None, tmp_path: Path
+) -> None:
+    FakeNemotronOCR.predictions = [
+        {"text": "one", "confidence": 0.9, "left": 0.1, "right": 0.3, "upper": 0.2, "lower": 0.1}
+    ]
+    engine = NemotronEngine(weights(tmp_path / "weights"))
+    texts = engine.read_batch([np.zeros((50, 40, 3), dtype=np.uint8)] * 2)
+    (instance,) = FakeNemotronOCR.instances
+    assert type(instance) is FakeNemotronOCR and len(instance.calls) == 2
+    assert [t.text for t in texts] == ["one", "one"]
