@@ -17,10 +17,10 @@ from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from consumer import recorder as recorder_module
 from consumer.recorder import PreparedBatch, Recorder
+from consumer.recorder import apply as applying
 from schemas.errors import PermanentError
-from schemas.messages import Event
+from schemas.messages import Event, parse_event
 from schemas.settings import RecorderSettings
 from schemas.tables import applied_events
 from tests.integration.conftest import Services
@@ -120,7 +120,7 @@ async def test_a_batch_is_acked_only_after_its_commit(services: Services, db: As
     seen: dict[str, bool] = {}
 
     async def committed_when_acked(message: Message) -> None:
-        event_id = recorder_module.parse_event(message.body).event_id
+        event_id = parse_event(message.body).event_id
         async with db.connect() as conn:
             found = await conn.execute(select(applied_events.c.event_id).where(applied_events.c.event_id == event_id))
             seen[event_id] = found.first() is not None
@@ -170,7 +170,7 @@ async def test_a_database_error_that_is_not_transient_ends_the_batches(
     # Given a database that refuses the second batch for good (and nothing more to come)
     job_id = str(uuid.uuid4())
     _, _, done = job_events(job_id, 4)
-    real = recorder_module.apply_prepared
+    real = applying.apply_prepared
     calls = 0
 
     async def refuse_the_second(conn: AsyncConnection, batch: PreparedBatch) -> list[str]:
@@ -180,7 +180,7 @@ async def test_a_database_error_that_is_not_transient_ends_the_batches(
             raise ValueError("refused")
         return await real(conn, batch)
 
-    monkeypatch.setattr(recorder_module, "apply_prepared", refuse_the_second)
+    monkeypatch.setattr(applying, "apply_prepared", refuse_the_second)
     recorder, _ = make_recorder(services, db, batch_size=2)
     messages = [Message(body(e)) for e in done]
     for message in messages:
