@@ -191,8 +191,17 @@ async def apply_prepared(conn: AsyncConnection, batch: PreparedBatch) -> list[st
     return list(finished.scalars())
 
 
+# SQLSTATE classes of a server that cannot serve now but may soon: 08 connection, 40 a deadlock or
+# serialization failure (the other transaction wins; ours goes again), 53 insufficient resources
+# (disk full, too many connections), 57 operator intervention (a shutdown, a restart under way).
+_PASSING_CLASSES = frozenset({"08", "40", "53", "57"})
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for a lost or refused connection: the same transaction may well succeed later."""
     if isinstance(exc, OperationalError | InterfaceError | OSError | ConnectionError):
         return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    if not isinstance(exc, DBAPIError):
+        return False
+    code = getattr(exc.orig, "sqlstate", None)
+    return exc.connection_invalidated or (isinstance(code, str) and code[:2] in _PASSING_CLASSES)
