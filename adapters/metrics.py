@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import time
@@ -280,7 +281,17 @@ async def serving(port: int, health: Health, host: str = "0.0.0.0") -> AsyncIter
     if port == 0:
         yield None
         return
-    server = await MetricsServer(health).start(port, host)
+    try:
+        server = await MetricsServer(health).start(port, host)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        # An exit with one line that says what to change: as a plain OSError it would read as a
+        # service that cannot be reached.
+        raise SystemExit(
+            f"pagewire: metrics port {port} on {host} is in use by another process: "
+            "set PAGEWIRE_METRICS_PORT to a free port, or to 0 for no metrics server"
+        ) from None
     try:
         yield server
     finally:

@@ -43,6 +43,10 @@ from schemas.settings import RecorderSettings
 
 log = logging.getLogger(__name__)
 
+MAX_TASK_PAGES = 100_000
+"""More pages than any task the planner makes (its page limit is far lower): a body naming more is
+not a task of ours, and ending its pages one event each would take the recorder's memory."""
+
 DEAD_LETTER_WORKER = "dead-letter"
 """The ``worker`` of a page failed because the broker (or a role) gave up on its task."""
 
@@ -112,6 +116,11 @@ def ending_events(body: bytes, headers: Mapping[str, Any], max_bytes: int) -> li
     try:
         if kind == "PageTask":
             task = parse_as(PageTask, body, max_bytes)
+            if task.last_page - task.first_page >= MAX_TASK_PAGES:
+                log.warning(
+                    "dead-lettered task %s names %s pages: not a task pagewire made", task.task_id, task.last_page
+                )
+                return []
             attempts = _attempts(headers)
             return [
                 PageFailed(
@@ -154,7 +163,13 @@ class GivenUp:
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         """End the pages or job a dead letter names; ack once its events are confirmed."""
-        events = ending_events(message.body, message.headers or {}, self.settings.max_message_bytes)
+        try:
+            events = ending_events(message.body, message.headers or {}, self.settings.max_message_bytes)
+        except Exception:
+            # A notification nothing can be made of: holding it would only take a prefetch slot for ever.
+            log.exception("dead letter %s: could not tell what it leaves open; dropped", message.message_id)
+            await ack(message)
+            return
         try:
             for event in events:
                 await self.publisher.publish_event(event)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -178,3 +179,19 @@ def test_log_context_tags_records() -> None:
     # Then the first carries the job and page, the second neither
     assert (records[0].job_id, records[0].page) == ("j1", 3)  # type: ignore[attr-defined]
     assert (records[1].job_id, records[1].page) == (None, None)  # type: ignore[attr-defined]
+
+
+async def test_a_metrics_port_in_use_is_one_line_that_names_the_setting() -> None:
+    # Given another process listening on the port
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        # Then starting the metrics server ends the process with a line that says what to change
+        with pytest.raises(SystemExit) as stopped:
+            async with metrics.serving(port, metrics.Health("recorder"), "127.0.0.1"):
+                pass
+    message = str(stopped.value.code)
+    assert str(port) in message and "PAGEWIRE_METRICS_PORT" in message
+    assert "\n" not in message

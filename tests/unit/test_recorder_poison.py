@@ -197,3 +197,9 @@ def test_other_dead_letters_end_nothing() -> None:
 def test_an_unknown_code_in_the_headers_still_ends_the_pages() -> None:
     assert failure_of({HEADER_ERROR_CODE: "no_such_code"})[0] == ErrorCode.RETRIES_EXHAUSTED
     assert failure_of({})[0] == ErrorCode.RETRIES_EXHAUSTED
+
+
+def test_a_task_naming_more_pages_than_any_planner_makes_ends_nothing() -> None:
+    huge = task(1, 1).model_copy(update={"last_page": 2**31})
+    headers = {HEADER_TYPE: "PageTask", HEADER_DEATH: [{"reason": "delivery_limit"}]}
+    assert ending_events(to_body(huge), headers, 1 << 20) == []
