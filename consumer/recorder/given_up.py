@@ -1,4 +1,4 @@
-"""Ending what the broker gave up on: the pages of a dead-lettered task, the job of a dead-lettered request.
+"""Ending what the broker gave up on: the pages of a dead-lettered task.
 
 Every dead-lettered message reaches the recorder's own queue on the dead
 exchange (a fanout; ``pagewire dead`` reads its own copy). When a worker dies on
@@ -9,11 +9,15 @@ each page of a dead-lettered ``PageTask`` gets a final ``PageFailed``, published
 like any worker's: ``process_crashed`` when the broker gave up (reason
 ``delivery_limit``, no pagewire code), the code a role attached otherwise. The
 page rows only move up the ranks, so a page an earlier attempt completed stays
-completed and counts once. A ``JobRequest`` the broker gave up on (the planner
-died on it) fails its job the same way.
+completed and counts once, and a task replayed later (``pagewire dead replay``)
+still completes its pages and the job.
 
-Each event id is derived from the task (or job), so a notification handled
-twice sends events that count once.
+A ``JobRequest`` the broker gave up on is left alone: failing its job would
+keep a replay of the request (the way back once the planner is fixed) from
+ever completing it.
+
+Each event id is derived from the task, so a notification handled twice sends
+events that count once.
 """
 
 from __future__ import annotations
@@ -30,12 +34,9 @@ from adapters.amqp import Publisher, ack, reject
 from schemas.errors import ErrorCode, PagewireError
 from schemas.messages import (
     Event,
-    JobFailed,
-    JobRequest,
     PageFailed,
     PageTask,
     completion_event_id,
-    job_id_of,
     parse_as,
 )
 from schemas.names import HEADER_ATTEMPTS, HEADER_DEATH, HEADER_ERROR, HEADER_ERROR_CODE, HEADER_TYPE
@@ -135,26 +136,13 @@ def ending_events(body: bytes, headers: Mapping[str, Any], max_bytes: int) -> li
                 )
                 for page_no in range(task.first_page, task.last_page + 1)
             ]
-        if kind == "JobRequest" and HEADER_ERROR_CODE not in headers:
-            # With a pagewire code the planner failed the job itself before it dead-lettered it.
-            if job_id_of(body) is None:
-                return []  # no job id of its own: the job never existed under any id
-            request = parse_as(JobRequest, body, max_bytes)
-            return [
-                JobFailed(
-                    event_id=completion_event_id(request.job_id, "dead:request"),
-                    job_id=request.job_id,
-                    error_code=code,
-                    message=message,
-                )
-            ]
     except PagewireError as exc:
         log.info("dead-lettered %s that does not parse (%s): nothing to end", kind or "message", exc)
     return []
 
 
 class GivenUp:
-    """Consumes the recorder's dead-letter queue and publishes the events that end what it names."""
+    """Consumes the recorder's dead-letter queue and publishes the events that end the pages it names."""
 
     def __init__(self, settings: RecorderSettings, publisher: Publisher, retry_s: float = 1.0) -> None:
         self.settings = settings

@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError
 from consumer.recorder.given_up import DEAD_LETTER_WORKER, ending_events, failure_of
 from consumer.recorder.poison import describe, is_data_error, isolate, sanitised, unrecordable_failure
 from schemas.errors import ErrorCode
-from schemas.messages import JobCancelled, JobFailed, JobOptions, JobRequest, PageFailed, PageTask, Source, to_body
+from schemas.messages import JobCancelled, JobOptions, JobRequest, PageFailed, PageTask, Source, to_body
 from schemas.names import HEADER_DEATH, HEADER_ERROR, HEADER_ERROR_CODE, HEADER_TYPE
 
 
@@ -173,16 +173,11 @@ def test_a_task_without_pagewire_headers_is_known_by_its_body() -> None:
     assert [e.type for e in events] == ["PageFailed"]
 
 
-def test_a_request_the_broker_gave_up_on_fails_its_job() -> None:
+def test_a_request_the_broker_gave_up_on_is_left_for_a_replay() -> None:
     request = JobRequest(job_id="job-3", source=Source(bucket="pagewire", key="k.pdf"))
     headers = {HEADER_TYPE: "JobRequest", HEADER_DEATH: [{"reason": "delivery_limit"}]}
 
-    events = ending_events(to_body(request), headers, 1 << 20)
-
-    assert len(events) == 1 and isinstance(events[0], JobFailed)
-    assert (events[0].job_id, events[0].error_code) == ("job-3", ErrorCode.PROCESS_CRASHED)
-    # The planner fails the job itself before it dead-letters a request with a code of its own
-    assert ending_events(to_body(request), headers | {HEADER_ERROR_CODE: "not_a_pdf"}, 1 << 20) == []
+    assert ending_events(to_body(request), headers, 1 << 20) == []
 
 
 def test_other_dead_letters_end_nothing() -> None:
