@@ -31,7 +31,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from consumer.recorder.prepare import JSON_COLUMNS, PAGE_COLUMNS
 from schemas.messages import CACHE_WORKER
-from schemas.tables import JobStatus, PageStatus, applied_events, jobs, page_cache, pages
+from schemas.tables import JobStatus, PageStatus, applied_events, job_tombstones, jobs, page_cache, pages
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 """Job statuses an event may still move on."""
@@ -226,13 +226,20 @@ MARK_COMPLETION_SEEN = (
 
 
 def _record_events_statement() -> Any:
-    """Insert the batch's event ids into ``applied_events``, returning those that were not there."""
+    """Insert the batch's event ids into ``applied_events``, returning those that were not there.
+
+    Events of a job with a tombstone (deleted or expired) are left out, so they are dropped: a
+    task still in flight, a redelivery or a replay must not bring such a job back.
+    """
     new = _unnest("new_events", ("event_ids", "event_id", Text), ("job_ids", "job_id", Text), ("types", "type", Text))
+    buried = select(job_tombstones.c.job_id).where(job_tombstones.c.job_id == new.c.job_id).exists()
     return (
         pg_insert(applied_events)
         .from_select(
             ["event_id", "job_id", "type", "applied_at"],
-            select(new.c.event_id, new.c.job_id, new.c.type, bindparam("now", type_=DateTime(timezone=True))),
+            select(new.c.event_id, new.c.job_id, new.c.type, bindparam("now", type_=DateTime(timezone=True))).where(
+                ~buried
+            ),
         )
         .on_conflict_do_nothing()
         .returning(applied_events.c.event_id)
