@@ -122,6 +122,7 @@ job_plans = Table(
     Column("planned_at", DateTime(timezone=True), nullable=False),
 )
 
+
 class TombstoneReason(StrEnum):
     DELETED = "deleted"
     EXPIRED = "expired"
