@@ -72,6 +72,10 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> Exch
         topology.dead_queue, durable=True, arguments=topology.dead_queue_arguments()
     )
     await dead_queue.bind(dead)
+    recorder_dead_queue = await channel.declare_queue(
+        topology.recorder_dead_queue, durable=True, arguments=topology.dead_queue_arguments()
+    )
+    await recorder_dead_queue.bind(dead)
 
     jobs = await channel.declare_exchange(topology.jobs_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
     jobs_queue = await channel.declare_queue(

@@ -141,7 +141,7 @@ class Worker:
         # all are confirmed before the next OCR page, the end of the task, and its ack.
         publishing: list[asyncio.Task[None]] = []
         # The next run of text layers, handed to the child as soon as this run is in: the child reads
-        # it while this process turns this run into events, instead of waiting for that to be done.
+        # it while this process turns this run into events, so neither waits for the other.
         ahead: tuple[int, asyncio.Task[dict[int, LayerReading | None]]] | None = None
         try:
             for page_no in range(task.first_page, task.last_page + 1):

@@ -16,6 +16,7 @@ has taken the request, and raises if it did not.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -48,6 +49,8 @@ from schemas.names import HIGH_PRIORITY
 from schemas.s3keys import source_key
 from schemas.settings import ClientSettings
 from schemas.tables import TERMINAL_JOB_STATUSES, PageStatus, jobs, pages
+
+log = logging.getLogger(__name__)
 
 STATUS_FIELDS = (
     "job_id",
@@ -82,7 +85,13 @@ class Subscription:
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         async for message in self.messages():
-            yield parse_event(message.body, self.max_bytes)
+            # Anyone may publish on the fanout: a body that is no event is skipped, not the end of the stream.
+            try:
+                event = parse_event(message.body, self.max_bytes)
+            except PermanentError as exc:
+                log.warning("skipped a message on the events exchange that is no event: %s", exc)
+                continue
+            yield event
 
     async def messages(self) -> AsyncIterator[aio_pika.abc.AbstractIncomingMessage]:
         """The events as they came, unparsed: for a reader that looks at the headers first (each

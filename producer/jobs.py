@@ -21,8 +21,13 @@ rules:
   result files. A source your own service put elsewhere is never deleted;
 - objects go first, then, in one transaction, the job's ``pages`` rows (they
   hold the same text) and ``jobs.expired_at`` is set. The ``jobs`` row stays
-  as a tombstone with its counters and error code. A run that dies between
-  the two is finished by the next one (deleting a missing object is fine).
+  with its counters and error code, and a ``job_tombstones`` row makes the
+  recorder drop any later event of the job. A run that dies between the two
+  is finished by the next one (deleting a missing object is fine);
+- then the ``applied_events`` rows of every job with a tombstone (deleted or
+  expired) go: the tombstone keeps their events out;
+- ``job_plans`` rows stay: they are how the planner knows an id was used, so a
+  request that reuses the id of a deleted or expired job is not planned again.
 
 Sizes (for the size limit and the report) come from listings of the
 prefixes the objects live under, a thousand objects per request, not one
@@ -45,7 +50,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from adapters.signals import Stopper
 from adapters.storage import Storage
@@ -53,7 +58,7 @@ from producer.output import EXIT_OK, EXIT_USAGE, jsonable
 from schemas.messages import OutputFormat
 from schemas.s3keys import source_key
 from schemas.settings import Settings
-from schemas.tables import TERMINAL_JOB_STATUSES, JobStatus
+from schemas.tables import TERMINAL_JOB_STATUSES, JobStatus, TombstoneReason
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +284,33 @@ def measure(storage: Storage, candidates: Sequence[Candidate]) -> None:
         candidate.bytes = sum(sizes.get(obj, 0) for obj in candidate.objects)
 
 
+async def bury(conn: AsyncConnection, job_ids: Sequence[str], reason: TombstoneReason) -> None:
+    """Leave a tombstone for each job, in the caller's transaction: the recorder drops their events from now on.
+
+    Without one, an event still on its way (a task in flight, a redelivery, a replay) would
+    bring back pages of an expired job, or a row for a deleted one.
+    """
+    await conn.execute(
+        text(
+            "INSERT INTO job_tombstones (job_id, reason, buried_at)"
+            " SELECT unnest(CAST(:ids AS text[])), :reason, now() ON CONFLICT DO NOTHING"
+        ),
+        {"ids": list(job_ids), "reason": str(reason)},
+    )
+
+
+async def forget_applied_events(conn: AsyncConnection) -> int:
+    """Delete the ``applied_events`` rows of every job with a tombstone; how many.
+
+    The tombstone keeps their events out (a redelivered one is dropped before the inbox is
+    consulted), so these rows only take space. One pass over the table a run, with a hash
+    of the tombstones: the table has no index on ``job_id``, on purpose (the recorder writes
+    a row an event).
+    """
+    result = await conn.execute(text("DELETE FROM applied_events a USING job_tombstones t WHERE a.job_id = t.job_id"))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 def delete_objects(storage: Storage, objects: Sequence[tuple[str, str]]) -> None:
     """Delete, a thousand keys a request; a key already gone is fine. Blocking."""
     by_bucket: dict[str, list[str]] = {}
@@ -327,6 +359,9 @@ async def collect_garbage(
             await conn.execute(
                 text("UPDATE jobs SET expired_at = now(), updated_at = now() WHERE job_id = ANY(:ids)"), {"ids": ids}
             )
+            await bury(conn, ids, TombstoneReason.EXPIRED)
+        async with engine.begin() as conn:
+            await forget_applied_events(conn)
         for candidate in expire:
             log.info("expired job %s (%s, %s bytes)", candidate.job_id, candidate.reason, candidate.bytes)
         return report

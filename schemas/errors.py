@@ -49,6 +49,9 @@ class ErrorCode(StrEnum):
     RETRIES_EXHAUSTED = "retries_exhausted"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     INTERNAL_ERROR = "internal_error"
+    # Recording (the recorder ends a job that cannot otherwise end)
+    EVENT_UNRECORDABLE = "event_unrecordable"
+    STALLED = "stalled"
     # Queries (client side)
     JOB_NOT_FOUND = "job_not_found"
     RESULT_NOT_READY = "result_not_ready"

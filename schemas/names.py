@@ -77,6 +77,15 @@ class Topology:
     def dead_queue(self) -> str:
         return f"{self.prefix}.dead"
 
+    @property
+    def recorder_dead_queue(self) -> str:
+        """The recorder's own copy of every dead-lettered message (the dead exchange is a fanout).
+
+        Tasks and job requests the broker gave up on end their pages or job here, while
+        ``dead_queue`` keeps its copy for ``pagewire dead``.
+        """
+        return f"{self.prefix}.recorder.dead"
+
     def work_queue_arguments(self) -> dict[str, Any]:
         """Quorum queue with a delivery limit that dead-letters, at least once."""
         return {
@@ -88,4 +97,5 @@ class Topology:
         }
 
     def dead_queue_arguments(self) -> dict[str, Any]:
+        """Quorum, and no dead-lettering of their own: a dead letter must not go round the fanout again."""
         return {"x-queue-type": "quorum"}

@@ -127,6 +127,11 @@ class RecorderSettings(Settings):
         default=100, ge=0, description="... or this long after its first event, whichever comes first"
     )
     db_retry_max_s: float = Field(default=30.0, gt=0, description="longest wait between database retries")
+    stall_after_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="a running job with no event for this long, and no task waiting in the queues, fails as stalled",
+    )
 
 
 class ClientSettings(Settings):

@@ -122,6 +122,21 @@ job_plans = Table(
     Column("planned_at", DateTime(timezone=True), nullable=False),
 )
 
+
+class TombstoneReason(StrEnum):
+    DELETED = "deleted"
+    EXPIRED = "expired"
+
+
+job_tombstones = Table(
+    "job_tombstones",
+    metadata,
+    Column("job_id", Text, primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("buried_at", DateTime(timezone=True), nullable=False),
+)
+"""Jobs deleted or expired: the recorder drops their events, so nothing brings them back (migration 0006)."""
+
 page_cache = Table(
     "page_cache",
     metadata,

@@ -880,6 +880,7 @@ def delete_topology(amqp_url: str, topology: Topology, extra_queues: Sequence[st
         topology.tasks_high_queue,
         topology.recorder_queue,
         topology.dead_queue,
+        topology.recorder_dead_queue,
         *extra_queues,
     ]
     exchanges = [

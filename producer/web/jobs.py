@@ -19,8 +19,9 @@ from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.storage import Storage
+from producer.jobs import bury
 from schemas.errors import ErrorCode, PermanentError
-from schemas.tables import JobStatus, jobs, pages
+from schemas.tables import JobStatus, TombstoneReason, jobs, pages
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
@@ -165,8 +166,10 @@ async def delete_job(db: AsyncEngine, storage: Storage, default_bucket: str, job
     S3 goes first: should it fail half way, the row is still there and the
     DELETE can be repeated, where the other order would leave orphans no route
     can reach. A source the job read from elsewhere in S3 is not ours and
-    stays. ``applied_events`` keeps the job's event ids on purpose, so a late
-    redelivery of one of its events cannot bring the job back.
+    stays. A tombstone (``job_tombstones``) is left in the same transaction: the
+    recorder drops every later event of the job, so none can bring it back, and
+    ``pagewire gc`` later removes its ``applied_events`` rows. Its ``job_plans``
+    row stays, so a request that reuses the id is not planned again.
     """
     async with db.connect() as conn:
         row = (await conn.execute(select(jobs.c.result_bucket).where(jobs.c.job_id == job_id))).first()
@@ -177,5 +180,6 @@ async def delete_job(db: AsyncEngine, storage: Storage, default_bucket: str, job
     for bucket in sorted(buckets):
         deleted += await asyncio.to_thread(_delete_prefix, storage, bucket, f"jobs/{job_id}/")
     async with db.begin() as conn:
+        await bury(conn, [job_id], TombstoneReason.DELETED)
         await conn.execute(delete(jobs).where(jobs.c.job_id == job_id))
     return deleted

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -17,14 +18,14 @@ from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from consumer import recorder as recorder_module
 from consumer.recorder import PreparedBatch, Recorder
-from schemas.errors import PermanentError
-from schemas.messages import Event
+from consumer.recorder import apply as applying
+from schemas.errors import ErrorCode, PermanentError
+from schemas.messages import Event, JobCancelled, JobFailed, parse_event
 from schemas.settings import RecorderSettings
 from schemas.tables import applied_events
 from tests.integration.conftest import Services
-from tests.integration.test_recorder_apply import job_events, page_row, retrying
+from tests.integration.test_recorder_apply import apply, job_events, job_row, page_row, retrying
 
 
 class Channel:
@@ -68,9 +69,13 @@ class Message:
 class Publisher:
     def __init__(self) -> None:
         self.dead: list[tuple[bytes, PermanentError]] = []
+        self.events: list[Event] = []
 
     async def dead_letter(self, message: Message, error: PermanentError, queue: str) -> None:
         self.dead.append((message.body, error))
+
+    async def publish_event(self, event: Event) -> None:
+        self.events.append(event)
 
 
 def make_recorder(services: Services, db: AsyncEngine, batch_size: int) -> tuple[Recorder, Publisher]:
@@ -120,7 +125,7 @@ async def test_a_batch_is_acked_only_after_its_commit(services: Services, db: As
     seen: dict[str, bool] = {}
 
     async def committed_when_acked(message: Message) -> None:
-        event_id = recorder_module.parse_event(message.body).event_id
+        event_id = parse_event(message.body).event_id
         async with db.connect() as conn:
             found = await conn.execute(select(applied_events.c.event_id).where(applied_events.c.event_id == event_id))
             seen[event_id] = found.first() is not None
@@ -170,7 +175,7 @@ async def test_a_database_error_that_is_not_transient_ends_the_batches(
     # Given a database that refuses the second batch for good (and nothing more to come)
     job_id = str(uuid.uuid4())
     _, _, done = job_events(job_id, 4)
-    real = recorder_module.apply_prepared
+    real = applying.apply_prepared
     calls = 0
 
     async def refuse_the_second(conn: AsyncConnection, batch: PreparedBatch) -> list[str]:
@@ -180,7 +185,7 @@ async def test_a_database_error_that_is_not_transient_ends_the_batches(
             raise ValueError("refused")
         return await real(conn, batch)
 
-    monkeypatch.setattr(recorder_module, "apply_prepared", refuse_the_second)
+    monkeypatch.setattr(applying, "apply_prepared", refuse_the_second)
     recorder, _ = make_recorder(services, db, batch_size=2)
     messages = [Message(body(e)) for e in done]
     for message in messages:
@@ -190,3 +195,45 @@ async def test_a_database_error_that_is_not_transient_ends_the_batches(
     with pytest.raises(ValueError, match="refused"):
         await asyncio.wait_for(recorder.batches_forever(), 20)
     assert [m.processed for m in messages] == [True, True, False, False]
+
+
+def with_nul(event: Event, field: str) -> bytes:
+    """The event's body with a NUL in ``field``, written by hand (as a producer past any validation may)."""
+    data = json.loads(body(event))
+    data[field] = "stop\x00now"
+    return json.dumps(data).encode()
+
+
+async def test_events_the_database_refuses_are_set_aside_and_the_rest_of_their_batch_applied(
+    services: Services, db: AsyncEngine
+) -> None:
+    # Given one batch holding: a refused cancel of a job that already completed, a refused page of
+    # a running job, that job's other pages, and a third job's events
+    finished_job, running_job, other_job = (str(uuid.uuid4()) for _ in range(3))
+    queued, started, done = job_events(finished_job, 1)
+    await apply(db, [queued, started, *done])
+    running_queued, running_started, running_pages = job_events(running_job, 3)
+    other_queued, other_started, other_pages = job_events(other_job, 2)
+    bad_page = with_nul(running_pages[0], "text")
+    bad_cancel = with_nul(JobCancelled(job_id=finished_job, reason="x"), "reason")
+    good = [running_queued, running_started, *running_pages[1:], other_queued, other_started, *other_pages]
+    messages = [Message(body(e)) for e in good]
+    messages.insert(1, Message(bad_page))
+    messages.insert(4, Message(bad_cancel))
+    recorder, publisher = make_recorder(services, db, batch_size=len(messages))
+
+    # When the recorder takes the batch
+    await record(recorder, messages)
+
+    # Then every message is settled, the two refused ones dead-lettered with the reason
+    assert sorted(b for b, _ in publisher.dead) == sorted([bad_page, bad_cancel])
+    assert {e.code for _, e in publisher.dead} == {ErrorCode.EVENT_UNRECORDABLE}
+    assert all("0x00" in e.message for _, e in publisher.dead)
+    # and the rest applied: the other job completed, the running job has its two good pages
+    assert (await job_row(db, other_job))["status"] == "completed"
+    assert (await job_row(db, running_job))["pages_ok"] == 2
+    # and only the running job is failed (the finished one stays as it ended)
+    (failure,) = publisher.events
+    assert isinstance(failure, JobFailed)
+    assert (failure.job_id, failure.error_code) == (running_job, ErrorCode.EVENT_UNRECORDABLE)
+    assert (await job_row(db, finished_job))["status"] == "completed"

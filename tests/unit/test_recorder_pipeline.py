@@ -13,15 +13,14 @@ import pytest
 
 from consumer import recorder
 from consumer.recorder import (
-    _PAGE_COLUMNS,
     PAUSE_EVERY,
-    _page_row,
     merge_page_events,
     pipelined,
     prepare_batch,
     prepare_bodies,
     prepare_events,
 )
+from consumer.recorder.prepare import PAGE_COLUMNS, page_row
 from schemas.errors import ErrorCode
 from schemas.messages import Engine, Event, JobOptions, JobStarted, PageCompleted, PageFailed, Source
 from schemas.settings import RecorderSettings
@@ -143,14 +142,14 @@ def test_prepared_rows_are_the_rows_apply_batch_made_before() -> None:
     events = a_mixed_batch()
     prepared = prepare_batch(events)
 
-    # What apply_batch did itself (all events new): dedupe by id, merge the page events, _page_row each.
+    # What apply_batch did itself (all events new): dedupe by id, merge the page events, page_row each.
     first: dict[str, Event] = {}
     for event in events:
         first.setdefault(event.event_id, event)
     unique = list(first.values())
     merged = merge_page_events([e for e in unique if isinstance(e, PageCompleted | PageFailed)])
-    rows = [_page_row(e, NOW) for e in merged]
-    expected = {f"{name}_list": [r[name] for r in rows] for name in _PAGE_COLUMNS if name != "updated_at"}
+    rows = [page_row(e, NOW) for e in merged]
+    expected = {f"{name}_list": [r[name] for r in rows] for name in PAGE_COLUMNS if name != "updated_at"}
 
     assert [e.event_id for e in prepared.events] == [e.event_id for e in unique]
     assert prepared.merged == merged
@@ -273,13 +272,13 @@ async def test_jobs_that_finish_together_are_finished_a_few_at_a_time_and_each_o
         finished.append(job_id)
         running -= 1
 
-    rec.finish = finish  # type: ignore[method-assign]
+    rec.finisher.finish = finish  # type: ignore[method-assign]
     jobs = [f"job-{n}" for n in range(20)]
     for job_id in jobs + jobs[:5]:  # five of them named twice (a sweep while they are in hand)
-        rec._finish_later(job_id)
-    await asyncio.wait_for(asyncio.gather(*rec.background), 5.0)
+        rec.finisher.finish_later(job_id)
+    await asyncio.wait_for(asyncio.gather(*rec.finisher.background), 5.0)
 
     # Then no more than FINISHING_AT_ONCE hold a connection at a time, and every job is finished once
     assert peak == recorder.FINISHING_AT_ONCE
     assert sorted(finished) == sorted(jobs)
-    assert not rec.finishing
+    assert not rec.finisher.finishing

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from consumer.recorder import _FILL_PAGE_CACHE, _UPSERT_PAGES, _page_row
+from consumer.recorder.prepare import page_row
+from consumer.recorder.sql import FILL_PAGE_CACHE, UPSERT_PAGES
 from schemas.errors import ErrorCode
 from schemas.messages import Block, Engine, NumberDisagreement, PageCompleted, PageFailed
 
@@ -33,7 +34,7 @@ def completed(**extra: object) -> PageCompleted:
 
 def test_blocks_are_the_json_of_each_block_as_model_dump_gives_it() -> None:
     event = completed()
-    row = _page_row(event, NOW)
+    row = page_row(event, NOW)
     assert isinstance(row["blocks"], str)
     assert json.loads(row["blocks"]) == [b.model_dump(mode="json") for b in event.blocks]
     assert json.loads(row["number_disagreements"]) == []
@@ -42,7 +43,7 @@ def test_blocks_are_the_json_of_each_block_as_model_dump_gives_it() -> None:
 
 def test_number_disagreements_are_serialised_with_their_count() -> None:
     found = [NumberDisagreement(kind="currency", text_layer="12,50", ocr="12,60", text_layer_offset=6, ocr_offset=6)]
-    row = _page_row(completed(number_disagreements=found), NOW)
+    row = page_row(completed(number_disagreements=found), NOW)
     assert json.loads(row["number_disagreements"]) == [d.model_dump(mode="json") for d in found]
     assert row["number_disagreement_count"] == 1
 
@@ -51,7 +52,7 @@ def test_a_failed_page_stores_a_json_null_for_its_blocks_as_before() -> None:
     event = PageFailed(
         job_id="j", page_no=1, error_code=ErrorCode.OCR_FAILED, message="m", attempt=2, final=True, worker="w"
     )
-    row = _page_row(event, NOW)
+    row = page_row(event, NOW)
     # The plain JSONB type wrote None as a JSON null (not SQL NULL); the text keeps that.
     assert row["blocks"] == "null"
     assert json.loads(row["number_disagreements"]) == []
@@ -60,11 +61,11 @@ def test_a_failed_page_stores_a_json_null_for_its_blocks_as_before() -> None:
 
 def test_the_statements_take_arrays_and_cast_json_text_to_the_columns_types() -> None:
     dialect = create_async_engine("postgresql+asyncpg://user@localhost/db").dialect  # connects to nothing
-    upsert = str(_UPSERT_PAGES.compile(dialect=dialect))
+    upsert = str(UPSERT_PAGES.compile(dialect=dialect))
     # One statement a batch, whatever its size; boxes stay JSON text (migration 0005), the
     # disagreements are parsed into jsonb, which the README's queries look inside.
     assert "FROM unnest(" in upsert
     assert "CAST(batch.blocks AS JSON)" in upsert and "CAST(batch.number_disagreements AS JSONB)" in upsert
-    sql = str(_FILL_PAGE_CACHE.compile(dialect=dialect))
+    sql = str(FILL_PAGE_CACHE.compile(dialect=dialect))
     # The page cache is filled through the pages' primary key, not a scan for event ids.
     assert "unnest(" in sql and "pages.job_id = fresh.job_id AND pages.page_no = fresh.page_no" in sql
