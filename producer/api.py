@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from adapters.amqp import Publisher, connect
 from adapters.storage import Storage
+from producer.images import ImageLimits, image_kind, image_to_pdf
 from schemas.errors import ErrorCode, PermanentError
 from schemas.messages import (
     TERMINAL_EVENTS,
@@ -158,20 +159,29 @@ class Client:
         deadline: datetime | None = None,
         submitted_by: str | None = None,
         metadata: dict[str, str] | None = None,
+        filename: str | None = None,
     ) -> JobRequest:
-        """Upload a PDF to ``jobs/{job_id}/source.pdf`` and queue it.
+        """Upload a PDF (or a PNG, JPEG or TIFF image, made a PDF first) to ``jobs/{job_id}/source.pdf`` and queue it.
 
         With ``idempotency_key`` the job id is derived from the key: submitting
-        twice gives one job, planned once.
+        twice gives one job, planned once. ``filename`` (a path's own name by
+        default) is kept in ``metadata``, for the status page and ``pagewire jobs``.
         """
         job_id = job_id or (idempotent_job_id(idempotency_key) if idempotency_key else str(uuid.uuid4()))
+        options = options or JobOptions()
+        filename = filename or (pdf.name if isinstance(pdf, Path) else None)
+        metadata = {**(metadata or {}), **({"filename": filename[:256]} if filename else {})}
         data = pdf if isinstance(pdf, bytes) else await asyncio.to_thread(pdf.read_bytes)
+        if image_kind(data[:16]) is not None:
+            # Anything else goes as it is: the planner judges it and the job fails with its code.
+            limits = ImageLimits(self.settings.image_max_megapixels, self.settings.image_max_pages)
+            data = await asyncio.to_thread(image_to_pdf, data, filename or "image", dpi=options.dpi, limits=limits)
         key = source_key(job_id)
         etag = await asyncio.to_thread(self.storage.put_bytes, self.settings.s3_bucket, key, data, "application/pdf")
         request = JobRequest(
             job_id=job_id,
             source=Source(bucket=self.settings.s3_bucket, key=key, etag=etag),
-            options=options or JobOptions(),
+            options=options,
             priority=priority,
             idempotency_key=idempotency_key,
             deadline=deadline,

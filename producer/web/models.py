@@ -84,9 +84,11 @@ class JobSummary(BaseModel):
     submitted_by: str | None = None
     metadata: dict[str, Any] | None = None
     result_keys: dict[str, str] | None = None
+    result_bucket: str | None = None
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    expired_at: datetime | None = Field(default=None, description="when retention deleted its objects")
     links: dict[str, str] = Field(default_factory=dict)
     # The fields slimgest's and DeepSeek-OCR's clients read, beside pagewire's own (docs/http.md).
     filename: str | None = Field(default=None, description="the uploaded or dropped file's name")
@@ -193,6 +195,13 @@ class DeepSeekMetadata(BaseModel):
     options: dict[str, Any] | None = None
     prompt: str | None = Field(default=None, description="the prompt sent; pagewire's engines take none")
     result_formats: list[str] = Field(default_factory=list)
+
+
+class RetryAccepted(BaseModel):
+    """``POST /jobs/{id}/retry``: the pages that failed for good, queued again."""
+
+    job_id: str
+    pages: list[int]
 
 
 class Cancelled(BaseModel):

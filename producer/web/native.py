@@ -41,6 +41,7 @@ from producer.web.models import (
     JobList,
     JobSummary,
     PageSummary,
+    RetryAccepted,
 )
 from producer.web.slimgest import service_status
 from producer.web.uploads import dpi_of, read_document
@@ -218,6 +219,22 @@ async def cancel_job(job_id: str, gw: GatewayDep, body: CancelRequest | None = N
     await gw.client.cancel(job_id, reason)
     log.info("cancel of job %s published: %s", job_id, reason)
     return CancelAccepted(job_id=job_id)
+
+
+@router.post(
+    "/jobs/{job_id}/retry",
+    status_code=202,
+    response_model=RetryAccepted,
+    responses=ERRORS,
+    dependencies=auth,
+    tags=["jobs"],
+)
+async def retry_job(job_id: str, gw: GatewayDep) -> RetryAccepted:
+    """Queue the pages that failed for good again (``pagewire retry``); an empty list: none failed."""
+    await require(gw, job_id)
+    queued = await gw.client.retry(job_id)
+    log.info("retry of job %s: %d page(s) queued again", job_id, len(queued))
+    return RetryAccepted(job_id=job_id, pages=queued)
 
 
 @router.delete(
