@@ -16,7 +16,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import Response
 
-from producer.images import pdf_name
 from producer.web.errors import ApiError
 from producer.web.gateway import GatewayDep, links, require, require_key, submit_upload
 from producer.web.models import ERRORS, DeepSeekAccepted, DeepSeekMetadata
@@ -77,7 +76,7 @@ async def download(job_id: str, gw: GatewayDep) -> Response:
     row = await _ended(gw, job_id)
     body = await gw.client.result(job_id, "md")
     name = (filename_of(row) or job_id).replace('"', "")
-    stem = pdf_name(name).removesuffix(".pdf")
+    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name  # report.pdf -> report.md
     return Response(
         body,
         media_type="text/markdown; charset=utf-8",
