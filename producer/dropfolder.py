@@ -634,7 +634,8 @@ class Watcher:
         settings = self.settings
         source = Source(bucket=settings.bucket, key=target, etag=etag)
         options = JobOptions(engine=settings.dropfolder_engine, dpi=settings.dropfolder_dpi)
-        metadata = {"dropfolder_key": obj.key}
+        # The file's own name too, as uploads and submits keep it: the status page and pagewire jobs show it.
+        metadata = {"dropfolder_key": obj.key, "filename": obj.key.rsplit("/", 1)[-1][:256]}
         if error is None:
             request = JobRequest(job_id=job_id, source=source, options=options, submitted_by=ROLE, metadata=metadata)
             await self.publisher.publish_job(request)

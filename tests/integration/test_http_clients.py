@@ -283,6 +283,15 @@ def test_the_cli_runs_through_the_gateway(gateway: Gateway, tmp_path: Path) -> N
     listed = pagewire(gateway, "jobs", "--limit", "50")
     assert listed.returncode == 0 and job_id in listed.stdout and "notes.pdf" in listed.stdout
 
+    watched = pagewire(gateway, "watch", job_id)
+    assert watched.returncode == 0, watched.stderr
+
+    retried = pagewire(gateway, "retry", job_id)
+    assert retried.returncode == 0 and "has no failed pages" in retried.stderr
+
+    ended = pagewire(gateway, "cancel", job_id)
+    assert ended.returncode == 1 and "already ended" in ended.stderr
+
     missing = pagewire(gateway, "status", "no-such-job")
     assert missing.returncode == 4 and "job_not_found" in missing.stderr
 
