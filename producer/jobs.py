@@ -152,7 +152,8 @@ def _short(name: str, width: int = 32) -> str:
 def format_table(rows: Sequence[dict[str, Any]], now: datetime | None = None) -> str:
     """The rows as an aligned text table for people."""
     now = now or datetime.now(UTC)
-    header = ("JOB", "FILE", "STATUS", "PAGES", "%", "CREATED", "ERROR")
+    # FILE last: scripts that read the columns before it by position keep working.
+    header = ("JOB", "STATUS", "PAGES", "%", "CREATED", "ERROR", "FILE")
     lines = [header]
     for row in rows:
         status = str(row["status"]) + (" (expired)" if row["expired_at"] else "")
@@ -161,7 +162,7 @@ def format_table(rows: Sequence[dict[str, Any]], now: datetime | None = None) ->
         percent = "-" if row["percent"] is None else f"{float(row['percent']):g}"
         name = _short(row.get("filename") or "-")
         created = _ago(row["created_at"], now)
-        lines.append((row["job_id"], name, status, pages, percent, created, row["error_code"] or ""))
+        lines.append((row["job_id"], status, pages, percent, created, row["error_code"] or "", name))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in lines)
 
