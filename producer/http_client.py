@@ -57,6 +57,9 @@ LIST_FIELDS = (
     "filename",
 )
 _TIMES = frozenset({"created_at", "started_at", "finished_at", "expired_at"})
+_LABELS = {"JobCompleted": "[green]done", "JobFailed": "[red]failed", "JobCancelled": "cancelled"}
+FOLLOW_ATTEMPTS = 30
+"""Times following a job starts again after its stream broke off, a second apart."""
 _FINAL_EVENT = {"completed": "JobCompleted", "completed_with_errors": "JobCompleted", "cancelled": "JobCancelled"}
 
 
@@ -265,19 +268,29 @@ class HttpClient:
 
             async def one(job_id: str, name: str) -> None:
                 bar = progress.add_task(name, total=None)
-                async for event, data in self.events(f"/jobs/{job_id}/events?text=false"):
-                    if event == "start":
-                        progress.update(bar, total=data.get("total_pages"), completed=data.get("pages_done") or 0)
-                    elif event == "page":
-                        progress.update(bar, completed=data.get("pages_done") or 0)
-                    elif event in ("complete", "error"):
-                        status = str(data.get("status"))
-                        finals[job_id] = _FINAL_EVENT.get(status, "JobFailed")
-                        label = {"JobCompleted": "[green]done", "JobFailed": "[red]failed", "JobCancelled": "cancelled"}
-                        progress.update(bar, description=f"{name} {label[finals[job_id]]}")
-                        if finals[job_id] == "JobFailed" and not quiet:
-                            console.print(f"[red]{name}: {data.get('error_code')}: {data.get('message')}")
-                        return
+                for attempt in range(FOLLOW_ATTEMPTS):
+                    try:
+                        async for event, data in self.events(f"/jobs/{job_id}/events?text=false"):
+                            if event == "start":
+                                total, done = data.get("total_pages"), data.get("pages_done") or 0
+                                progress.update(bar, total=total, completed=done)
+                            elif event == "page":
+                                progress.update(bar, completed=data.get("pages_done") or 0)
+                            elif event in ("complete", "error"):
+                                finals[job_id] = _FINAL_EVENT.get(str(data.get("status")), "JobFailed")
+                                progress.update(bar, description=f"{name} {_LABELS[finals[job_id]]}")
+                                if finals[job_id] == "JobFailed" and not quiet:
+                                    console.print(f"[red]{name}: {data.get('error_code')}: {data.get('message')}")
+                                return
+                    except GatewayError as exc:
+                        # Another gateway behind the same address may not know a job queued a moment ago yet.
+                        if exc.code != ErrorCode.JOB_NOT_FOUND or attempt == FOLLOW_ATTEMPTS - 1:
+                            raise
+                    except ConnectionError:
+                        if attempt == FOLLOW_ATTEMPTS - 1:
+                            raise
+                    # The stream broke off (a gateway restarted): a new one replays what the tables hold first.
+                    await asyncio.sleep(1.0)
 
             await asyncio.gather(*(one(job_id, name) for job_id, name in names.items()))
         return finals
