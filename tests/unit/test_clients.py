@@ -107,3 +107,24 @@ async def test_http_client_unreachable_is_a_connection_error() -> None:
     async with gateway(handler) as client:
         with pytest.raises(ConnectionError):
             await client.result("j1")
+
+
+async def test_http_submit_sends_the_file_and_a_repeated_idempotency_key_finds_the_job() -> None:
+    from producer.http_client import idempotent_job_id
+
+    sent: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.content)
+        if len(sent) == 1:
+            return httpx.Response(202, json={"job_id": idempotent_job_id("k-1"), "status": "queued", "links": {}})
+        return httpx.Response(409, json={"error_code": "job_exists", "message": "exists"})
+
+    async with gateway(handler) as client:
+        first = await client.submit(b"%PDF-1.7 ...", idempotency_key="k-1", filename="a.pdf")
+        again = await client.submit(b"%PDF-1.7 ...", idempotency_key="k-1", filename="a.pdf")
+        with pytest.raises(GatewayError):
+            await client.submit(b"%PDF-1.7 ...", filename="a.pdf")
+
+    assert first.job_id == again.job_id == idempotent_job_id("k-1")
+    assert b'filename="a.pdf"' in sent[0] and idempotent_job_id("k-1").encode() in sent[0]
