@@ -54,11 +54,11 @@ async def create(
 async def _ended(gw: GatewayDep, job_id: str) -> dict[str, Any]:
     """The job's row once it has a result; before: 400, as DeepSeek's server answers and its clients expect."""
     row = await require(gw, job_id)
-    if row["status"] not in ENDED_WITH_RESULT:
+    if row["status"] not in ENDED_WITH_RESULT or not row.get("result_keys"):
         raise ApiError(
             400,
             ErrorCode.RESULT_NOT_READY,
-            f"job {job_id!r} is {deepseek_status(str(row['status']))}: not completed",
+            f"job {job_id!r} is not completed yet (pagewire: {row['status']})",
             job_id=job_id,
         )
     return row

@@ -11,7 +11,9 @@ completed with errors for ever. So a job remembers the door it came in by
 (``metadata.api``): one created through DeepSeek's ``POST /jobs/create``
 answers ``GET /jobs/{id}`` with DeepSeek's words (``processing``, and
 ``completed`` for ``completed_with_errors``, whose result is there to
-download); every other job, and every list, keeps pagewire's words.
+download; ``processing`` still for the moment between the end and the
+result files being written); every other job, and every list, keeps
+pagewire's words.
 ``pagewire_status`` always carries pagewire's word.
 """
 
@@ -75,5 +77,8 @@ def with_client_fields(row: dict[str, Any], *, dialect: bool = False) -> dict[st
     }
     shown = {**row, **extra}
     if dialect and is_deepseek(row):
-        shown["status"] = deepseek_status(status)
+        # The recorder marks a job completed a moment before it has written the result files; a
+        # DeepSeek client downloads as soon as it reads "completed", so until then it reads "processing".
+        ended_without_result = status in ENDED_WITH_RESULT and not row.get("result_keys")
+        shown["status"] = "processing" if ended_without_result else deepseek_status(status)
     return shown

@@ -303,3 +303,19 @@ def test_the_cli_runs_through_the_gateway(gateway: Gateway, tmp_path: Path) -> N
         timeout=60,
     )
     assert unreachable.returncode == 3, unreachable.stderr
+
+
+@pytest.mark.ocr
+async def test_the_python_api_submits_an_image_under_its_own_name(stack: Stack, tmp_path: Path) -> None:
+    from producer.api import Client
+
+    image = tmp_path / "receipt.png"
+    image.write_bytes(text_image("Receipt total 4711"))
+    async with Client(stack.settings) as client, client.subscribe() as events:
+        request = await client.submit(image)
+        ends = [e.type async for e in events.for_jobs({request.job_id})]
+        row = await client.final_status(request.job_id)
+        text = (await client.result(request.job_id)).decode()
+
+    assert request.metadata["filename"] == "receipt.png" and ends[-1] == "JobCompleted"
+    assert row["status"] == "completed" and row["total_pages"] == 1 and "4711" in text

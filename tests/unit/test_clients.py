@@ -43,10 +43,17 @@ def row(status: str, **extra: Any) -> dict[str, Any]:
 )
 def test_a_job_speaks_the_words_of_the_door_it_came_in_by(status: str, api: str | None, shown: str) -> None:
     metadata = {"filename": "a.pdf", **({"api": api} if api else {})}
-    view = with_client_fields(row(status, metadata=metadata), dialect=True)
+    view = with_client_fields(row(status, metadata=metadata, result_keys={"md": "k"}), dialect=True)
     assert (view["status"], view["pagewire_status"]) == (shown, status)
     # and lists keep pagewire's words
     assert with_client_fields(row(status, metadata=metadata))["status"] == status
+
+
+def test_a_deepseek_job_reads_processing_until_its_result_is_written() -> None:
+    ended = row("completed", metadata={"api": "deepseek"}, result_keys=None)
+    assert with_client_fields(ended, dialect=True)["status"] == "processing"
+    written = ended | {"result_keys": {"md": "jobs/j1/result.md"}}
+    assert with_client_fields(written, dialect=True)["status"] == "completed"
 
 
 def test_client_fields() -> None:
