@@ -31,6 +31,8 @@ examples:
   pagewire status JOB --json            the job's status row
   pagewire result JOB > text.md         the assembled text
   pagewire watch                        every page event, live
+  pagewire --api https://ocr.example submit scan.png --wait
+                                        the same commands through an HTTP gateway
 
 Configuration comes from PAGEWIRE_* environment variables (see README).
 """
@@ -118,10 +120,18 @@ _COMMANDS_OF: dict[str, tuple[str, ...]] = {
 }
 
 
+# Options of the ``pagewire`` command itself that take a value: their value is not the subcommand.
+GLOBAL_OPTIONS_WITH_VALUE = ("--api",)
+
+
 def _command_in(argv: Sequence[str]) -> str | None:
-    """The subcommand named in ``argv`` (the first word that is not an option), if it is a lazy one."""
-    for word in argv:
-        if not word.startswith("-"):
+    """The subcommand named in ``argv`` (the first word that is neither an option nor an option's value),
+    if it is a lazy one."""
+    words = iter(argv)
+    for word in words:
+        if word in GLOBAL_OPTIONS_WITH_VALUE:
+            next(words, None)
+        elif not word.startswith("-"):
             return word if word in LAZY_COMMANDS else None
     return None
 
@@ -135,6 +145,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"pagewire {__version__}")
+    parser.add_argument(
+        "--api",
+        metavar="URL",
+        help="run submit, status, result, watch, cancel, retry and jobs through this pagewire http gateway"
+        " (PAGEWIRE_API_URL; its key in PAGEWIRE_API_KEY): no broker, database or S3 access needed",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cli.add_parsers(sub)
     for name, func, grace, text in (

@@ -32,7 +32,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from adapters.amqp import Publisher, connect
 from adapters.storage import Storage
+from producer.images import ImageLimits, image_kind, image_to_pdf
 from schemas.errors import ErrorCode, PermanentError
+from schemas.fields import clean_name
 from schemas.messages import (
     TERMINAL_EVENTS,
     Event,
@@ -167,25 +169,34 @@ class Client:
         deadline: datetime | None = None,
         submitted_by: str | None = None,
         metadata: dict[str, str] | None = None,
+        filename: str | None = None,
     ) -> JobRequest:
-        """Upload a PDF to ``jobs/{job_id}/source.pdf`` and queue it.
+        """Upload a PDF (or a PNG, JPEG or TIFF image, made a PDF first) to ``jobs/{job_id}/source.pdf`` and queue it.
 
         With ``idempotency_key`` the job id is derived from the key: submitting
-        twice gives one job, planned once.
+        twice gives one job, planned once. ``filename`` (a path's own name by
+        default) is kept in ``metadata``, for the status page and ``pagewire jobs``.
         """
         job_id = job_id or (idempotent_job_id(idempotency_key) if idempotency_key else str(uuid.uuid4()))
-        # Validated before anything is uploaded: a request the contract refuses leaves nothing behind.
+        options = options or JobOptions()
+        filename = filename or (pdf.name if isinstance(pdf, Path) else None)
+        metadata = {**(metadata or {}), **({"filename": clean_name(filename)} if filename else {})}
+        # Validated before anything is read or uploaded: a request the contract refuses leaves nothing behind.
         request = JobRequest(
             job_id=job_id,
             source=Source(bucket=self.settings.s3_bucket, key=source_key(job_id)),
-            options=options or JobOptions(),
+            options=options,
             priority=priority,
             idempotency_key=idempotency_key,
             deadline=deadline,
             submitted_by=submitted_by,
-            metadata=metadata or {},
+            metadata=metadata,
         )
         data = pdf if isinstance(pdf, bytes) else await asyncio.to_thread(pdf.read_bytes)
+        if image_kind(data[:16]) is not None:
+            # Anything else goes as it is: the planner judges it and the job fails with its code.
+            limits = ImageLimits(self.settings.image_max_megapixels, self.settings.image_max_pages)
+            data = await asyncio.to_thread(image_to_pdf, data, filename or "image", dpi=options.dpi, limits=limits)
         source = request.source
         etag = await asyncio.to_thread(self.storage.put_bytes, source.bucket, source.key, data, "application/pdf")
         request = request.model_copy(update={"source": source.model_copy(update={"etag": etag})})

@@ -1,7 +1,9 @@
 """The user's commands: ``submit``, ``status``, ``result``, ``cancel``, ``retry`` and ``watch``.
 
-Each parses its arguments and calls the Python API (:mod:`producer.api`);
-exit codes are those of :mod:`producer.output`.
+Each parses its arguments and calls the Python API: :mod:`producer.api`
+(broker, database and S3 directly), or :mod:`producer.http_client` when an API
+URL is set (``pagewire --api URL`` or ``PAGEWIRE_API_URL``), with the same
+output and exit codes. Exit codes are those of :mod:`producer.output`.
 """
 
 from __future__ import annotations
@@ -12,63 +14,111 @@ import json
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from producer.output import EXIT_JOB_FAILED, EXIT_OK, jsonable
 
-
-async def _submit(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
+if TYPE_CHECKING:
     from producer.api import Client
-    from producer.progress import follow
-    from schemas.messages import Engine, JobOptions
+    from producer.http_client import HttpClient
+    from schemas.messages import JobRequest
     from schemas.settings import ClientSettings
 
-    settings = ClientSettings()
+
+def client_settings(args: argparse.Namespace) -> ClientSettings:
+    """The user commands' settings; ``pagewire --api URL`` wins over ``PAGEWIRE_API_URL``."""
+    from schemas.settings import ClientSettings
+
+    api = getattr(args, "api", None)
+    return ClientSettings(api_url=api) if api else ClientSettings()
+
+
+def open_client(settings: ClientSettings) -> Client | HttpClient:
+    """The gateway's client where an API URL is set, the direct one (broker, database, S3) otherwise."""
+    if settings.api_url:
+        from producer.http_client import HttpClient
+
+        return HttpClient(settings)
+    from producer.api import Client
+
+    return Client(settings)
+
+
+async def _queue(client: Client | HttpClient, args: argparse.Namespace) -> list[JobRequest]:
+    from rich.console import Console
+
+    from schemas.messages import Engine, JobOptions
+
     options = JobOptions(engine=Engine(args.engine), dpi=args.dpi, first_page=args.first_page, last_page=args.last_page)
     err = Console(stderr=True)
-    async with Client(settings) as client, client.subscribe() as events:
-        requests = []
-        for path in args.files:
-            request = await client.submit(
-                Path(path),
-                options=options,
-                job_id=args.job_id if len(args.files) == 1 else None,
-                priority=args.priority,
-                idempotency_key=args.idempotency_key,
-                deadline=datetime.now(UTC) + timedelta(seconds=args.deadline) if args.deadline else None,
-                submitted_by=args.submitted_by,
-            )
-            requests.append(request)
-            if not args.json:
-                err.print(f"queued [bold]{path}[/] as job {request.job_id}")
+    requests = []
+    for path in args.files:
+        request = await client.submit(
+            Path(path),
+            options=options,
+            job_id=args.job_id if len(args.files) == 1 else None,
+            priority=args.priority,
+            idempotency_key=args.idempotency_key,
+            deadline=datetime.now(UTC) + timedelta(seconds=args.deadline) if args.deadline else None,
+            submitted_by=args.submitted_by,
+        )
+        requests.append(request)
+        if not args.json:
+            err.print(f"queued [bold]{path}[/] as job {request.job_id}")
+    return requests
+
+
+async def _report(
+    client: Client | HttpClient, args: argparse.Namespace, requests: list[JobRequest], finals: dict[str, str]
+) -> int:
+    worst = EXIT_OK
+    for request in requests:
+        row = await client.final_status(request.job_id)
+        if args.json:
+            print(json.dumps({k: jsonable(v) for k, v in row.items()}))
+        else:
+            detail = f"{row['pages_ok']}/{row['total_pages']} pages"
+            if row["error_code"]:
+                detail = f"{row['error_code']}: {row['error_message']}"
+            print(request.job_id, row["status"], detail)
+        if finals.get(request.job_id) != "JobCompleted" or row["status"] != "completed":
+            worst = EXIT_JOB_FAILED
+    return worst
+
+
+def _print_ids(args: argparse.Namespace, requests: list[JobRequest]) -> int:
+    for request in requests:
+        print(json.dumps({"job_id": request.job_id}) if args.json else request.job_id)
+    return EXIT_OK
+
+
+async def _submit(args: argparse.Namespace) -> int:
+    from producer.api import Client
+    from producer.progress import follow
+
+    settings = client_settings(args)
+    client = open_client(settings)
+    if not isinstance(client, Client):
+        # Through the gateway: each job's event stream replays from the tables, so following after submitting
+        # misses nothing.
+        async with client:
+            requests = await _queue(client, args)
+            if not args.wait:
+                return _print_ids(args, requests)
+            names = {r.job_id: Path(p).name for r, p in zip(requests, args.files, strict=True)}
+            finals = await asyncio.wait_for(client.follow(names, quiet=args.json), args.timeout)
+            return await _report(client, args, requests, finals)
+    async with client, client.subscribe() as events:  # subscribed first: no event is missed
+        requests = await _queue(client, args)
         if not args.wait:
-            for request in requests:
-                print(json.dumps({"job_id": request.job_id}) if args.json else request.job_id)
-            return EXIT_OK
+            return _print_ids(args, requests)
         names = {r.job_id: Path(p).name for r, p in zip(requests, args.files, strict=True)}
         finals = await asyncio.wait_for(follow(events, names, quiet=args.json), args.timeout)
-        worst = EXIT_OK
-        for request in requests:
-            row = await client.final_status(request.job_id)
-            if args.json:
-                print(json.dumps({k: jsonable(v) for k, v in row.items()}))
-            else:
-                detail = f"{row['pages_ok']}/{row['total_pages']} pages"
-                if row["error_code"]:
-                    detail = f"{row['error_code']}: {row['error_message']}"
-                print(request.job_id, row["status"], detail)
-            if finals.get(request.job_id) != "JobCompleted" or row["status"] != "completed":
-                worst = EXIT_JOB_FAILED
-        return worst
+        return await _report(client, args, requests, finals)
 
 
 async def _status(args: argparse.Namespace) -> int:
-    from producer.api import Client
-    from schemas.settings import ClientSettings
-
-    async with Client(ClientSettings()) as client:
+    async with open_client(client_settings(args)) as client:
         row = await client.status(args.job)
     if args.json:
         print(json.dumps({k: jsonable(v) for k, v in row.items()}))
@@ -80,10 +130,7 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 async def _result(args: argparse.Namespace) -> int:
-    from producer.api import Client
-    from schemas.settings import ClientSettings
-
-    async with Client(ClientSettings()) as client:
+    async with open_client(client_settings(args)) as client:
         body = await client.result(args.job, args.format)
     if args.output:
         await asyncio.to_thread(Path(args.output).write_bytes, body)
@@ -93,11 +140,9 @@ async def _result(args: argparse.Namespace) -> int:
 
 
 async def _cancel(args: argparse.Namespace) -> int:
-    from producer.api import Client
-    from schemas.settings import ClientSettings
     from schemas.tables import TERMINAL_JOB_STATUSES
 
-    async with Client(ClientSettings()) as client:
+    async with open_client(client_settings(args)) as client:
         row = await client.status(args.job)
         if row["status"] in TERMINAL_JOB_STATUSES:
             print(f"pagewire: job {args.job} already ended ({row['status']}): nothing to cancel", file=sys.stderr)
@@ -109,10 +154,7 @@ async def _cancel(args: argparse.Namespace) -> int:
 
 
 async def _retry(args: argparse.Namespace) -> int:
-    from producer.api import Client
-    from schemas.settings import ClientSettings
-
-    async with Client(ClientSettings()) as client:
+    async with open_client(client_settings(args)) as client:
         queued = await client.retry(args.job)
     if not queued:
         print(f"job {args.job} has no failed pages", file=sys.stderr)
@@ -124,9 +166,16 @@ async def _retry(args: argparse.Namespace) -> int:
 async def _watch(args: argparse.Namespace) -> int:
     from producer.api import Client
     from producer.progress import follow, print_events
-    from schemas.settings import ClientSettings
 
-    async with Client(ClientSettings()) as client, client.subscribe() as events:
+    client = open_client(client_settings(args))
+    if not isinstance(client, Client):
+        async with client:
+            if args.job:
+                finals = await client.follow({args.job: args.job}, quiet=False)
+                return EXIT_OK if finals.get(args.job) == "JobCompleted" else EXIT_JOB_FAILED
+            await client.print_events(as_json=args.json)
+        return EXIT_OK
+    async with client, client.subscribe() as events:
         if args.job:
             finals = await follow(events, {args.job: args.job}, quiet=False)
             return EXIT_OK if finals.get(args.job) == "JobCompleted" else EXIT_JOB_FAILED
@@ -137,9 +186,11 @@ async def _watch(args: argparse.Namespace) -> int:
 def add_parsers(sub: Any) -> None:
     """Add the user's commands to the ``pagewire`` parser's subcommands."""
     p = sub.add_parser(
-        "submit", help="upload PDFs to S3 and queue them", description="Upload PDFs and queue a job each."
+        "submit",
+        help="upload PDFs (or images) to S3 and queue them",
+        description="Upload PDFs, or PNG, JPEG or TIFF images (a page a frame), and queue a job each.",
     )
-    p.add_argument("files", nargs="+", metavar="FILE", help="PDF files to read")
+    p.add_argument("files", nargs="+", metavar="FILE", help="PDF or image files to read")
     p.add_argument(
         "--engine",
         choices=["auto", "text", "rapidocr", "nemotron"],

@@ -1,4 +1,4 @@
-"""The drop folder: every PDF put under an S3 prefix becomes exactly one job.
+"""The drop folder: every PDF (or image) put under an S3 prefix becomes exactly one job.
 
 ``pagewire dropfolder`` lists ``inbox/`` every ``scan_interval_s`` seconds
 (and, when ``notify_exchange`` is set, also takes S3 bucket notifications from
@@ -23,7 +23,12 @@ object it:
    of identical bytes under the same name has a new last-modified time, so it
    is a new job;
 3. **judges it** from its size and its first bytes (one ranged GET): a PDF
-   starts with ``%PDF-`` within its first 1,024 bytes. Not a PDF, or over
+   starts with ``%PDF-`` within its first 1,024 bytes. A PNG, JPEG or TIFF
+   image is read whole and made a PDF (a page a frame, ``producer.images``),
+   stored as ``processed/{job_id}/{name}.pdf``: that PDF is the job's source
+   and the image is not kept; an image that does not decode or is over the
+   image limits goes to ``failed/`` with ``bad_image``, ``image_too_large``
+   or ``too_many_pages``. Neither a PDF nor an image, or over
    ``PAGEWIRE_MAX_PDF_BYTES``, goes to ``failed/`` at once, with a failed job
    (``JobQueued`` then ``JobFailed``, code ``not_a_pdf`` / ``file_too_large``)
    so it shows in ``pagewire jobs`` with its reason;
@@ -79,6 +84,7 @@ from adapters import metrics
 from adapters.amqp import Publisher, ack, close, connect
 from adapters.signals import Stopper
 from adapters.storage import Storage
+from producer.images import ImageLimits, image_kind, image_to_pdf, pdf_name
 from schemas.errors import ErrorCode, PermanentError
 from schemas.fields import clean_name, clean_text
 from schemas.messages import Engine, JobFailed, JobOptions, JobQueued, JobRequest, Source, completion_event_id
@@ -127,6 +133,10 @@ class DropFolderSettings(Settings):
     max_pdf_bytes: int = Field(default=256 * 1024 * 1024, ge=1, description="larger objects go to failed/")
     dropfolder_engine: Engine = Field(default=Engine.AUTO, description="engine option of the jobs it makes")
     dropfolder_dpi: int = Field(default=150, ge=36, le=600, description="dpi option of the jobs it makes")
+    image_max_megapixels: float = Field(
+        default=50.0, gt=0, description="an image's frames larger than this: image_too_large"
+    )
+    image_max_pages: int = Field(default=500, ge=1, description="images with more frames: too_many_pages")
     notify_exchange: str | None = Field(
         default=None, description="exchange S3 notifications arrive on (MinIO AMQP target); unset: scan only"
     )
@@ -206,8 +216,10 @@ def judge(obj: InboxObject, head: bytes | None, max_pdf_bytes: int) -> Permanent
         return PermanentError(
             ErrorCode.FILE_TOO_LARGE, f"object is {obj.size} bytes, over the limit of {max_pdf_bytes}"
         )
-    if head is not None and not looks_like_pdf(head):
-        return PermanentError(ErrorCode.NOT_A_PDF, "the object does not start with a PDF header (%PDF-)")
+    if head is not None and not looks_like_pdf(head) and image_kind(head) is None:
+        return PermanentError(
+            ErrorCode.NOT_A_PDF, "the object is neither a PDF (%PDF- header) nor a PNG, JPEG or TIFF image"
+        )
     return None
 
 
@@ -314,6 +326,23 @@ class Inbox:
                 return None
             raise
         return response["Body"].read()
+
+    def read(self, obj: InboxObject) -> bytes | None:
+        """The whole of this version, or None when it changed or went away."""
+        try:
+            response = self.client.get_object(Bucket=obj.bucket, Key=obj.key, IfMatch=obj.etag)
+        except ClientError as exc:
+            if _code(exc) in _GONE:
+                return None
+            raise
+        return response["Body"].read()
+
+    def put(self, bucket: str, key: str, data: bytes, metadata: dict[str, str]) -> str:
+        """Store a PDF we made (an image's) at ``key`` with ``metadata``; its etag."""
+        response = self.client.put_object(
+            Bucket=bucket, Key=key, Body=data, Metadata=metadata, ContentType="application/pdf"
+        )
+        return str(response.get("ETag", "")).strip('"')
 
     def copy(self, obj: InboxObject, target: str, metadata: dict[str, str]) -> str | None:
         """Copy this version to ``target`` with ``metadata``; its etag, or None when the source changed or went."""
@@ -544,9 +573,14 @@ class Watcher:
                 head = await asyncio.to_thread(self.inbox.first_bytes, current, HEADER_WINDOW)
             if head is not None or current.size > settings.max_pdf_bytes:
                 error = judge(current, head, settings.max_pdf_bytes)
+                metadata = {META_JOB_ID: job_id, META_INBOX_KEY: urllib.parse.quote(obj.key, safe="/")}
+                if error is None and head is not None and image_kind(head) is not None:
+                    converted = await self._convert(current, job_id, metadata)
+                    if not isinstance(converted, PermanentError):
+                        return converted
+                    error = converted  # a bad image goes to failed/ as it came, like any refused object
                 prefix = settings.failed_prefix if error else settings.processed_prefix
                 target = target_key(prefix, job_id, settings.inbox_prefix, obj.key)
-                metadata = {META_JOB_ID: job_id, META_INBOX_KEY: urllib.parse.quote(obj.key, safe="/")}
                 if error:
                     metadata[META_ERROR_CODE] = str(error.code)
                 copied = await asyncio.to_thread(self.inbox.copy, current, target, metadata)
@@ -554,11 +588,36 @@ class Watcher:
                     return target, copied, error
         return await self._find_copy(job_id, obj.key)
 
+    async def _convert(
+        self, obj: InboxObject, job_id: str, metadata: dict[str, str]
+    ) -> tuple[str, str, None] | PermanentError | None:
+        """Make the PDF of an image and store it as the job's source, ``processed/{job_id}/{name}.pdf``.
+
+        The PDF, not the image, is what the job reads (workers read PDFs only);
+        the image itself is not kept. Returns the PDF's key and etag, the error
+        that refuses the image, or None when this version changed or went away.
+        """
+        settings = self.settings
+        data = await asyncio.to_thread(self.inbox.read, obj)
+        if data is None:
+            return None
+        limits = ImageLimits(settings.image_max_megapixels, settings.image_max_pages)
+        name = obj.key.rsplit("/", 1)[-1]
+        try:
+            pdf = await asyncio.to_thread(image_to_pdf, data, name, dpi=settings.dropfolder_dpi, limits=limits)
+        except PermanentError as exc:
+            return exc
+        target = pdf_name(target_key(settings.processed_prefix, job_id, settings.inbox_prefix, obj.key))
+        etag = await asyncio.to_thread(self.inbox.put, settings.bucket, target, pdf, metadata)
+        log.info("s3://%s/%s: an image of %d bytes made a PDF of %d", obj.bucket, obj.key, len(data), len(pdf))
+        return target, etag, None
+
     async def _find_copy(self, job_id: str, key: str) -> tuple[str, str, PermanentError | None] | None:
         """Our own copy of a claimed object, made before a crash (the metadata says why it was refused)."""
         settings = self.settings
-        for prefix in (settings.processed_prefix, settings.failed_prefix):
-            candidate = target_key(prefix, job_id, settings.inbox_prefix, key)
+        processed = target_key(settings.processed_prefix, job_id, settings.inbox_prefix, key)
+        failed = target_key(settings.failed_prefix, job_id, settings.inbox_prefix, key)
+        for candidate in (processed, pdf_name(processed), failed):  # the middle one: the PDF made of an image
             found = await asyncio.to_thread(self.inbox.head, settings.bucket, candidate)
             if found is not None:
                 code = found.metadata.get(META_ERROR_CODE)
@@ -576,7 +635,8 @@ class Watcher:
         settings = self.settings
         source = Source(bucket=settings.bucket, key=target, etag=etag)
         options = JobOptions(engine=settings.dropfolder_engine, dpi=settings.dropfolder_dpi)
-        metadata = {"dropfolder_key": clean_name(obj.key, 1024)}
+        # The file's own name too, as uploads and submits keep it: the status page and pagewire jobs show it.
+        metadata = {"dropfolder_key": clean_name(obj.key, 1024), "filename": clean_name(obj.key.rsplit("/", 1)[-1])}
         if error is None:
             request = JobRequest(job_id=job_id, source=source, options=options, submitted_by=ROLE, metadata=metadata)
             await self.publisher.publish_job(request)

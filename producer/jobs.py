@@ -57,7 +57,7 @@ from adapters.storage import Storage
 from producer.output import EXIT_OK, EXIT_USAGE, jsonable
 from schemas.messages import OutputFormat
 from schemas.s3keys import source_key
-from schemas.settings import Settings
+from schemas.settings import ClientSettings, Settings
 from schemas.tables import TERMINAL_JOB_STATUSES, JobStatus, TombstoneReason
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,7 @@ LIST_FIELDS = (
     "created_at",
     "finished_at",
     "expired_at",
+    "filename",
 )
 
 
@@ -126,7 +127,10 @@ async def list_jobs(
         params["since"] = since_s
     query = text(
         "SELECT p.job_id, p.status, p.total_pages, p.pages_done, p.percent, p.pages_per_second, p.error_code,"
-        " p.source_key, j.submitted_by, p.created_at, p.finished_at, j.expired_at"
+        " p.source_key, j.submitted_by, p.created_at, p.finished_at, j.expired_at,"
+        # The name the file had: an upload's or submit's, else the drop-folder key's or source key's last part.
+        " coalesce(j.metadata->>'filename', regexp_replace(coalesce(j.metadata->>'dropfolder_key', p.source_key),"
+        " '^.*/', '')) AS filename"
         " FROM job_progress p JOIN jobs j USING (job_id)"
         f" WHERE {' AND '.join(where)} ORDER BY p.created_at DESC, p.job_id LIMIT :limit"
     )
@@ -145,17 +149,25 @@ def _ago(when: datetime | None, now: datetime) -> str:
     return f"{seconds}s ago"
 
 
+def _short(name: str, width: int = 32) -> str:
+    """A file name cut to fit a column: its end kept, where the distinguishing part usually is."""
+    return name if len(name) <= width else "..." + name[-(width - 3) :]
+
+
 def format_table(rows: Sequence[dict[str, Any]], now: datetime | None = None) -> str:
     """The rows as an aligned text table for people."""
     now = now or datetime.now(UTC)
-    header = ("JOB", "STATUS", "PAGES", "%", "CREATED", "ERROR")
+    # FILE last: scripts that read the columns before it by position keep working.
+    header = ("JOB", "STATUS", "PAGES", "%", "CREATED", "ERROR", "FILE")
     lines = [header]
     for row in rows:
         status = str(row["status"]) + (" (expired)" if row["expired_at"] else "")
         total = row["total_pages"]
         pages = f"{row['pages_done'] or 0}/{total}" if total is not None else "-"
         percent = "-" if row["percent"] is None else f"{float(row['percent']):g}"
-        lines.append((row["job_id"], status, pages, percent, _ago(row["created_at"], now), row["error_code"] or ""))
+        name = _short(row.get("filename") or "-")
+        created = _ago(row["created_at"], now)
+        lines.append((row["job_id"], status, pages, percent, created, row["error_code"] or "", name))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in lines)
 
@@ -168,11 +180,18 @@ async def _jobs_command(args: argparse.Namespace) -> int:
         print(f"pagewire jobs: unknown status {', '.join(sorted(unknown))}", file=sys.stderr)
         return EXIT_USAGE
     since = parse_duration(args.since) if args.since else None
-    db = create_async_engine(settings.database_url.get_secret_value(), pool_size=1)
-    try:
-        rows = await list_jobs(db, statuses=statuses, since_s=since, limit=args.limit)
-    finally:
-        await db.dispose()
+    client_settings = ClientSettings(api_url=args.api) if getattr(args, "api", None) else ClientSettings()
+    if client_settings.api_url:
+        from producer.http_client import HttpClient
+
+        async with HttpClient(client_settings) as http:
+            rows = await http.list_jobs(statuses=statuses, since_s=since, limit=args.limit)
+    else:
+        db = create_async_engine(settings.database_url.get_secret_value(), pool_size=1)
+        try:
+            rows = await list_jobs(db, statuses=statuses, since_s=since, limit=args.limit)
+        finally:
+            await db.dispose()
     if args.json:
         for row in rows:
             print(json.dumps({k: jsonable(v) for k, v in row.items()}))

@@ -35,6 +35,8 @@ class ErrorCode(StrEnum):
     INVALID_KEY = "invalid_key"
     BUCKET_NOT_ALLOWED = "bucket_not_allowed"
     INVALID_OPTIONS = "invalid_options"
+    BAD_IMAGE = "bad_image"
+    IMAGE_TOO_LARGE = "image_too_large"
     # Messages (permanent)
     MALFORMED_MESSAGE = "malformed_message"
     UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"

@@ -136,3 +136,12 @@ class RecorderSettings(Settings):
 
 class ClientSettings(Settings):
     """``pagewire submit`` and the other user commands."""
+
+    image_max_megapixels: float = Field(
+        default=50.0, gt=0, description="an image's frames larger than this: image_too_large"
+    )
+    image_max_pages: int = Field(default=500, ge=1, description="images with more frames: too_many_pages")
+    api_url: str | None = Field(
+        default=None, description="run the user commands through this pagewire http gateway instead"
+    )
+    api_key: SecretStr | None = Field(default=None, description="the gateway's API key, for api_url")

@@ -20,13 +20,12 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse
 
 from producer.api import Client
+from producer.web import deepseek, native, slimgest
 from producer.web import events as live
-from producer.web import native, slimgest
 from producer.web.errors import add_error_handlers
-from producer.web.gateway import STATIC_DIR, BodyLimit, Gateway, HttpSettings
+from producer.web.gateway import BodyLimit, Gateway, HttpSettings
 from producer.web.models import JobCreate
 
 log = logging.getLogger(__name__)
@@ -77,10 +76,7 @@ def create_app(settings: HttpSettings | None = None) -> FastAPI:
     add_error_handlers(app)
     app.include_router(native.router)
     app.include_router(slimgest.router)
-
-    @app.get("/", include_in_schema=False)
-    async def status_page() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+    app.include_router(deepseek.router)
 
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app

@@ -166,8 +166,10 @@ def links(job_id: str) -> dict[str, str]:
     return {"self": base, "events": f"{base}/events", "result": f"{base}/result", "cancel": f"{base}/cancel"}
 
 
-async def submit_upload(gw: Gateway, data: bytes, filename: str, form: dict[str, Any]) -> JobRequest:
-    """Upload one PDF and queue it, with options from form fields."""
+async def submit_upload(
+    gw: Gateway, data: bytes, filename: str, form: dict[str, Any], *, metadata: dict[str, str] | None = None
+) -> JobRequest:
+    """Upload one PDF and queue it, with options from form fields; ``metadata`` is kept beside the file name."""
     try:
         options = JobOptions.model_validate({k: v for k, v in form.items() if k in JobOptions.model_fields})
         request = JobRequest(
@@ -186,7 +188,7 @@ async def submit_upload(gw: Gateway, data: bytes, filename: str, form: dict[str,
         job_id=request.job_id,
         priority=request.priority,
         submitted_by=request.submitted_by,
-        metadata={"filename": clean_name(filename)},
+        metadata={**(metadata or {}), "filename": clean_name(filename)},
     )
     gw.remember(queued.job_id)
     log.info("queued upload %s (%d bytes) as job %s", filename, len(data), queued.job_id)

@@ -48,6 +48,7 @@ _SUMMARY_COLUMNS = (
     jobs.c.created_at,
     jobs.c.started_at,
     jobs.c.finished_at,
+    jobs.c.expired_at,
 )
 
 

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
@@ -17,13 +17,13 @@ from producer.web import events as live
 from producer.web import jobs as store
 from producer.web.errors import ApiError, HttpErrorCode, validation_error
 from producer.web.gateway import (
+    STATIC_DIR,
     GatewayDep,
     JobIdPath,
     answers,
     aware,
     check_new,
     links,
-    read_pdf,
     require,
     require_key,
     sse_response,
@@ -33,6 +33,7 @@ from producer.web.models import (
     ERRORS,
     SSE_RESPONSE,
     CancelAccepted,
+    Cancelled,
     CancelRequest,
     Health,
     JobAccepted,
@@ -41,7 +42,11 @@ from producer.web.models import (
     JobList,
     JobSummary,
     PageSummary,
+    RetryAccepted,
 )
+from producer.web.slimgest import service_status
+from producer.web.uploads import dpi_of, read_document
+from producer.web.views import with_client_fields
 from schemas.errors import ErrorCode
 from schemas.fields import NAME_MAX_CHARS, NAME_PATTERN
 from schemas.messages import Engine, JobRequest
@@ -56,7 +61,11 @@ UPLOAD_FORM_SCHEMA = {
     "type": "object",
     "required": ["file"],
     "properties": {
-        "file": {"type": "string", "format": "binary", "description": "the PDF (application/pdf)"},
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "description": "the PDF (application/pdf), or a PNG, JPEG or TIFF image: a page a frame",
+        },
         "engine": {"type": "string", "enum": [e.value for e in Engine]},
         "dpi": {"type": "integer", "minimum": 36, "maximum": 600},
         "first_page": {"type": "integer", "minimum": 1},
@@ -93,8 +102,8 @@ async def create_job(request: Request, gw: GatewayDep) -> JSONResponse:
             upload = form.get("file")
             if not isinstance(upload, StarletteUploadFile):
                 raise ApiError(422, ErrorCode.MALFORMED_MESSAGE, "file: a PDF is required (multipart field 'file')")
-            data = await read_pdf(upload, gw.settings.http_max_upload_bytes)
             fields = {k: v for k, v in form.items() if isinstance(v, str) and v != ""}
+            data = await read_document(upload, gw.settings, dpi=dpi_of(fields.get("dpi")))
             queued = await submit_upload(gw, data, upload.filename or "upload.pdf", fields)
     elif content_type == "application/json":
         try:
@@ -140,15 +149,17 @@ async def list_jobs(
     """Jobs, newest first, a page at a time."""
     where = store.JobFilter(tuple(status), submitted_by, aware(created_after), aware(created_before))
     rows, next_cursor = await store.list_jobs(gw.client.db, where, limit=limit, cursor=cursor)
-    return JobList(jobs=[JobSummary(**r, links=links(r["job_id"])) for r in rows], next_cursor=next_cursor)
+    jobs = [JobSummary(**with_client_fields(r), links=links(r["job_id"])) for r in rows]
+    return JobList(jobs=jobs, next_cursor=next_cursor)
 
 
 @router.get("/jobs/{job_id}", response_model=JobDetail, responses=ERRORS, dependencies=auth, tags=["jobs"])
 async def get_job(job_id: JobIdPath, gw: GatewayDep) -> JobDetail:
-    """The job's status, progress and error, and the status of each page."""
+    """The job's status, progress and error, and the status of each page (docs/http.md: which ``status`` word)."""
     row = await require(gw, job_id)
     pages = await store.get_pages(gw.client.db, job_id)
-    return JobDetail(**row, links=links(job_id), pages=[PageSummary(**p) for p in pages])
+    shown = with_client_fields(row, dialect=True)
+    return JobDetail(**shown, links=links(job_id), pages=[PageSummary(**p) for p in pages])
 
 
 @router.get(
@@ -214,21 +225,55 @@ async def cancel_job(job_id: JobIdPath, gw: GatewayDep, body: CancelRequest | No
     return CancelAccepted(job_id=job_id)
 
 
-@router.delete("/jobs/{job_id}", status_code=204, responses=ERRORS, dependencies=auth, tags=["jobs"])
+@router.post(
+    "/jobs/{job_id}/retry",
+    status_code=202,
+    response_model=RetryAccepted,
+    responses=ERRORS,
+    dependencies=auth,
+    tags=["jobs"],
+)
+async def retry_job(job_id: JobIdPath, gw: GatewayDep) -> RetryAccepted:
+    """Queue the pages that failed for good again (``pagewire retry``); an empty list: none failed."""
+    await require(gw, job_id)
+    queued = await gw.client.retry(job_id)
+    log.info("retry of job %s: %d page(s) queued again", job_id, len(queued))
+    return RetryAccepted(job_id=job_id, pages=queued)
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    status_code=204,
+    responses={200: {"model": Cancelled, "description": "the job had not ended: it is being cancelled"}, **ERRORS},
+    dependencies=auth,
+    tags=["jobs"],
+)
 async def remove_job(job_id: JobIdPath, gw: GatewayDep) -> Response:
-    """Delete a finished job: its S3 objects under ``jobs/{id}/`` and its rows."""
+    """Delete a finished job (its S3 objects under ``jobs/{id}/`` and its rows); cancel one that has not ended.
+
+    A job that has not ended is cancelled, as DeepSeek-OCR's server does, where
+    pagewire once answered 409 "cancel it first": a second DELETE once it has
+    ended deletes it.
+    """
     row = await require(gw, job_id)
     if row["status"] not in TERMINAL_JOB_STATUSES:
-        raise ApiError(
-            409,
-            HttpErrorCode.JOB_NOT_FINISHED,
-            f"job {job_id!r} is {row['status']}: cancel it first",
-            job_id=job_id,
-        )
+        await gw.client.cancel(job_id, "cancelled over HTTP (DELETE)")
+        log.info("cancel of job %s published (DELETE of a job that had not ended)", job_id)
+        body = Cancelled(job_id=job_id, message=f"job {job_id} is being cancelled; DELETE it again to remove it")
+        return JSONResponse(body.model_dump(), status_code=200)
     deleted = await store.delete_job(gw.client.db, gw.client.storage, gw.settings.s3_bucket, job_id)
     gw.recent.pop(job_id, None)
     log.info("deleted job %s and %d S3 objects", job_id, deleted)
     return Response(status_code=204)
+
+
+@router.get("/", include_in_schema=False)
+async def status_page(request: Request, gw: GatewayDep) -> Response:
+    """The live status page for a browser; for a program (no text/html in Accept), slimgest's service status."""
+    if "text/html" in request.headers.get("accept", ""):
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+    status = await service_status(gw)
+    return JSONResponse(status.model_dump(), status_code=200 if status.status == "ok" else 503)
 
 
 @router.get("/health", response_model=Health, responses={503: {"model": Health}}, tags=["service"])

@@ -390,3 +390,37 @@ async def test_sigterm_stops_a_watcher_cleanly(folder: Folder) -> None:
     folder.processes["stoppable"].send_signal(signal.SIGTERM)
     assert folder.processes["stoppable"].wait(20) == 0
     assert "dropfolder stopped" in folder.log("stoppable")
+
+
+@pytest.mark.ocr
+async def test_images_dropped_become_pdf_jobs_and_a_broken_one_fails(folder: Folder, db: AsyncEngine) -> None:
+    import io
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    # Given a two-frame TIFF of text and a PNG cut short, dropped in the inbox
+    frames = []
+    for words in ("Dropped frame one 17", "Dropped frame two 29"):
+        frame = Image.new("L", (560, 80), 255)
+        ImageDraw.Draw(frame).text((12, 18), words, fill=0, font=ImageFont.load_default(size=36))
+        frames.append(frame)
+    tiff, png = io.BytesIO(), io.BytesIO()
+    frames[0].save(tiff, "TIFF", save_all=True, append_images=frames[1:])
+    frames[0].save(png, "PNG")
+    folder.put("scans/fax.tiff", tiff.getvalue())
+    folder.put("cut.png", png.getvalue()[:120])
+
+    # When a watcher (OCR on its jobs: the images have no text layer) takes them
+    folder.start("watcher", PAGEWIRE_DROPFOLDER_ENGINE="rapidocr")
+    await folder.wait(lambda: not folder.keys("inbox"), what="the inbox to empty")
+
+    # Then the TIFF became a two-page PDF in processed/, read as an ordinary job
+    (made,) = folder.keys("processed")
+    assert made.endswith("/scans/fax.pdf")
+    job_id = folder.metadata(made)[META_JOB_ID]
+    # and the cut PNG went to failed/ as it came, with bad_image
+    (failed,) = folder.keys("failed")
+    assert failed.endswith("/cut.png") and folder.metadata(failed)[META_ERROR_CODE] == "bad_image"
+    rows = await wait_terminal(db, {job_id, folder.metadata(failed)[META_JOB_ID]}, within_s=120)
+    assert rows[job_id]["status"] == "completed" and rows[job_id]["total_pages"] == 2
+    assert rows[folder.metadata(failed)[META_JOB_ID]]["error_code"] == "bad_image"

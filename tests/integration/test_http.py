@@ -87,7 +87,7 @@ async def test_health_and_openapi_need_no_key(gateway: Gateway) -> None:
     async with httpx.AsyncClient(base_url=gateway.url) as anonymous:
         health = await anonymous.get("/health")
         document = (await anonymous.get("/openapi.json")).json()
-        page = await anonymous.get("/")
+        page = await anonymous.get("/", headers={"Accept": "text/html"})
 
     assert health.status_code == 200
     assert health.json() == {"status": "ok", "checks": dict.fromkeys(["broker", "events", "database", "storage"], True)}
@@ -280,9 +280,8 @@ async def test_a_running_job_is_cancelled_then_deleted_with_its_files(gateway: G
     async with gateway.client() as http:
         job_id = await upload(http, scan, engine="rapidocr")
 
-        # While it runs there is no result yet, and it cannot be deleted
+        # While it runs there is no result yet
         assert error_of(await http.get(f"/jobs/{job_id}/result"), 409) == "result_not_ready"
-        assert error_of(await http.delete(f"/jobs/{job_id}"), 409) == "job_not_finished"
 
         # When it is cancelled
         cancel = await http.post(f"/jobs/{job_id}/cancel", json={"reason": "changed my mind"})
@@ -416,7 +415,7 @@ def test_schemathesis_finds_no_server_error_or_undocumented_answer(gateway: Gate
             "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
             # The streams never end on their own, and the slimgest routes wait for whole jobs.
             "--exclude-path-regex",
-            "events|process-pdf",
+            "events|process-pdf|process-batch",
             "--max-examples",
             "25",
             "--phases",
