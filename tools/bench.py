@@ -1282,7 +1282,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="*", metavar="FILE", help=f"PDFs to read (default: a mix from {DEFAULT_CORPUS})")
-    p.add_argument("--engine", choices=["auto", "text", "rapidocr"], default="auto", help="the jobs' engine (auto)")
+    p.add_argument(
+        "--engine",
+        choices=["auto", "text", "rapidocr", "sim"],
+        default="auto",
+        help="the jobs' engine (auto); sim: the batched GPU pipeline on a simulated device, through the stack"
+        " (its roles restarted with it, and back) and bare, printed as the 'sim' object",
+    )
+    p.add_argument("--sim-pages", type=int, default=96, help="with --engine sim: scanned pages to read (96)")
     p.add_argument("--dpi", type=int, default=150, help="render resolution for OCR (150)")
     p.add_argument("--ocr-pages", type=int, default=4, help="at most this many OCR pages (4; ~5 s each on 2 cores)")
     p.add_argument("--text-pages", type=int, default=500, help="born-digital pages, repeating files to reach it (500)")
@@ -1440,6 +1447,8 @@ async def run(args: argparse.Namespace) -> int:
 
     # Piped output (a file, the docs) gets a width that fits the stage table; a terminal keeps its own.
     console = Console(stderr=args.json, width=None if sys.stdout.isatty() else 150)
+    if args.engine == "sim":
+        return await run_sim(args, console)
     files = [Path(f) for f in args.files] or corpus_files(DEFAULT_CORPUS)
     workload = select_corpus(files, text_pages=args.text_pages, ocr_pages=args.ocr_pages)
     env = await asyncio.to_thread(_stack_env, args)
@@ -1486,6 +1495,79 @@ async def run(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_json(), indent=2))
     else:
         render_report(report, console)
+    return 0
+
+
+async def run_sim(args: argparse.Namespace, console: Any) -> int:
+    """``pagewire bench --engine sim``: the batched pipeline through the stack and bare (:mod:`tools.bench_sim`)."""
+    from rich.table import Table
+
+    from tools import bench_sim, devstack
+
+    files = [Path(f) for f in args.files] or corpus_files(DEFAULT_CORPUS)
+    scans = select_corpus(files, text_pages=0, ocr_pages=10**6).ocr
+    if not scans:
+        console.log("no scanned pages among the files: nothing for the device to read")
+        return 2
+    ranges = _take(scans, args.sim_pages, repeat=True)
+    variables = bench_sim.sim_env()
+    fields: dict[str, Any] = {key.removeprefix("PAGEWIRE_").lower(): value for key, value in variables.items()}
+    worker = WorkerSettings(**fields)
+    options = JobOptions(engine=Engine.SIM, dpi=args.dpi)
+    pages = sum(r.pages for r in ranges)
+    stack_rate = bare_rate = busy = bare_busy = None
+    if not args.skip_stack:
+        state_dir = Path(args.state_dir)
+        if not args.no_dev_up:
+            console.log("sim: the dev stack's roles restarted with the simulated device")
+            await asyncio.to_thread(devstack.dev_down, state_dir)
+            await asyncio.to_thread(
+                devstack.dev_up, state_dir, base_env={**os.environ, **variables}, workers=args.workers
+            )
+        try:
+            env = await asyncio.to_thread(devstack.dev_env, state_dir)
+            settings = ClientSettings.from_variables(env)
+            first = ranges[0]
+            await stack_run(settings, [PageRange(first.path, first.first, first.first)], options)  # warm-up
+            port = devstack.metrics_port("worker")
+            before = await asyncio.to_thread(bench_sim.device_busy_s, port)
+            console.log(f"sim: {pages} scanned pages in {len(ranges)} jobs through the stack")
+            stack = await stack_run(settings, ranges, options, timeout_s=args.timeout)
+            busy = (await asyncio.to_thread(bench_sim.device_busy_s, port) - before) / stack.wall_s
+            stack_rate = stack.pages_per_s
+        finally:
+            if not args.no_dev_up:
+                console.log("sim: the dev stack's roles back to their own engine")
+                await asyncio.to_thread(devstack.dev_down, state_dir)
+                await asyncio.to_thread(devstack.dev_up, state_dir, workers=args.workers)
+    if not args.skip_bare:
+        console.log(f"sim: the same {pages} pages through the bare pipeline")
+        read, wall, device_s = await bench_sim.bare_batched(
+            [(str(r.path), r.first, r.last) for r in ranges], options, worker, bench_sim.SIM_TASK_PAGES
+        )
+        bare_rate, bare_busy = read / wall, device_s / wall
+    stats = bench_sim.SimStats(
+        pages=pages,
+        batch_pages=worker.gpu_batch_pages,
+        render_processes=worker.render_processes,
+        sim_batch_ms=worker.sim_batch_ms,
+        sim_page_ms=worker.sim_page_ms,
+        stack_pages_per_s=stack_rate,
+        bare_pages_per_s=bare_rate,
+        ratio=stack_rate / bare_rate if stack_rate and bare_rate else None,
+        device_busy=busy,
+        bare_device_busy=bare_busy,
+    )
+    if args.json:
+        print(json.dumps(_finite({"machine": machine_info(), "sim": asdict(stats)}), indent=2))
+        return 0
+    table = Table(title=f"simulated device ({worker.sim_batch_ms:g} ms a batch + {worker.sim_page_ms:g} ms a page)")
+    for column in ("", "bare", "stack"):
+        table.add_column(column, justify="right")
+    table.add_row("pages/s", _fmt(bare_rate, 2), _fmt(stack_rate, 2))
+    table.add_row("device busy", _fmt(bare_busy, 3), _fmt(busy, 3))
+    table.add_row("ratio (stack / bare)", "", _fmt(stats.ratio, 3))
+    console.print(table)
     return 0
 
 

@@ -96,3 +96,27 @@ def test_rapidocr_on_a_gpu_says_so_where_onnxruntime_has_no_cuda() -> None:
         make_engine(Engine.RAPIDOCR_GPU)
     assert info.value.code == ErrorCode.ENGINE_UNAVAILABLE
     assert "CUDA provider" in info.value.message and "gpu extra" in info.value.message
+
+
+def test_the_bare_loop_cuts_pages_into_the_planner_s_tasks() -> None:
+    from tools.bench_sim import task_cuts
+
+    cuts = task_cuts([("a.pdf", 1, 5), ("b.pdf", 3, 3)], 2)
+    assert cuts == [("a.pdf", [1, 2]), ("a.pdf", [3, 4]), ("a.pdf", [5]), ("b.pdf", [3])]
+
+
+def test_the_stack_s_device_time_is_read_from_the_worker_s_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tools import bench_sim
+
+    class Answer:
+        def __enter__(self) -> Answer:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def read(self) -> bytes:
+            return b"# HELP x\npagewire_device_busy_seconds_total 12.5\npagewire_device_busy_seconds_created 1.7e9\n"
+
+    monkeypatch.setattr(bench_sim.urllib.request, "urlopen", lambda url, timeout: Answer())
+    assert bench_sim.device_busy_s(9102) == 12.5
