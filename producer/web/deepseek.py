@@ -22,6 +22,7 @@ from producer.web.models import ERRORS, DeepSeekAccepted, DeepSeekMetadata
 from producer.web.uploads import read_document
 from producer.web.views import API_KEY, DEEPSEEK, ENDED_WITH_RESULT, deepseek_status, filename_of
 from schemas.errors import ErrorCode
+from schemas.fields import clean_name
 from schemas.messages import Engine, JobOptions
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,8 @@ async def create(
     filename = file.filename or "upload.pdf"
     data = await read_document(file, gw.settings, dpi=options.dpi)
     form = {"engine": options.engine.value, "dpi": options.dpi}
-    extra = {API_KEY: DEEPSEEK, **({"prompt": prompt[:PROMPT_CHARS]} if prompt else {})}
+    # DeepSeek's prompts hold line breaks ("<image>\nConvert..."); metadata values are names: one line.
+    extra = {API_KEY: DEEPSEEK, **({"prompt": clean_name(" ".join(prompt.split()), PROMPT_CHARS)} if prompt else {})}
     queued = await submit_upload(gw, data, filename, form, metadata=extra)
     return DeepSeekAccepted(
         job_id=queued.job_id, message=f"{filename} queued as job {queued.job_id}", links=links(queued.job_id)
