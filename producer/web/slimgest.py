@@ -9,15 +9,16 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
 
 from producer.web import events as live
 from producer.web import jobs as store
+from producer.web.access import Caller
 from producer.web.errors import ApiError, HttpErrorCode, validation_error
-from producer.web.gateway import DPI_DOC, Gateway, GatewayDep, read_pdf, require_key, sse_response
+from producer.web.gateway import DPI_DOC, CallerDep, Gateway, GatewayDep, read_pdf, sse_response, submit_pdf
 from producer.web.models import ERRORS, SSE_RESPONSE, ErrorBody, LegacyPage, LegacyPdf, LegacyResult
 from schemas.errors import ErrorCode
 from schemas.messages import TERMINAL_EVENTS, Engine, JobOptions
@@ -26,7 +27,6 @@ from schemas.tables import TERMINAL_JOB_STATUSES, JobStatus
 log = logging.getLogger(__name__)
 
 router = APIRouter()
-auth = [Depends(require_key)]
 
 
 def _legacy_pdf(filename: str, job_id: str, row: dict[str, Any], pages: list[dict[str, Any]]) -> LegacyPdf:
@@ -60,13 +60,12 @@ def _legacy_options(dpi_query: float | None, dpi_form: float | None, engine: Eng
         raise validation_error(exc) from exc
 
 
-async def _run_to_end(gw: Gateway, data: bytes, filename: str, options: JobOptions) -> LegacyPdf:
+async def _run_to_end(gw: Gateway, caller: Caller, data: bytes, filename: str, options: JobOptions) -> LegacyPdf:
     """Queue one PDF and wait for its end; the rows are then read back, text and boxes included."""
     job_id = str(uuid.uuid4())
     deadline = time.monotonic() + gw.settings.http_wait_s
     with gw.hub.listen(job_id) as inbox:
-        await gw.client.submit(data, options=options, job_id=job_id, metadata={"filename": filename[:256]})
-        gw.remember(job_id)
+        await submit_pdf(gw, caller, data, filename=filename, options=options, job_id=job_id)
         while True:
             event = await inbox.get(2.0)
             if isinstance(event, TERMINAL_EVENTS):
@@ -122,9 +121,10 @@ async def _legacy_stream(gw: Gateway, job_id: str, filename: str, inbox: live.In
             )
 
 
-@router.post("/process-pdf", response_model=LegacyResult, responses=ERRORS, dependencies=auth, tags=["slimgest"])
+@router.post("/process-pdf", response_model=LegacyResult, responses=ERRORS, tags=["slimgest"])
 async def process_pdf(
     gw: GatewayDep,
+    caller: CallerDep,
     file: Annotated[UploadFile, File(description="the PDF")],
     dpi: Annotated[float | None, Query(ge=36, le=600, description=DPI_DOC)] = None,
     dpi_form: Annotated[float | None, Form(alias="dpi", ge=36, le=600)] = None,
@@ -132,7 +132,7 @@ async def process_pdf(
 ) -> LegacyResult | JSONResponse:
     """Read one PDF and answer with its pages once done (slimgest's route; a failed job answers 422)."""
     data = await read_pdf(file, gw.settings.http_max_upload_bytes)
-    pdf = await _run_to_end(gw, data, file.filename or "upload.pdf", _legacy_options(dpi, dpi_form, engine))
+    pdf = await _run_to_end(gw, caller, data, file.filename or "upload.pdf", _legacy_options(dpi, dpi_form, engine))
     if pdf.status == JobStatus.FAILED:
         body = ErrorBody(
             error_code=pdf.error_code or "internal_error", message=pdf.error_message or "", job_id=pdf.job_id
@@ -141,9 +141,10 @@ async def process_pdf(
     return LegacyResult(pdfs=[pdf])
 
 
-@router.post("/process-pdfs", response_model=LegacyResult, responses=ERRORS, dependencies=auth, tags=["slimgest"])
+@router.post("/process-pdfs", response_model=LegacyResult, responses=ERRORS, tags=["slimgest"])
 async def process_pdfs(
     gw: GatewayDep,
+    caller: CallerDep,
     files: Annotated[list[UploadFile], File(description="the PDFs")],
     dpi: Annotated[float | None, Query(ge=36, le=600, description=DPI_DOC)] = None,
     dpi_form: Annotated[float | None, Form(alias="dpi", ge=36, le=600)] = None,
@@ -157,7 +158,7 @@ async def process_pdfs(
         (f.filename or f"upload-{i}.pdf", await read_pdf(f, gw.settings.http_max_upload_bytes))
         for i, f in enumerate(files, 1)
     ]
-    pdfs = await asyncio.gather(*(_run_to_end(gw, data, name, options) for name, data in uploads))
+    pdfs = await asyncio.gather(*(_run_to_end(gw, caller, data, name, options) for name, data in uploads))
     return LegacyResult(pdfs=list(pdfs))
 
 
@@ -165,11 +166,11 @@ async def process_pdfs(
     "/process-pdf-stream",
     response_class=StreamingResponse,
     responses={**SSE_RESPONSE, **ERRORS},
-    dependencies=auth,
     tags=["slimgest"],
 )
 async def process_pdf_stream(
     gw: GatewayDep,
+    caller: CallerDep,
     file: Annotated[UploadFile, File(description="the PDF")],
     dpi: Annotated[float | None, Query(ge=36, le=600, description=DPI_DOC)] = None,
     dpi_form: Annotated[float | None, Form(alias="dpi", ge=36, le=600)] = None,
@@ -182,10 +183,9 @@ async def process_pdf_stream(
     job_id = str(uuid.uuid4())
     inbox = gw.hub.open_inbox(job_id)  # before the submit: not even the first event may slip past
     try:
-        await gw.client.submit(data, options=options, job_id=job_id, metadata={"filename": filename[:256]})
+        await submit_pdf(gw, caller, data, filename=filename, options=options, job_id=job_id)
     except BaseException:
         gw.hub.close_inbox(inbox)
         raise
-    gw.remember(job_id)
     # The stream closes the inbox; the task covers a client gone before the stream began.
     return sse_response(_legacy_stream(gw, job_id, filename, inbox), cleanup=BackgroundTask(gw.hub.close_inbox, inbox))
