@@ -25,6 +25,7 @@ from producer.web.gateway import (
     StreamCallerDep,
     answers,
     aware,
+    check_priority,
     links,
     owned_job,
     publish_for,
@@ -108,6 +109,7 @@ async def create_job(request: Request, gw: GatewayDep, caller: CallerDep) -> JSO
         except ValidationError as exc:
             raise validation_error(exc, ErrorCode.MALFORMED_MESSAGE) from exc
         job_id = body.job_id or str(uuid.uuid4())
+        check_priority(caller, body.priority)  # before the HEAD: a refusal costs S3 nothing
         gw.client.storage.check_source(body.source)
         info = await asyncio.to_thread(gw.client.storage.head, body.source.bucket, body.source.key)
         source = body.source.model_copy(update={"etag": body.source.etag or info.etag})
