@@ -30,7 +30,7 @@ from tools import devstack
 from tools.samples import lines, text_pdf
 
 TOKEN_TTL_S = 3
-KEYS = [
+KEYS: list[dict[str, Any]] = [
     {"name": "team-a", "key": new_key(), "role": "submit"},
     {"name": "team-b", "key": new_key()},
     {"name": "tight", "key": new_key(), "max_streams": 1, "max_uploads": 1, "max_priority": 2},
@@ -227,8 +227,8 @@ async def test_the_all_jobs_stream_shows_a_key_its_own_jobs_only(gateway: Gatewa
             await until_done(b, theirs)
             ours = await upload(a, "ours")
 
-            async def until_ours_ends() -> set[str]:
-                seen = set()
+            async def until_ours_ends() -> set[str | None]:
+                seen: set[str | None] = set()
                 async for name, data in read_sse(stream, set()):
                     seen.add(data.get("job_id"))
                     if data.get("job_id") == ours and name in ("complete", "error"):
