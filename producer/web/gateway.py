@@ -14,7 +14,6 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -369,18 +368,6 @@ async def claim(gw: Gateway, caller: Caller, job_id: str) -> None:
         raise ApiError(409, HttpErrorCode.JOB_EXISTS, f"job {job_id!r} exists already", job_id=job_id)
 
 
-@asynccontextmanager
-async def claimed(gw: Gateway, caller: Caller, job_id: str) -> AsyncIterator[None]:
-    """A claim that is given back when what follows fails (an upload, a publish), so the id can be used again."""
-    await claim(gw, caller, job_id)
-    try:
-        yield
-    except BaseException:
-        await asyncio.shield(store.release_claim(gw.client.db, job_id))
-        raise
-    gw.remember(job_id, caller.owner)
-
-
 async def submit_pdf(
     gw: Gateway,
     caller: Caller,
@@ -395,15 +382,16 @@ async def submit_pdf(
     """Upload one PDF for ``caller`` and queue it: the one way every route that takes a PDF submits it."""
     check_priority(caller, priority)
     job_id = job_id or str(uuid.uuid4())
-    async with claimed(gw, caller, job_id):
-        queued = await gw.client.submit(
-            data,
-            options=options,
-            job_id=job_id,
-            priority=priority,
-            submitted_by=submitted_by,
-            metadata={"filename": filename[:256]},
-        )
+    await claim(gw, caller, job_id)
+    queued = await gw.client.submit(
+        data,
+        options=options,
+        job_id=job_id,
+        priority=priority,
+        submitted_by=submitted_by,
+        metadata={"filename": filename[:256]},
+    )
+    gw.remember(job_id, caller.owner)
     log.info("queued upload %s (%d bytes) as job %s for %s", filename, len(data), job_id, caller.slot_key)
     return queued
 
@@ -436,15 +424,18 @@ async def submit_upload(gw: Gateway, caller: Caller, data: bytes, filename: str,
 async def publish_for(gw: Gateway, caller: Caller, request: JobRequest) -> None:
     """Queue a request for a PDF already in S3, owned by ``caller``."""
     check_priority(caller, request.priority)
-    async with claimed(gw, caller, request.job_id):
-        await gw.client.publish(request)
+    await claim(gw, caller, request.job_id)
+    await gw.client.publish(request)
+    gw.remember(request.job_id, caller.owner)
 
 
 async def known(gw: Gateway, job_id: str) -> dict[str, Any] | None:
-    """The job's row with its ``owner``; a job queued here, not recorded yet, reads as queued; None: unknown."""
+    """The job's row with its ``owner``; a job claimed lately, not recorded yet, reads as queued; None: unknown."""
     row = await store.get_job(gw.client.db, job_id)
     if row is None:
         recent, owner = gw.recent_owner(job_id)
+        if not recent:  # queued through another gateway, perhaps, and not recorded yet
+            recent, owner = await store.fresh_claim(gw.client.db, job_id, RECENT_TTL_S)
         if recent:
             row = {"job_id": job_id, "status": JobStatus.QUEUED.value, "total_pages": None, "owner": owner}
     return row

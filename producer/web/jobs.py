@@ -14,7 +14,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, delete, func, or_, select
@@ -162,21 +162,30 @@ async def job_exists(db: AsyncEngine, job_id: str) -> bool:
 
 
 async def claim_job(db: AsyncEngine, job_id: str, owner: str | None) -> bool:
-    """Record ``owner`` as the job's; False when the id is claimed already (by any gateway)."""
-    query = (
-        insert(job_owners)
-        .values(job_id=job_id, owner=owner, claimed_at=datetime.now(UTC))
-        .on_conflict_do_nothing(index_elements=[job_owners.c.job_id])
-        .returning(job_owners.c.job_id)
-    )
+    """Record ``owner`` as the job's; False when another owner claimed the id already (on any gateway).
+
+    The same owner may claim an id again: a submit that failed after its claim
+    (S3 or the broker did not answer) can be repeated with the same job id.
+    The claim is never given back on failure, because the failure may have come
+    after the job was queued, and a queued job must not lose its owner.
+    """
+    statement = insert(job_owners).values(job_id=job_id, owner=owner, claimed_at=datetime.now(UTC))
+    query = statement.on_conflict_do_update(
+        index_elements=[job_owners.c.job_id],
+        set_={"claimed_at": statement.excluded.claimed_at},
+        where=job_owners.c.owner.is_not_distinct_from(statement.excluded.owner),
+    ).returning(job_owners.c.job_id)
     async with db.begin() as conn:
         return (await conn.execute(query)).first() is not None
 
 
-async def release_claim(db: AsyncEngine, job_id: str) -> None:
-    """Give a claim back (its upload or publish failed): the id may be used again."""
-    async with db.begin() as conn:
-        await conn.execute(delete(job_owners).where(job_owners.c.job_id == job_id))
+async def fresh_claim(db: AsyncEngine, job_id: str, within_s: float) -> tuple[bool, str | None]:
+    """Whether the id was claimed in the last ``within_s`` seconds (by any gateway), and by whom."""
+    since = datetime.now(UTC) - timedelta(seconds=within_s)
+    query = select(job_owners.c.owner).where(job_owners.c.job_id == job_id, job_owners.c.claimed_at > since)
+    async with db.connect() as conn:
+        row = (await conn.execute(query)).first()
+    return (True, row.owner) if row is not None else (False, None)
 
 
 async def owner_of(db: AsyncEngine, job_id: str) -> str | None:
