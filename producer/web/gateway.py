@@ -378,8 +378,12 @@ async def submit_pdf(
     job_id: str | None = None,
     priority: int = 0,
     submitted_by: str | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> JobRequest:
-    """Upload one PDF for ``caller`` and queue it: the one way every route that takes a PDF submits it."""
+    """Upload one PDF for ``caller`` and queue it: the one way every route that takes a PDF submits it.
+
+    ``metadata`` is kept beside the file name.
+    """
     check_priority(caller, priority)
     job_id = job_id or str(uuid.uuid4())
     await claim(gw, caller, job_id)
@@ -389,15 +393,23 @@ async def submit_pdf(
         job_id=job_id,
         priority=priority,
         submitted_by=submitted_by,
-        metadata={"filename": filename[:256]},
+        metadata={**(metadata or {}), "filename": filename[:256]},
     )
     gw.remember(job_id, caller.owner)
     log.info("queued upload %s (%d bytes) as job %s for %s", filename, len(data), job_id, caller.slot_key)
     return queued
 
 
-async def submit_upload(gw: Gateway, caller: Caller, data: bytes, filename: str, form: dict[str, Any]) -> JobRequest:
-    """Upload one PDF and queue it, with options from form fields."""
+async def submit_upload(
+    gw: Gateway,
+    caller: Caller,
+    data: bytes,
+    filename: str,
+    form: dict[str, Any],
+    *,
+    metadata: dict[str, str] | None = None,
+) -> JobRequest:
+    """Upload one PDF and queue it, with options from form fields; ``metadata`` is kept beside the file name."""
     try:
         options = JobOptions.model_validate({k: v for k, v in form.items() if k in JobOptions.model_fields})
         request = JobRequest(
@@ -418,6 +430,7 @@ async def submit_upload(gw: Gateway, caller: Caller, data: bytes, filename: str,
         job_id=request.job_id,
         priority=request.priority,
         submitted_by=request.submitted_by,
+        metadata=metadata,
     )
 
 
