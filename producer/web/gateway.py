@@ -188,6 +188,8 @@ _key_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer KE
 _token_query = APIKeyQuery(
     name="token", auto_error=False, description="a stream token (POST .../stream-token): EventSource sends no headers"
 )
+JSON_UPLOAD_PATHS = frozenset({"/process-batch-stream"})
+"""Routes whose JSON body carries documents (slimgest's batch of base64 images): uploads to :class:`Guard`."""
 CALLER_SCOPE_KEY = "pagewire.caller"
 """Where :class:`Guard` leaves the caller it identified before the body came, for the route to find."""
 
@@ -262,9 +264,10 @@ class Guard:
 
     FastAPI reads a form before it runs a route's dependencies, so without this
     an anonymous client could make the gateway spool 256 MiB before hearing
-    401. An upload (multipart) is identified here from its headers, takes one
-    of its key's upload slots for the life of the request, and may be as large
-    as ``http_max_upload_bytes``; any other body is capped at
+    401. An upload (multipart, or a route of ``JSON_UPLOAD_PATHS``) has its
+    caller identified here from the headers, takes one of the key's upload
+    slots for the life of the request, and may be as large as
+    ``http_max_upload_bytes``; any other body is capped at
     ``http_max_json_bytes`` (a JSON request is read whole into memory).
     """
 
@@ -277,7 +280,8 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        upload = headers.get("content-type", "").split(";")[0].strip().lower() == "multipart/form-data"
+        content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        upload = content_type == "multipart/form-data" or scope["path"] in JSON_UPLOAD_PATHS
         if upload:
             limit, code = self.settings.http_max_upload_bytes, ErrorCode.FILE_TOO_LARGE
             variable = "PAGEWIRE_HTTP_MAX_UPLOAD_BYTES"
