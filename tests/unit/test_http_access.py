@@ -170,3 +170,47 @@ async def test_a_stream_that_stops_reading_is_dropped_and_its_events_let_go() ->
     assert slow.overflowed and slow.queue.empty()
     assert slow not in hub._inboxes.get("job-1", set()) and reader in hub._inboxes["job-1"]
     assert not Inbox("job-2").overflowed
+
+
+# --- a quiet stream's catch-up ------------------------------------------------------------------------
+
+
+async def test_a_quiet_stream_reads_the_row_and_only_the_pages_it_missed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from producer.web import events, jobs
+
+    table = {1: "completed", 2: "completed", 3: "completed"}
+    reads: list[tuple[str, object]] = []
+
+    async def get_job(db: object, job_id: str) -> dict[str, object]:
+        reads.append(("row", job_id))
+        done = sum(1 for status in table.values() if status == "completed")
+        return {"job_id": job_id, "status": "running", "total_pages": 3, "pages_ok": done, "pages_failed": 0}
+
+    async def get_pages(
+        db: object, job_id: str, *, with_text: bool = False, page_nos: list[int] | None = None
+    ) -> list[dict[str, object]]:
+        reads.append(("pages+text" if with_text else "pages", page_nos))
+        rows: list[dict[str, object]] = [
+            {"page_no": n, "status": s, "text": f"page {n}" if with_text else None} for n, s in table.items()
+        ]
+        return [r for r in rows if page_nos is None or r["page_no"] in page_nos]
+
+    monkeypatch.setattr(jobs, "get_job", get_job)
+    monkeypatch.setattr(jobs, "get_pages", get_pages)
+    # Given a follower that has sent pages 1 and 3 (live), and missed page 2
+    follower = events.JobFollower("job-1")
+    follower._start(3, None, None)
+    follower._page(1, "completed", {})
+    follower._page(3, "completed", {})
+
+    # When the stream has been quiet
+    items = await events._catch_up(None, follower)  # type: ignore[arg-type]
+
+    # Then the row is read, page statuses once, and the text of page 2 only
+    assert reads == [("row", "job-1"), ("pages", None), ("pages+text", [2])]
+    assert [(name, data["page_no"], data["text"]) for name, data in items] == [("page", 2, "page 2")]
+
+    # and once it has seen everything, a quiet spell costs the row alone
+    reads.clear()
+    assert await events._catch_up(None, follower) == []  # type: ignore[arg-type]
+    assert reads == [("row", "job-1")]
