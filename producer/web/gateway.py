@@ -446,7 +446,7 @@ async def publish_for(gw: Gateway, caller: Caller, request: JobRequest) -> None:
     gw.remember(request.job_id, caller.owner)
 
 
-async def known(gw: Gateway, job_id: str) -> dict[str, Any] | None:
+async def _known(gw: Gateway, job_id: str) -> dict[str, Any] | None:
     """The job's row with its ``owner``; a job claimed lately, not recorded yet, reads as queued; None: unknown."""
     row = await store.get_job(gw.client.db, job_id)
     if row is None:
@@ -465,7 +465,7 @@ async def owned_job(gw: Gateway, caller: Caller, job_id: str) -> dict[str, Any]:
     ``job_not_found``): a key learns nothing about other keys' jobs, not even
     that they are there.
     """
-    row = await known(gw, job_id)
+    row = await _known(gw, job_id)
     if row is None or not caller.sees(row.get("owner")):
         raise ApiError(404, ErrorCode.JOB_NOT_FOUND, f"no job {job_id!r}", job_id=job_id)
     return row
