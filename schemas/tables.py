@@ -151,6 +151,17 @@ page_cache = Table(
     PrimaryKeyConstraint("sha256", "options_key", "page_no"),
 )
 
+job_owners = Table(
+    "job_owners",
+    metadata,
+    Column("job_id", Text, primary_key=True),
+    # The name of the API key that queued the job over HTTP, never the key; NULL: a gateway run without keys.
+    Column("owner", Text),
+    Column("claimed_at", DateTime(timezone=True), nullable=False),
+)
+"""Who queued a job over HTTP. The gateway writes the row before the job exists anywhere else (migration 0007);
+jobs queued by messages or the drop folder have none."""
+
 dropfolder_claims = Table(
     "dropfolder_claims",
     metadata,

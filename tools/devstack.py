@@ -543,6 +543,9 @@ def stack_env(settings: Settings) -> dict[str, str]:
         "PAGEWIRE_S3_ACCESS_KEY_ID": settings.s3_access_key_id,
         "PAGEWIRE_S3_SECRET_ACCESS_KEY": settings.s3_secret_access_key.get_secret_value(),
         "PAGEWIRE_PREFIX": settings.prefix,
+        # The local stack has no API keys: `pagewire http` in a shell pointed here runs open (on
+        # 127.0.0.1 unless told otherwise) instead of refusing to start. Other roles ignore it.
+        "PAGEWIRE_HTTP_NO_AUTH": "1",
     }
     if settings.s3_endpoint_url is not None:
         env["PAGEWIRE_S3_ENDPOINT_URL"] = settings.s3_endpoint_url

@@ -20,12 +20,14 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from producer.api import Client
 from producer.web import deepseek, native, slimgest
 from producer.web import events as live
 from producer.web.errors import add_error_handlers
-from producer.web.gateway import BodyLimit, Gateway, HttpSettings
+from producer.web.gateway import Gateway, Guard, HttpSettings, check_auth
 from producer.web.models import JobCreate
 
 log = logging.getLogger(__name__)
@@ -48,8 +50,17 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
 
 
 def create_app(settings: HttpSettings | None = None) -> FastAPI:
-    """The gateway as an ASGI app; it connects to the broker when it starts (``uvicorn --factory`` works)."""
+    """The gateway as an ASGI app; it connects to the broker when it starts (``uvicorn --factory`` works).
+
+    Raises :class:`~producer.web.gateway.NoKeysError` at once when no keys are
+    set and running open was not asked for.
+    """
     settings = settings or HttpSettings()
+    if check_auth(settings):
+        log.warning(
+            "pagewire http runs WITHOUT API keys (PAGEWIRE_HTTP_NO_AUTH): anyone who reaches it may read, "
+            "upload and delete every job; keep it on loopback or a private network"
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -57,7 +68,11 @@ def create_app(settings: HttpSettings | None = None) -> FastAPI:
             hub = live.EventHub(client)
             await hub.start()
             app.state.gateway = Gateway(settings, client, hub)
-            log.info("pagewire http ready (prefix %s)", settings.prefix)
+            log.info(
+                "pagewire http ready (prefix %s, %s)",
+                settings.prefix,
+                f"{len(settings.api_keys)} API keys" if settings.api_keys else "open: no API keys",
+            )
             try:
                 yield
             finally:
@@ -72,7 +87,21 @@ def create_app(settings: HttpSettings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    app.add_middleware(BodyLimit, limit=settings.http_max_upload_bytes)
+    # Added last, run first: the Host check, then CORS (a preflight carries no key), then the Guard.
+    app.add_middleware(Guard, settings=settings)
+    if settings.http_cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.http_cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["X-API-Key", "Authorization", "Content-Type"],
+            expose_headers=["Location"],
+            # Keys travel in headers, never cookies: credentialed requests stay off.
+            allow_credentials=False,
+        )
+    if settings.http_allowed_hosts != ["*"]:
+        # A Host check stops DNS rebinding: a page on another site that resolves its name to this gateway.
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.http_allowed_hosts, www_redirect=False)
     add_error_handlers(app)
     app.include_router(native.router)
     app.include_router(slimgest.router)

@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response
 
+from producer.web.access import Caller
 from producer.web.errors import ApiError
-from producer.web.gateway import GatewayDep, JobIdPath, links, require, require_key, submit_upload
+from producer.web.gateway import CallerDep, GatewayDep, JobIdPath, links, owned_job, submit_upload
 from producer.web.models import ERRORS, DeepSeekAccepted, DeepSeekMetadata
 from producer.web.uploads import read_document
 from producer.web.views import API_KEY, DEEPSEEK, ENDED_WITH_RESULT, deepseek_status, filename_of
@@ -28,13 +29,13 @@ from schemas.messages import Engine, JobOptions
 log = logging.getLogger(__name__)
 
 router = APIRouter()
-auth = [Depends(require_key)]
 PROMPT_CHARS = 1000
 
 
-@router.post("/jobs/create", response_model=DeepSeekAccepted, responses=ERRORS, dependencies=auth, tags=["deepseek"])
+@router.post("/jobs/create", response_model=DeepSeekAccepted, responses=ERRORS, tags=["deepseek"])
 async def create(
     gw: GatewayDep,
+    caller: CallerDep,
     file: Annotated[UploadFile, File(description="the PDF, or a PNG, JPEG or TIFF image")],
     prompt: Annotated[str | None, Form(description="kept with the job; pagewire's engines take no prompt")] = None,
     engine: Annotated[Engine, Form()] = Engine.AUTO,
@@ -47,15 +48,15 @@ async def create(
     form = {"engine": options.engine.value, "dpi": options.dpi}
     # DeepSeek's prompts hold line breaks ("<image>\nConvert..."); metadata values are names: one line.
     extra = {API_KEY: DEEPSEEK, **({"prompt": clean_name(" ".join(prompt.split()), PROMPT_CHARS)} if prompt else {})}
-    queued = await submit_upload(gw, data, filename, form, metadata=extra)
+    queued = await submit_upload(gw, caller, data, filename, form, metadata=extra)
     return DeepSeekAccepted(
         job_id=queued.job_id, message=f"{filename} queued as job {queued.job_id}", links=links(queued.job_id)
     )
 
 
-async def _ended(gw: GatewayDep, job_id: str) -> dict[str, Any]:
+async def _ended(gw: GatewayDep, caller: Caller, job_id: str) -> dict[str, Any]:
     """The job's row once it has a result; before: 400, as DeepSeek's server answers and its clients expect."""
-    row = await require(gw, job_id)
+    row = await owned_job(gw, caller, job_id)
     if row["status"] not in ENDED_WITH_RESULT or not row.get("result_keys"):
         raise ApiError(
             400,
@@ -70,12 +71,11 @@ async def _ended(gw: GatewayDep, job_id: str) -> dict[str, Any]:
     "/jobs/{job_id}/download",
     responses={200: {"content": {"text/markdown": {"schema": {"type": "string"}}}}, **ERRORS},
     response_class=Response,
-    dependencies=auth,
     tags=["deepseek"],
 )
-async def download(job_id: JobIdPath, gw: GatewayDep) -> Response:
+async def download(job_id: JobIdPath, gw: GatewayDep, caller: CallerDep) -> Response:
     """The Markdown result as a file (DeepSeek-OCR's download); 400 while the job is not completed."""
-    row = await _ended(gw, job_id)
+    row = await _ended(gw, caller, job_id)
     body = await gw.client.result(job_id, "md")
     name = (filename_of(row) or job_id).replace('"', "")
     stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name  # report.pdf -> report.md
@@ -90,12 +90,11 @@ async def download(job_id: JobIdPath, gw: GatewayDep) -> Response:
     "/jobs/{job_id}/metadata",
     response_model=DeepSeekMetadata,
     responses={**ERRORS},
-    dependencies=auth,
     tags=["deepseek"],
 )
-async def metadata(job_id: JobIdPath, gw: GatewayDep) -> DeepSeekMetadata:
+async def metadata(job_id: JobIdPath, gw: GatewayDep, caller: CallerDep) -> DeepSeekMetadata:
     """What DeepSeek-OCR's clients read about a finished job; 400 while it is not completed."""
-    row = await _ended(gw, job_id)
+    row = await _ended(gw, caller, job_id)
     begun = row.get("started_at") or row.get("created_at")
     ended = row.get("finished_at")
     seconds = round((ended - begun).total_seconds(), 3) if begun and ended else None

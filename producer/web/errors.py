@@ -30,6 +30,9 @@ class HttpErrorCode(StrEnum):
     JOB_NOT_FINISHED = "job_not_finished"
     WAIT_TIMEOUT = "wait_timeout"
     SERVICE_UNAVAILABLE = "service_unavailable"
+    PRIORITY_NOT_ALLOWED = "priority_not_allowed"
+    TOO_MANY_STREAMS = "too_many_streams"
+    TOO_MANY_UPLOADS = "too_many_uploads"
 
 
 # HTTP status of each table code a request can meet.

@@ -10,8 +10,14 @@ A stream that (re)connects first replays what the status tables already hold
 (the ``start``, every recorded page, the end if there is one), then goes on
 with live events, sending each page once per status. Events can pass the
 gateway before the recorder has written them, and the other way round, so a
-follower also re-reads the tables when the stream has been quiet for a while
-and before it reports the end.
+follower also looks at the tables when the stream has been quiet for a while
+and before it reports the end: the job's row first, and only the pages it has
+missed, when the row's counts say it has missed some (:func:`_catch_up`).
+
+Each stream's inbox holds at most :data:`INBOX_SIZE` events. A client that
+stops reading stops its stream, not the hub: once its inbox is full the hub
+drops it and its events, and the stream, should the client read again, takes
+up from the tables with a new inbox. Memory per stream stays bounded.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import contextlib
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -44,26 +50,40 @@ from schemas.tables import TERMINAL_JOB_STATUSES, JobStatus
 
 log = logging.getLogger(__name__)
 
-INBOX_SIZE = 4096
-"""Events buffered for one slow stream before it falls back to re-reading the tables."""
+INBOX_SIZE = 256
+"""Events buffered for one stream; a stream this far behind is dropped by the hub and catches up from the tables.
+
+Small on purpose: a page event carries the page's text, and a client that
+stops reading must not pin thousands of them."""
 
 Item = tuple[str, dict[str, Any]]
 """An SSE event name and its JSON data."""
 
+Visibility = Callable[[str], Awaitable[bool]]
+"""Whether a stream's caller may see a job's events, by job id."""
+
 
 class Inbox:
-    """The events of one stream, in arrival order; overflows into a flag instead of growing."""
+    """The events of one stream, in arrival order; when full it empties and is dropped instead of growing."""
 
-    def __init__(self, job_id: str | None) -> None:
+    def __init__(self, job_id: str | None, size: int = INBOX_SIZE) -> None:
         self.job_id = job_id
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(INBOX_SIZE)
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(size)
         self.overflowed = False
 
-    def put(self, event: Event) -> None:
+    def put(self, event: Event) -> bool:
+        """Queue ``event``; False when the inbox overflowed (it is then empty, and takes nothing more)."""
+        if self.overflowed:
+            return False
         try:
             self.queue.put_nowait(event)
+            return True
         except asyncio.QueueFull:
+            # Let the events go now: the reader, if it ever reads again, catches up from the tables.
             self.overflowed = True
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            return False
 
     async def get(self, quiet_s: float) -> Event | None:
         """The next event, or None after ``quiet_s`` seconds of quiet."""
@@ -114,7 +134,9 @@ class EventHub:
 
     def _dispatch(self, event: Event) -> None:
         for inbox in (*self._inboxes.get(event.job_id, ()), *self._inboxes.get(None, ())):
-            inbox.put(event)
+            if not inbox.put(event):
+                log.info("a stream of %s fell %d events behind; dropped", inbox.job_id or "every job", INBOX_SIZE)
+                self.close_inbox(inbox)
 
     def open_inbox(self, job_id: str | None) -> Inbox:
         """An inbox for one job's events (``None``: every job's) until :meth:`close_inbox`."""
@@ -293,6 +315,28 @@ async def _read(db: AsyncEngine, follower: JobFollower) -> list[Item]:
     return items + follower.from_row(row)
 
 
+async def _catch_up(db: AsyncEngine, follower: JobFollower) -> list[Item]:
+    """After a quiet spell: what the tables hold that ``follower`` has not sent, read as little as it can.
+
+    The job's row comes first (one row); pages are read only when its counts
+    say some were missed, and the text only of those. A quiet stream of a
+    large job thus costs one small query, not every page's text again.
+    """
+    row = await store.get_job(db, follower.job_id)
+    if row is None:
+        return []
+    items: list[Item] = []
+    if row["total_pages"]:
+        items += follower._start(row["total_pages"], None, None)
+    if row["pages_ok"] + row["pages_failed"] > follower.done:
+        statuses = await store.get_pages(db, follower.job_id)
+        missed = [p["page_no"] for p in statuses if follower.pages.get(p["page_no"]) != p["status"]]
+        if missed:
+            rows = await store.get_pages(db, follower.job_id, with_text=follower.with_text, page_nos=missed)
+            items += follower.from_pages(rows)
+    return items + follower.from_row(row)
+
+
 async def follow_job(
     hub: EventHub,
     db: AsyncEngine,
@@ -314,12 +358,14 @@ async def follow_job(
         for item in await _read(db, follower):
             yield item
         while not follower.ended:
-            event = await inbox.get(quiet_s)
-            if event is None or inbox.overflowed:
-                inbox.overflowed = False
-                items = await _read(db, follower)
+            if inbox.overflowed:  # dropped by the hub while the client did not read: listen again, then catch up
+                hub.close_inbox(inbox)
+                inbox = hub.open_inbox(job_id)
+                items = await _catch_up(db, follower)
+            elif (event := await inbox.get(quiet_s)) is None:
+                items = await _catch_up(db, follower)
             elif follower.needs_final_read(event):
-                items = await _read(db, follower) + follower.from_event(event)
+                items = await _catch_up(db, follower) + follower.from_event(event)
             else:
                 items = follower.from_event(event)
             for item in items:
@@ -328,36 +374,47 @@ async def follow_job(
         hub.close_inbox(inbox)
 
 
-async def follow_all(hub: EventHub, db: AsyncEngine, *, remember: int = 2000) -> AsyncIterator[Item]:
-    """Every job's items, without page text, for the status page (one connection for all its bars).
+async def follow_all(
+    hub: EventHub, db: AsyncEngine, *, visible: Visibility | None = None, remember: int = 2000
+) -> AsyncIterator[Item]:
+    """Every job's items (``visible``: those it allows), without page text, for the status page.
 
     A job first seen mid-way is read from the tables once, quietly, so its
     figures start right; ``queued`` announces a job the page does not list yet.
+    Whether a job is visible is asked once per job, when it is first seen.
     """
-    followers: OrderedDict[str, JobFollower] = OrderedDict()
-    with hub.listen(None) as inbox:
+    followers: OrderedDict[str, JobFollower | None] = OrderedDict()  # None: a job this stream may not show
+    inbox = hub.open_inbox(None)
+    try:
         while True:
+            if inbox.overflowed:  # dropped while the client did not read: listen again; figures start afresh
+                hub.close_inbox(inbox)
+                inbox = hub.open_inbox(None)
+                followers.clear()
             event = await inbox.get(15.0)
             if event is None:
                 continue
-            if inbox.overflowed:  # figures may have gaps: start them again from the tables
-                inbox.overflowed = False
-                followers.clear()
-            follower = followers.get(event.job_id)
-            if follower is None:
-                follower = followers[event.job_id] = JobFollower(event.job_id, with_text=False)
-                if not isinstance(event, JobQueued):
+            if event.job_id not in followers:
+                shown = visible is None or await visible(event.job_id)
+                follower = JobFollower(event.job_id, with_text=False) if shown else None
+                followers[event.job_id] = follower
+                while len(followers) > remember:
+                    followers.popitem(last=False)
+                if follower is not None and not isinstance(event, JobQueued):
                     # Its pages so far only set the figures; its start and end (if over already) go out.
                     for item in await _read(db, follower):
                         if item[0] != "page":
                             yield item
-                while len(followers) > remember:
-                    followers.popitem(last=False)
             followers.move_to_end(event.job_id)
+            follower = followers[event.job_id]
+            if follower is None:
+                continue
             if isinstance(event, JobQueued):
                 yield ("queued", {"job_id": event.job_id, "status": JobStatus.QUEUED.value})
             for item in follower.from_event(event):
                 yield item
+    finally:
+        hub.close_inbox(inbox)
 
 
 def sse(name: str, data: dict[str, Any]) -> bytes:

@@ -1,8 +1,10 @@
-"""What the HTTP gateway reads from the status tables, and the one thing it deletes.
+"""What the HTTP gateway reads from the status tables, and the few things it writes.
 
 The gateway is a reader of ``jobs`` and ``pages`` (the recorder is their only
 writer) with one exception: ``DELETE /jobs/{id}`` removes a finished job, its
-S3 objects first and then its row (its pages go by ``ON DELETE CASCADE``).
+S3 objects first and then its row (its pages go by ``ON DELETE CASCADE``, its
+``job_owners`` row by a trigger). ``job_owners`` is the gateway's own: a row
+per job queued over HTTP, written before the job is uploaded or published.
 """
 
 from __future__ import annotations
@@ -12,16 +14,17 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from adapters.storage import Storage
 from producer.jobs import bury
 from schemas.errors import ErrorCode, PermanentError
-from schemas.tables import JobStatus, TombstoneReason, jobs, pages
+from schemas.tables import JobStatus, TombstoneReason, job_owners, job_tombstones, jobs, pages
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 PAGE_FIELDS = ("page_no", "status", "engine", "confidence", "duration_ms", "attempts", "error_code", "error_message")
 DONE_PAGE_STATUSES = frozenset({"completed", "failed"})
 
+_JOBS_AND_OWNERS = jobs.outerjoin(job_owners, job_owners.c.job_id == jobs.c.job_id)
 _SUMMARY_COLUMNS = (
     jobs.c.job_id,
     jobs.c.status,
@@ -42,6 +46,7 @@ _SUMMARY_COLUMNS = (
     jobs.c.options,
     jobs.c.priority,
     jobs.c.submitted_by,
+    job_owners.c.owner,
     jobs.c.metadata,
     jobs.c.result_bucket,
     jobs.c.result_keys,
@@ -89,19 +94,25 @@ class JobFilter:
 
     statuses: tuple[JobStatus, ...] = ()
     submitted_by: str | None = None
+    owner: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
 
 
 async def list_jobs(
-    db: AsyncEngine, where: JobFilter, *, limit: int, cursor: str | None
+    db: AsyncEngine, where: JobFilter, *, limit: int, cursor: str | None, owned_by: str | None = None
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Newest first, ``limit`` a page; returns the rows and the token of the next page (None at the end).
 
+    ``owned_by``: a key's name, that key's jobs only; None: every job (an admin).
     Keyset pagination on ``(created_at, job_id)``, so a page stays right while
     new jobs arrive at the top.
     """
-    query = select(*_SUMMARY_COLUMNS)
+    query = select(*_SUMMARY_COLUMNS).select_from(_JOBS_AND_OWNERS)
+    if owned_by is not None:
+        query = query.where(job_owners.c.owner == owned_by)
+    if where.owner is not None:
+        query = query.where(job_owners.c.owner == where.owner)
     if where.statuses:
         query = query.where(jobs.c.status.in_([str(s) for s in where.statuses]))
     if where.submitted_by is not None:
@@ -127,16 +138,21 @@ async def list_jobs(
 async def get_job(db: AsyncEngine, job_id: str) -> dict[str, Any] | None:
     """The job's summary, or None when there is no such row."""
     async with db.connect() as conn:
-        row = (await conn.execute(select(*_SUMMARY_COLUMNS).where(jobs.c.job_id == job_id))).first()
+        query = select(*_SUMMARY_COLUMNS).select_from(_JOBS_AND_OWNERS).where(jobs.c.job_id == job_id)
+        row = (await conn.execute(query)).first()
     return summarise(row) if row is not None else None
 
 
-async def get_pages(db: AsyncEngine, job_id: str, *, with_text: bool = False) -> list[dict[str, Any]]:
-    """The job's page rows in page order; ``with_text`` adds ``text`` and ``blocks``."""
+async def get_pages(
+    db: AsyncEngine, job_id: str, *, with_text: bool = False, page_nos: list[int] | None = None
+) -> list[dict[str, Any]]:
+    """The job's page rows in page order (``page_nos``: those only); ``with_text`` adds ``text`` and ``blocks``."""
     columns = [pages.c[name] for name in PAGE_FIELDS]
     if with_text:
         columns += [pages.c.text, pages.c.blocks]
     query = select(*columns).where(pages.c.job_id == job_id).order_by(pages.c.page_no)
+    if page_nos is not None:
+        query = query.where(pages.c.page_no.in_(page_nos))
     async with db.connect() as conn:
         return [dict(r) for r in (await conn.execute(query)).mappings()]
 
@@ -145,6 +161,49 @@ async def job_exists(db: AsyncEngine, job_id: str) -> bool:
     async with db.connect() as conn:
         count = (await conn.execute(select(func.count()).where(jobs.c.job_id == job_id))).scalar_one()
     return bool(count)
+
+
+async def is_buried(db: AsyncEngine, job_id: str) -> bool:
+    """Whether the job was deleted or expired: its id has a tombstone and may not be used again."""
+    async with db.connect() as conn:
+        found = (await conn.execute(select(job_tombstones.c.job_id).where(job_tombstones.c.job_id == job_id))).first()
+    return found is not None
+
+
+async def claim_job(db: AsyncEngine, job_id: str, owner: str | None) -> bool:
+    """Record ``owner`` as the job's; False when another owner claimed the id already (on any gateway).
+
+    The same owner may claim an id again: a submit that failed after its claim
+    (S3 or the broker did not answer) can be repeated with the same job id.
+    The claim is never given back on failure, because the failure may have come
+    after the job was queued, and a queued job must not lose its owner.
+    """
+    statement = insert(job_owners).values(job_id=job_id, owner=owner, claimed_at=datetime.now(UTC))
+    query = statement.on_conflict_do_update(
+        index_elements=[job_owners.c.job_id],
+        set_={"claimed_at": statement.excluded.claimed_at},
+        where=job_owners.c.owner.is_not_distinct_from(statement.excluded.owner),
+    ).returning(job_owners.c.job_id)
+    async with db.begin() as conn:
+        return (await conn.execute(query)).first() is not None
+
+
+async def fresh_claim(db: AsyncEngine, job_id: str, within_s: float) -> tuple[bool, str | None]:
+    """Whether the id was claimed in the last ``within_s`` seconds (by any gateway), and by whom."""
+    since = datetime.now(UTC) - timedelta(seconds=within_s)
+    query = select(job_owners.c.owner).where(job_owners.c.job_id == job_id, job_owners.c.claimed_at > since)
+    async with db.connect() as conn:
+        row = (await conn.execute(query)).first()
+    return (True, row.owner) if row is not None else (False, None)
+
+
+async def owner_of(db: AsyncEngine, job_id: str) -> str | None:
+    """The name of the key that queued the job over HTTP; None for a job of no key."""
+    async with db.connect() as conn:
+        owner: str | None = (
+            await conn.execute(select(job_owners.c.owner).where(job_owners.c.job_id == job_id))
+        ).scalar_one_or_none()
+    return owner
 
 
 def _delete_prefix(storage: Storage, bucket: str, prefix: str) -> int:

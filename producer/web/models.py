@@ -83,6 +83,7 @@ class JobSummary(BaseModel):
     options: dict[str, Any] | None = None
     priority: int = 0
     submitted_by: str | None = None
+    owner: str | None = Field(default=None, description="the name of the API key that queued it; null: no key")
     metadata: dict[str, Any] | None = None
     result_keys: dict[str, str] | None = None
     result_bucket: str | None = None
@@ -133,6 +134,14 @@ class JobList(BaseModel):
 
     jobs: list[JobSummary]
     next_cursor: str | None = None
+
+
+class StreamToken(BaseModel):
+    """A short-lived token that opens one event stream: ``GET {events}?token={token}``."""
+
+    token: str
+    expires_at: datetime
+    events: str = Field(description="the stream it opens, token included")
 
 
 class Health(BaseModel):
@@ -236,7 +245,7 @@ class BatchRequest(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422, 503)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
 }
 SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "server-sent events"}

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
@@ -19,8 +19,9 @@ from adapters.amqp import queue_depth
 from producer.images import image_kind, image_to_pdf
 from producer.web import events as live
 from producer.web import jobs as store
+from producer.web.access import Caller
 from producer.web.errors import ApiError, HttpErrorCode, validation_error
-from producer.web.gateway import DPI_DOC, Gateway, GatewayDep, HttpSettings, require_key, sse_response
+from producer.web.gateway import DPI_DOC, CallerDep, Gateway, GatewayDep, HttpSettings, sse_response, submit_pdf
 from producer.web.models import (
     ERRORS,
     SSE_RESPONSE,
@@ -33,14 +34,12 @@ from producer.web.models import (
 )
 from producer.web.uploads import decode_base64, dpi_of, image_limits, read_document
 from schemas.errors import ErrorCode, PermanentError
-from schemas.fields import clean_name
 from schemas.messages import TERMINAL_EVENTS, Engine, JobOptions
 from schemas.tables import TERMINAL_JOB_STATUSES, JobStatus
 
 log = logging.getLogger(__name__)
 
 router = APIRouter()
-auth = [Depends(require_key)]
 
 
 def _legacy_pdf(filename: str, job_id: str, row: dict[str, Any], pages: list[dict[str, Any]]) -> LegacyPdf:
@@ -74,13 +73,12 @@ def _legacy_options(dpi_query: float | None, dpi_form: float | None, engine: Eng
         raise validation_error(exc) from exc
 
 
-async def _run_to_end(gw: Gateway, data: bytes, filename: str, options: JobOptions) -> LegacyPdf:
+async def _run_to_end(gw: Gateway, caller: Caller, data: bytes, filename: str, options: JobOptions) -> LegacyPdf:
     """Queue one PDF and wait for its end; the rows are then read back, text and boxes included."""
     job_id = str(uuid.uuid4())
     deadline = time.monotonic() + gw.settings.http_wait_s
     with gw.hub.listen(job_id) as inbox:
-        await gw.client.submit(data, options=options, job_id=job_id, metadata={"filename": clean_name(filename)})
-        gw.remember(job_id)
+        await submit_pdf(gw, caller, data, filename=filename, options=options, job_id=job_id)
         while True:
             event = await inbox.get(2.0)
             if isinstance(event, TERMINAL_EVENTS):
@@ -136,9 +134,10 @@ async def _legacy_stream(gw: Gateway, job_id: str, filename: str, inbox: live.In
             )
 
 
-@router.post("/process-pdf", response_model=LegacyResult, responses=ERRORS, dependencies=auth, tags=["slimgest"])
+@router.post("/process-pdf", response_model=LegacyResult, responses=ERRORS, tags=["slimgest"])
 async def process_pdf(
     gw: GatewayDep,
+    caller: CallerDep,
     file: Annotated[UploadFile, File(description="the PDF, or a PNG, JPEG or TIFF image")],
     dpi: Annotated[float | None, Query(ge=36, le=600, description=DPI_DOC)] = None,
     dpi_form: Annotated[float | None, Form(alias="dpi", ge=36, le=600)] = None,
@@ -146,7 +145,7 @@ async def process_pdf(
 ) -> LegacyResult | JSONResponse:
     """Read one PDF and answer with its pages once done (slimgest's route; a failed job answers 422)."""
     data = await read_document(file, gw.settings, dpi=dpi_of(dpi_form or dpi))
-    pdf = await _run_to_end(gw, data, file.filename or "upload.pdf", _legacy_options(dpi, dpi_form, engine))
+    pdf = await _run_to_end(gw, caller, data, file.filename or "upload.pdf", _legacy_options(dpi, dpi_form, engine))
     if pdf.status == JobStatus.FAILED:
         body = ErrorBody(
             error_code=pdf.error_code or "internal_error", message=pdf.error_message or "", job_id=pdf.job_id
@@ -155,9 +154,10 @@ async def process_pdf(
     return LegacyResult(pdfs=[pdf])
 
 
-@router.post("/process-pdfs", response_model=LegacyResult, responses=ERRORS, dependencies=auth, tags=["slimgest"])
+@router.post("/process-pdfs", response_model=LegacyResult, responses=ERRORS, tags=["slimgest"])
 async def process_pdfs(
     gw: GatewayDep,
+    caller: CallerDep,
     files: Annotated[list[UploadFile], File(description="the PDFs (or images)")],
     dpi: Annotated[float | None, Query(ge=36, le=600, description=DPI_DOC)] = None,
     dpi_form: Annotated[float | None, Form(alias="dpi", ge=36, le=600)] = None,
@@ -171,7 +171,7 @@ async def process_pdfs(
         (f.filename or f"upload-{i}.pdf", await read_document(f, gw.settings, dpi=options.dpi))
         for i, f in enumerate(files, 1)
     ]
-    pdfs = await asyncio.gather(*(_run_to_end(gw, data, name, options) for name, data in uploads))
+    pdfs = await asyncio.gather(*(_run_to_end(gw, caller, data, name, options) for name, data in uploads))
     return LegacyResult(pdfs=list(pdfs))
 
 
@@ -179,11 +179,11 @@ async def process_pdfs(
     "/process-pdf-stream",
     response_class=StreamingResponse,
     responses={**SSE_RESPONSE, **ERRORS},
-    dependencies=auth,
     tags=["slimgest"],
 )
 async def process_pdf_stream(
     gw: GatewayDep,
+    caller: CallerDep,
     file: Annotated[UploadFile, File(description="the PDF, or a PNG, JPEG or TIFF image")],
     dpi: Annotated[float | None, Query(ge=36, le=600, description=DPI_DOC)] = None,
     dpi_form: Annotated[float | None, Form(alias="dpi", ge=36, le=600)] = None,
@@ -196,11 +196,10 @@ async def process_pdf_stream(
     job_id = str(uuid.uuid4())
     inbox = gw.hub.open_inbox(job_id)  # before the submit: not even the first event may slip past
     try:
-        await gw.client.submit(data, options=options, job_id=job_id, metadata={"filename": clean_name(filename)})
+        await submit_pdf(gw, caller, data, filename=filename, options=options, job_id=job_id)
     except BaseException:
         gw.hub.close_inbox(inbox)
         raise
-    gw.remember(job_id)
     # The stream closes the inbox; the task covers a client gone before the stream began.
     return sse_response(_legacy_stream(gw, job_id, filename, inbox), cleanup=BackgroundTask(gw.hub.close_inbox, inbox))
 
@@ -360,11 +359,11 @@ async def _batch_stream(
     "/process-batch-stream",
     response_class=StreamingResponse,
     responses={**SSE_RESPONSE, **ERRORS},
-    dependencies=auth,
     tags=["slimgest"],
 )
 async def process_batch_stream(
     gw: GatewayDep,
+    caller: CallerDep,
     body: BatchRequest,
     dpi: Annotated[float | None, Query(ge=36, le=600, description=DPI_DOC)] = None,
     engine: Annotated[Engine, Query()] = Engine.AUTO,
@@ -382,15 +381,17 @@ async def process_batch_stream(
     job_id = str(uuid.uuid4())
     inbox = gw.hub.open_inbox(job_id)  # before the submit: not even the first event may slip past
     try:
-        await gw.client.submit(
+        await submit_pdf(
+            gw,
+            caller,
             batch.pdf,
+            filename=f"batch of {len(batch.page_numbers)} images",
             options=options,
             job_id=job_id,
-            metadata={"filename": f"batch of {len(batch.page_numbers)} images", "api": "slimgest-batch"},
+            metadata={"api": "slimgest-batch"},
         )
     except BaseException:
         gw.hub.close_inbox(inbox)
         raise
-    gw.remember(job_id)
     log.info("queued a batch of %d images as job %s", len(batch.page_numbers), job_id)
     return sse_response(_batch_stream(gw, batch, job_id, inbox), cleanup=BackgroundTask(gw.hub.close_inbox, inbox))

@@ -99,6 +99,7 @@ def test_dev_env_without_state_comes_from_settings(tmp_path: Path) -> None:
     assert env["PAGEWIRE_PREFIX"] == "devtest"
     assert env["PAGEWIRE_S3_ENDPOINT_URL"] == "http://127.0.0.1:1"
     assert env["PAGEWIRE_DATABASE_URL"].startswith("postgresql+asyncpg://")
+    assert env["PAGEWIRE_HTTP_NO_AUTH"] == "1"  # a gateway in a dev shell runs open rather than not at all
 
 
 def test_fixtures_give_a_migrated_database_a_bucket_and_a_prefix(services, pagewire_env, pagewire_settings) -> None:

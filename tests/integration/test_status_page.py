@@ -7,6 +7,7 @@ test is skipped.
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -60,6 +61,8 @@ async def test_upload_through_the_page_watch_the_bar_reach_100_and_open_the_resu
     page = await context.new_page()
     script_errors: list[str] = []
     page.on("pageerror", lambda error: script_errors.append(str(error)))
+    urls: list[str] = []
+    context.on("request", lambda request: urls.append(request.url))
 
     # Given the status page, which asks for the API key the gateway wants
     await page.goto(gateway.url)
@@ -93,8 +96,13 @@ async def test_upload_through_the_page_watch_the_bar_reach_100_and_open_the_resu
     async with context.expect_page() as opened:
         await row.locator("a.result-md").click()
     result = await opened.value
+    # The page fetches the result with its key in a header, then shows it from memory (a blob: URL).
+    await result.wait_for_url(re.compile(r"^blob:"), timeout=10_000)
     await result.wait_for_load_state()
     text = await result.locator("body").inner_text()
     assert all(line in text for line in PAGES)
     assert script_errors == []
+    # and the key never travelled in a URL: the stream opened with a stream token
+    assert urls and not [u for u in urls if gateway.api_key in u or "api_key=" in u]
+    assert any("/events?token=" in u for u in urls)
     await context.close()

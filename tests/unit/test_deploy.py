@@ -259,7 +259,7 @@ def test_the_gateway_is_probed_and_served_on_its_own_port(rendered: tuple[str, l
     (port,) = container["ports"]
     assert port == {"name": "http", "containerPort": args.port}
     # The probes ask the gateway's own /health (it serves no metrics port)
-    routes = set(create_app(HttpSettings()).openapi()["paths"])
+    routes = set(create_app(HttpSettings(http_no_auth=True)).openapi()["paths"])
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/health", "port": "http"}, probe
         assert "/health" in routes
