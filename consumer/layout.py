@@ -33,6 +33,8 @@ box read on the turned-upright image back to the page.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
 from itertools import pairwise
 from statistics import median
 from typing import Protocol, TypeVar
@@ -52,31 +54,63 @@ class Boxed(Protocol):
 
 B = TypeVar("B", bound=Boxed)
 
-__all__ = ["blocks_to_text", "detect_rotation", "merge_blocks", "order_blocks", "rotate_box"]
+__all__ = [
+    "blocks_to_text",
+    "detect_rotation",
+    "layer_order",
+    "merge_blocks",
+    "order_blocks",
+    "regions",
+    "rotate_box",
+]
 
-# OCR boxes are padded (rapidocr grows each by its unclip ratio) and skewed
-# scans tilt them, so boxes of two columns may nearly touch or overlap a
-# little. Gutters are looked for between boxes narrowed by this much on each
-# side (a fraction of the page width, about 3 pt on a Letter page).
+# Geometry is in page fractions; these are tuned for text of 7 to 12 pt on a Letter or A4 page at
+# 150 to 300 dpi, where rapidocr pads its boxes by about a third of a line and skew tilts them.
+
+# OCR boxes are padded and skewed scans tilt them, so boxes of two columns may nearly touch. Gutters
+# are looked for between boxes narrowed by this much on each side (about 3 pt on a Letter page).
 SHRINK = 0.005
-# The least gutter between narrowed boxes: the two-column scans of the corpus
-# leave about 0.004 between rapidocr's boxes, 0.014 once narrowed. Word spaces
-# do not matter here: a gutter must also run through many lines.
+# The least gutter between narrowed boxes: a word space is less, a column gutter more.
 MIN_GUTTER = 0.01
-# Boxes on each side of a gutter before it counts: two or three lines side by
-# side are not yet columns.
-MIN_SIDE_BOXES = 3
-# Share of the region's width each side of a gutter must have: a margin of
-# line or equation numbers is not a column.
-MIN_COLUMN_SHARE = 0.2
-# Median box width over the column's width: lines of text fill their column,
-# scattered labels do not.
+# Horizontal whitespace is looked for between boxes whose top and bottom are moved in by this share
+# of the median line height: padded boxes of consecutive lines overlap a little.
+VERTICAL_SHRINK = 0.2
+# A band of at most this many median line heights at the top (bottom) of the page, set off by a gap
+# of at least HEAD_GAP of them, is a running head (a footer): read first (last), not inside a column.
+HEAD_LINES = 2.5
+HEAD_GAP = 1.2
+# A box across a gutter spans it (and breaks the columns) when it is this share of the block's
+# width, or reaches this share into the columns on both sides; otherwise it straddles the gutter
+# and is read in the column of its left edge.
+SPAN_SHARE = 0.6
+# A strip crossed by at most this share of a region's boxes may be a gutter they straddle.
+STRADDLING_SHARE = 0.05
+# More boxes than this across a gutter in one band are not a straddling block: the band breaks.
+MAX_STRADDLERS = 2
+# A column of text: at least this many boxes, their median width this share of the column's, or
+# their median length this many characters (lines of a column not yet cut into its own columns).
+MIN_COLUMN_BOXES = 3
 MIN_COLUMN_FILL = 0.4
-# Boxes that may cross a gutter (titles, captions, a centred page number),
-# as a share of the region's boxes; at least one.
-MAX_CROSSING_SHARE = 0.1
-# This many gutters in one region make it a table, read row by row.
-TABLE_GUTTERS = 3
+MIN_LINE_LENGTH = 16
+# and at least this share of its region's width: a margin of labels or numbers is not a column.
+MIN_COLUMN_SHARE = 0.2
+# This many columns side by side are a table wherever their boxes sit level in rows.
+TABLE_COLUMNS = 4
+# Side by side, columns that are not all text are a table when this share of their boxes sits
+# level with a box in another column: read row by row.
+ROW_ALIGNED = 0.6
+# An outer column narrower than this share of its region, beside one at least twice as wide, holds
+# margin notes (or a thumb tab, line numbers far out): read after the body.
+MARGIN_SHARE = 0.2
+# A column of glyphs (bullets, footnote marks: every box at most this many characters) within
+# GLYPH_GAP of the column to its right belongs to that column.
+GLYPH_CHARS = 2
+GLYPH_GAP = 0.03
+# A column of fewer than MIN_COLUMN_BOXES boxes stands alone only at the edge of its region, this far out.
+MARGIN_GAP = 0.03
+# A box of at least MIN_LINE_CHARS characters this much taller than wide (in page fractions) holds
+# rotated text (an arXiv stamp, a thumb tab): kept, read last.
+ROTATED_RATIO = 1.2
 # Two boxes are on one line when they overlap vertically by this share of the smaller height.
 LINE_OVERLAP = 0.5
 # Two boxes overlapping horizontally by more than this share of the narrower are on different lines.
@@ -94,16 +128,362 @@ UPRIGHT_CONFIDENCE = 0.85
 # An OCR box that overlaps text-layer boxes by this share of its own area repeats them.
 DUPLICATE_OVERLAP = 0.5
 
+Rect = tuple[float, float, float, float]
+
 
 def order_blocks(blocks: list[B]) -> list[list[B]]:
     """Group blocks into lines and return the lines in reading order, each line left to right.
 
-    Columns are read one after the other (top to bottom within each), blocks
-    that span the columns are read in their place, and tables row by row.
-    Blocks with no text after stripping are dropped.
+    The page is cut into regions (:func:`regions`); inside each region the
+    blocks are grouped into lines by vertical overlap, top to bottom (a table's
+    region is one region, so it reads row by row). Blocks with no text after
+    stripping are dropped.
     """
     kept = [b for b in blocks if b.text.strip()]
-    return _order_region(kept)
+    if not kept:
+        return []
+    lines: list[list[B]] = []
+    for region in regions([b.bbox for b in kept], [b.text for b in kept]):
+        lines += _group_lines([kept[i] for i in region])
+    return lines
+
+
+def layer_order(boxes: Sequence[tuple[str, Rect, float]]) -> list[int] | None:
+    """The order to read a text layer's runs in, or None where the layer's own order already reads right.
+
+    ``boxes`` are the runs in the layer's order (:attr:`consumer.pdf.TextLayer.boxes`). The page is
+    cut into regions as for OCR (:func:`regions`); inside a region the layer's order is kept (it is
+    the writer's, and right within a column: superscripts, formulas), and only the regions are put
+    in reading order. None when that changes nothing.
+    """
+    if len(boxes) < 2:
+        return None
+    found = regions([b for _, b, _ in boxes], [t for t, _, _ in boxes])
+    order = [i for region in found for i in sorted(region)]
+    if all(a < b for a, b in pairwise(order)):
+        return None
+    return order
+
+
+def regions(rects: Sequence[Rect], texts: Sequence[str]) -> list[list[int]]:
+    """The page's regions in reading order, each a list of indices into ``rects`` (boxes with ``texts``).
+
+    A recursive XY-cut over the boxes:
+
+    1. The region is cut into bands at horizontal whitespace. Consecutive bands
+       that leave a common vertical gutter (no box crossing it) are one block
+       of columns; a band that crosses the gutter (a title, a full-width figure
+       caption) breaks the columns: what is above is read before it, what is
+       below after. On the page itself, a short band set off at the top (bottom)
+       is the running head (footer) and is read first (last).
+    2. A block of one band or of columns is cut at its gutters; the columns
+       are read left to right, each cut again. Columns that are not all text
+       and whose boxes sit level in rows are a table: one region, read row by
+       row. A narrow outer column (margin notes) is read after the body.
+    3. Rotated text (tall boxes) is kept, last.
+    """
+    n = len(rects)
+    if n == 0:
+        return []
+    upright: list[int] = []
+    rotated: list[int] = []
+    for i, (x0, y0, x1, y1) in enumerate(rects):
+        if y1 - y0 > ROTATED_RATIO * (x1 - x0) and len(texts[i].strip()) >= MIN_LINE_CHARS:
+            rotated.append(i)
+        else:
+            upright.append(i)
+    heights = sorted(rects[i][3] - rects[i][1] for i in upright) or [0.0]
+    cut = _Cutter(rects, texts, heights[len(heights) // 2])
+    out = cut.region(upright, page=True) if upright else []
+    if rotated:
+        out.append(sorted(rotated, key=lambda i: (rects[i][0], rects[i][1])))
+    return out
+
+
+class _Cutter:
+    """The recursive cut over one page's boxes."""
+
+    def __init__(self, rects: Sequence[Rect], texts: Sequence[str], line_height: float) -> None:
+        self.rects = rects
+        self.texts = texts
+        self.line = line_height
+        self.straddlers: set[int] = set()
+        shrink = VERTICAL_SHRINK * line_height
+        self.tops: list[float] = []
+        self.bottoms: list[float] = []
+        self.lefts: list[float] = []
+        self.rights: list[float] = []
+        for x0, y0, x1, y1 in rects:
+            dy = shrink if shrink < 0.4 * (y1 - y0) else 0.4 * (y1 - y0)
+            self.tops.append(y0 + dy)
+            self.bottoms.append(y1 - dy)
+            centre = (x0 + x1) / 2
+            left, right = x0 + SHRINK, x1 - SHRINK
+            self.lefts.append(centre if centre < left else left)
+            self.rights.append(centre if centre > right else right)
+
+    def region(self, items: list[int], *, page: bool = False) -> list[list[int]]:
+        if len(items) < 2:
+            return [items]
+        self.straddlers = self._find_straddlers(items)
+        groups = self._blocks(self._bands(items), page)
+        if len(groups) > 1:
+            out: list[list[int]] = []
+            for group in groups:
+                out += self.region(group)
+            return out
+        self.straddlers = self._find_straddlers(items)
+        columns = self._columns(items)
+        if len(columns) < 2:
+            return [items]
+        if self._is_table(columns):
+            return [items]
+        columns = self._margins_last(columns)
+        out = []
+        for column in columns:
+            out += self.region(column)
+        return out
+
+    def _bands(self, items: list[int]) -> list[list[int]]:
+        """The region cut at horizontal whitespace, top to bottom."""
+        tops, bottoms = self.tops, self.bottoms
+        bands: list[list[int]] = []
+        bottom = -1.0
+        for i in sorted(items, key=tops.__getitem__):
+            if bands and tops[i] <= bottom:
+                bands[-1].append(i)
+                if bottoms[i] > bottom:
+                    bottom = bottoms[i]
+                continue
+            bands.append([i])
+            bottom = bottoms[i]
+        return bands
+
+    def _coverage(self, items: list[int]) -> list[tuple[float, float]]:
+        """The x-intervals the narrowed boxes cover, gaps under MIN_GUTTER closed, left to right."""
+        return _close([(self.lefts[i], self.rights[i]) for i in items])
+
+    def _column_coverage(self, items: list[int]) -> list[tuple[float, float]]:
+        """The coverage of the boxes that make the columns: all but those that straddle a gutter."""
+        if self.straddlers:
+            kept = [i for i in items if i not in self.straddlers]
+            if kept:
+                return self._coverage(kept)
+        return self._coverage(items)
+
+    def _blocks(self, bands: list[list[int]], page: bool) -> list[list[int]]:
+        """Consecutive bands joined where they leave a common gutter: each group is cut on its own.
+
+        A band whose only boxes across the group's gutters straddle them (reach a little into the
+        next column, not across both) joins too: those boxes are read in the column of their
+        left edge. A band that spans the gutter breaks the columns.
+        """
+        if len(bands) == 1:
+            return bands
+        groups: list[list[int]] = []
+        cover: list[tuple[float, float]] = []
+        for k, band in enumerate(bands):
+            band_cover = self._band_coverage(band)
+            if groups and not (page and (self._is_head(bands, k, k - 1) or self._is_head(bands, k - 1, k))):
+                joined = _close(cover + band_cover)
+                if len(joined) > 1:
+                    groups[-1] += band
+                    cover = joined
+                    continue
+            groups.append(list(band))
+            cover = band_cover
+        return groups
+
+    def _band_coverage(self, band: list[int]) -> list[tuple[float, float]]:
+        """A band's coverage without the boxes that straddle a gutter, where it has only a few."""
+        crossing = sum(1 for i in band if i in self.straddlers)
+        if 0 < crossing <= MAX_STRADDLERS and crossing < len(band):
+            return self._coverage([i for i in band if i not in self.straddlers])
+        return self._coverage(band)
+
+    def _find_straddlers(self, items: list[int]) -> set[int]:
+        """Boxes that straddle a gutter of the region: few boxes cross it, and they do not span the region.
+
+        A gutter here is a strip crossed by at most a few boxes with several boxes wholly on each
+        side; a box across it narrower than SPAN_SHARE of the region is read in the column of its
+        left edge (a title over two of three columns, a figure caption reaching into the next).
+        """
+        if len(items) < 2 * MIN_COLUMN_BOXES:
+            return set()
+        lefts, rights = self.lefts, self.rights
+        x0 = min(self.rects[i][0] for i in items)
+        x1 = max(self.rects[i][2] for i in items)
+        allowed = max(1, int(STRADDLING_SHARE * len(items)))
+        found: set[int] = set()
+        for lo, hi in _sparse_strips([(lefts[i], rights[i]) for i in items], allowed):
+            if hi - lo < MIN_GUTTER or lo <= x0 or hi >= x1:
+                continue
+            left = sum(1 for i in items if rights[i] <= lo)
+            right = sum(1 for i in items if lefts[i] >= hi)
+            if left < MIN_COLUMN_BOXES or right < MIN_COLUMN_BOXES:
+                continue
+            for i in items:
+                if lefts[i] < hi and rights[i] > lo and self.rects[i][2] - self.rects[i][0] < SPAN_SHARE * (x1 - x0):
+                    found.add(i)
+        return found
+
+    def _is_head(self, bands: list[list[int]], k: int, other: int) -> bool:
+        """Whether band ``k``, first or last of the page, is a running head or footer set off from ``other``."""
+        if k not in (0, len(bands) - 1):
+            return False
+        band = bands[k]
+        top = min(self.rects[i][1] for i in band)
+        bottom = max(self.rects[i][3] for i in band)
+        if bottom - top > HEAD_LINES * self.line:
+            return False
+        if other > k:
+            gap = min(self.rects[i][1] for i in bands[other]) - bottom
+        else:
+            gap = top - max(self.rects[i][3] for i in bands[other])
+        return gap >= HEAD_GAP * self.line
+
+    def _columns(self, items: list[int]) -> list[list[int]]:
+        """The region's boxes split at its gutters, left to right; glyph columns joined to their text."""
+        cover = self._column_coverage(items)
+        if len(cover) < 2:
+            return [items]
+        starts = [lo for lo, _ in cover]
+        columns: list[list[int]] = [[] for _ in cover]
+        for i in items:
+            columns[bisect_right(starts, self.lefts[i]) - 1].append(i)
+        joined: list[list[int]] = []
+        pending: list[int] = []
+        for k, column in enumerate(columns):
+            column = pending + column
+            pending = []
+            is_glyphs = all(len(self.texts[i].strip()) <= GLYPH_CHARS for i in column)
+            if is_glyphs and k + 1 < len(columns) and starts[k + 1] - cover[k][1] < GLYPH_GAP:
+                pending = column
+                continue
+            joined.append(column)
+        if pending:
+            joined.append(pending)
+        return self._join_small(joined)
+
+    def _join_small(self, columns: list[list[int]]) -> list[list[int]]:
+        """Columns of fewer than MIN_COLUMN_BOXES boxes joined to their neighbour: words apart on a line
+        are not columns. An outer one set far apart (a margin note) stays."""
+        if all(len(c) >= MIN_COLUMN_BOXES for c in columns):
+            return columns
+        out: list[list[int]] = []
+        last = len(columns) - 1
+        for k, column in enumerate(columns):
+            if out and (len(column) < MIN_COLUMN_BOXES or len(out[-1]) < MIN_COLUMN_BOXES):
+                outer = (k == last and len(column) < MIN_COLUMN_BOXES) or (k == 1 and len(out[-1]) < MIN_COLUMN_BOXES)
+                gap = self._extent(column)[0] - self._extent(out[-1])[1]
+                if not (outer and gap >= MARGIN_GAP):
+                    out[-1] = out[-1] + column
+                    continue
+            out.append(column)
+        return out
+
+    def _extent(self, items: list[int]) -> tuple[float, float]:
+        return min(self.rects[i][0] for i in items), max(self.rects[i][2] for i in items)
+
+    def _is_text(self, column: list[int], region_width: float) -> bool:
+        if len(column) < MIN_COLUMN_BOXES:
+            return False
+        x0, x1 = self._extent(column)
+        if x1 - x0 < MIN_COLUMN_SHARE * region_width:
+            return False
+        widths = sorted(self.rects[i][2] - self.rects[i][0] for i in column)
+        if widths[len(widths) // 2] >= MIN_COLUMN_FILL * (x1 - x0):
+            return True
+        lengths = sorted(len(self.texts[i]) for i in column)
+        return lengths[len(lengths) // 2] >= MIN_LINE_LENGTH
+
+    def _is_table(self, columns: list[list[int]]) -> bool:
+        # Columns of a box or two (a stamp's letters, a stray mark) do not vote where others can.
+        voters = [c for c in columns if len(c) >= MIN_COLUMN_BOXES] or columns
+        width = self._extent([i for c in columns for i in c])
+        prose = sum(1 for c in voters if self._is_text(c, width[1] - width[0]))
+        if len(voters) < TABLE_COLUMNS and 2 * prose > len(voters):
+            return False
+        tolerance = LINE_OVERLAP * self.line
+        centres = [sorted((self.rects[i][1] + self.rects[i][3]) / 2 for i in c) for c in columns]
+        level = total = 0
+        for k, column in enumerate(centres):
+            others = sorted(y for j, c in enumerate(centres) if j != k for y in c)
+            for y in column:
+                total += 1
+                at = bisect_left(others, y - tolerance)
+                if at < len(others) and others[at] <= y + tolerance:
+                    level += 1
+        return level >= ROW_ALIGNED * total
+
+    def _margins_last(self, columns: list[list[int]]) -> list[list[int]]:
+        """Narrow outer columns beside a much wider one (margin notes) moved after the others."""
+        if len(columns) < 2:
+            return columns
+        extents = [self._extent(c) for c in columns]
+        x0, x1 = extents[0][0], extents[-1][1]
+        widths = [b - a for a, b in extents]
+        margin = MARGIN_SHARE * (x1 - x0)
+        first = widths[0] < margin and widths[1] >= 2 * widths[0]
+        last = widths[-1] < margin and widths[-2] >= 2 * widths[-1]
+        if not (first or last):
+            return columns
+        body = columns[1 if first else 0 : len(columns) - 1 if last else len(columns)]
+        if not body:
+            return columns
+        return body + ([columns[0]] if first else []) + ([columns[-1]] if last else [])
+
+
+def _sparse_strips(edges: list[tuple[float, float]], allowed: int) -> list[tuple[float, float]]:
+    """Candidate gutters: inside each x-interval covered by at most ``allowed`` blocks, its least covered part.
+
+    The least covered part, not the whole interval: around a gutter that a
+    title crosses, the interval also takes in the ragged ends of the column's
+    lines, and those lines must stay on their side.
+    """
+    events = sorted([(x0, 1) for x0, _ in edges] + [(x1, -1) for _, x1 in edges])
+    # Elementary segments between consecutive box edges, with how many boxes cover each.
+    segments: list[tuple[float, float, int]] = []
+    depth = 0
+    for (x, step), (next_x, _) in pairwise(events):
+        depth += step
+        if next_x > x:
+            segments.append((x, next_x, depth))
+    cores: list[tuple[float, float]] = []
+    run: list[tuple[float, float, int]] = []
+    for segment in [*segments, (1.0, 1.0, allowed + 1)]:  # a sentinel closes the last run
+        if segment[2] <= allowed:
+            run.append(segment)
+            continue
+        if run:
+            least = min(d for _, _, d in run)
+            best: tuple[float, float] | None = None
+            lo: float | None = None
+            end = run[-1][1]
+            for x0, _, d in [*run, (end, end, least + 1)]:
+                if d == least and lo is None:
+                    lo = x0
+                elif d != least and lo is not None:
+                    if best is None or x0 - lo > best[1] - best[0]:
+                        best = (lo, x0)
+                    lo = None
+            if best is not None:
+                cores.append(best)
+            run = []
+    return cores
+
+
+def _close(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Intervals merged where they overlap or leave less than MIN_GUTTER between them, left to right."""
+    spans.sort()
+    out: list[tuple[float, float]] = []
+    for lo, hi in spans:
+        if out and lo - out[-1][1] < MIN_GUTTER:
+            if hi > out[-1][1]:
+                out[-1] = (out[-1][0], hi)
+            continue
+        out.append((lo, hi))
+    return out
 
 
 def blocks_to_text(blocks: list[B]) -> str:
@@ -137,48 +517,8 @@ def _y1(line: list[B]) -> float:
     return max(b.bbox[3] for b in line)
 
 
-def _order_region(blocks: list[B]) -> list[list[B]]:
-    edges = [_narrowed(b) for b in blocks]
-    gutter = _find_gutter(blocks, edges)
-    if gutter is None:
-        return _group_lines(blocks)
-    lo, hi = gutter
-    left = [b for b, (_, x1) in zip(blocks, edges, strict=True) if x1 <= lo]
-    right = [b for b, (x0, _) in zip(blocks, edges, strict=True) if x0 >= hi]
-    crossing = [b for b, (x0, x1) in zip(blocks, edges, strict=True) if x1 > lo and x0 < hi]
-    if not crossing:
-        return _order_region(left) + _order_region(right)
-    # Spanning blocks cut the page into bands; each band is read on its own.
-    # Boxes level with a spanning line belong to it (a title detected as two boxes).
-    span_lines = _group_lines(crossing)
-    rest: list[B] = []
-    for block in left + right:
-        home = next((line for line in span_lines if _overlaps(_y0(line), _y1(line), *_y_span(block))), None)
-        if home is None:
-            rest.append(block)
-        else:
-            home.append(block)
-    rest.sort(key=_centre_y)
-    lines: list[list[B]] = []
-    i = 0
-    for line in span_lines:
-        band = []
-        while i < len(rest) and _centre_y(rest[i]) < _y0(line):
-            band.append(rest[i])
-            i += 1
-        lines += _order_region(band)
-        lines.append(sorted(line, key=lambda b: b.bbox[0]))
-    lines += _order_region(rest[i:])
-    return lines
-
-
-def _y_span(block: B) -> tuple[float, float]:
-    return block.bbox[1], block.bbox[3]
-
-
 # The helpers below run for every pair of boxes compared: they spell min and max out as
-# conditionals that pick the same value (min(a, b) is b only where b < a): a quarter of the
-# time of ordering a page's boxes.
+# conditionals that pick the same value (min(a, b) is b only where b < a).
 
 
 def _overlaps(a0: float, a1: float, b0: float, b1: float) -> bool:
@@ -224,97 +564,6 @@ def _stacked(a: B, b: B) -> bool:
         return False
     wa, wb = a1 - a0, b1 - b0
     return overlap > STACKED_OVERLAP * (wb if wb < wa else wa)
-
-
-def _narrowed(block: B) -> tuple[float, float]:
-    """The block's left and right edges, each moved in by :data:`SHRINK` (a narrow box shrinks to its centre)."""
-    x0, _, x1, _ = block.bbox
-    centre = (x0 + x1) / 2
-    left, right = x0 + SHRINK, x1 - SHRINK
-    return (centre if centre < left else left), (centre if centre > right else right)
-
-
-def _find_gutter(blocks: list[B], edges: list[tuple[float, float]]) -> tuple[float, float] | None:
-    """The widest column gutter of the region as (x_lo, x_hi), or None for one column or a table.
-
-    ``edges`` are the blocks' narrowed edges (:func:`_narrowed`), in the same order.
-    """
-    if len(blocks) < 2 * MIN_SIDE_BOXES:
-        return None
-    region_x0 = min(b.bbox[0] for b in blocks)
-    region_x1 = max(b.bbox[2] for b in blocks)
-    region_width = region_x1 - region_x0
-    if region_width <= 0:
-        return None
-    allowed = max(1, int(MAX_CROSSING_SHARE * len(blocks)))
-    strips = [
-        (lo, hi)
-        for lo, hi in _sparse_strips(edges, allowed)
-        if hi - lo >= MIN_GUTTER and lo > region_x0 and hi < region_x1
-    ]
-    splitting = []
-    for lo, hi in strips:
-        left = [b for b, (_, x1) in zip(blocks, edges, strict=True) if x1 <= lo]
-        right = [b for b, (x0, _) in zip(blocks, edges, strict=True) if x0 >= hi]
-        if len(left) >= MIN_SIDE_BOXES and len(right) >= MIN_SIDE_BOXES:
-            splitting.append((lo, hi, left, right))
-    if len(splitting) >= TABLE_GUTTERS:
-        return None
-    best: tuple[float, float] | None = None
-    for lo, hi, left, right in splitting:
-        if not (_is_column(left, region_width) and _is_column(right, region_width)):
-            continue
-        if best is None or hi - lo > best[1] - best[0]:
-            best = (lo, hi)
-    return best
-
-
-def _is_column(side: list[B], region_width: float) -> bool:
-    x0 = min(b.bbox[0] for b in side)
-    x1 = max(b.bbox[2] for b in side)
-    width = x1 - x0
-    if width < MIN_COLUMN_SHARE * region_width:
-        return False
-    return median(b.bbox[2] - b.bbox[0] for b in side) >= MIN_COLUMN_FILL * width
-
-
-def _sparse_strips(edges: list[tuple[float, float]], allowed: int) -> list[tuple[float, float]]:
-    """Candidate gutters: inside each x-interval covered by at most ``allowed`` blocks, its least covered part.
-
-    The least covered part, not the whole interval: around a gutter that a
-    title crosses, the interval also takes in the ragged ends of the column's
-    lines, and those lines must stay on their side.
-    """
-    events = sorted([(x0, 1) for x0, _ in edges] + [(x1, -1) for _, x1 in edges])
-    # Elementary segments between consecutive box edges, with how many boxes cover each.
-    segments: list[tuple[float, float, int]] = []
-    depth = 0
-    for (x, step), (next_x, _) in pairwise(events):
-        depth += step
-        if next_x > x:
-            segments.append((x, next_x, depth))
-    cores: list[tuple[float, float]] = []
-    run: list[tuple[float, float, int]] = []
-    for segment in [*segments, (1.0, 1.0, allowed + 1)]:  # a sentinel closes the last run
-        if segment[2] <= allowed:
-            run.append(segment)
-            continue
-        if run:
-            least = min(d for _, _, d in run)
-            best: tuple[float, float] | None = None
-            lo: float | None = None
-            end = run[-1][1]
-            for x0, _, d in [*run, (end, end, least + 1)]:
-                if d == least and lo is None:
-                    lo = x0
-                elif d != least and lo is not None:
-                    if best is None or x0 - lo > best[1] - best[0]:
-                        best = (lo, x0)
-                    lo = None
-            if best is not None:
-                cores.append(best)
-            run = []
-    return cores
 
 
 # --- rotation -------------------------------------------------------------------------
