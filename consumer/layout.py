@@ -78,7 +78,8 @@ VERTICAL_SHRINK = 0.2
 # A band of at most this many median line heights at the top (bottom) of the page, set off by a gap
 # of at least HEAD_GAP of them, is a running head (a footer): read first (last), not inside a column.
 HEAD_LINES = 2.5
-HEAD_GAP = 1.2
+HEAD_GAP = 0.8
+HEAD_BOXES = 4
 # A box across a gutter spans it (and breaks the columns) when it is this share of the block's
 # width, or reaches this share into the columns on both sides; otherwise it straddles the gutter
 # and is read in the column of its left edge.
@@ -107,10 +108,23 @@ MARGIN_SHARE = 0.2
 GLYPH_CHARS = 2
 GLYPH_GAP = 0.03
 # A column of fewer than MIN_COLUMN_BOXES boxes stands alone only at the edge of its region, this far out.
-MARGIN_GAP = 0.03
+MARGIN_GAP = 0.025
+# or, beside a body of at least NOTE_BODY boxes, this far (a margin note by a paragraph).
+NOTE_GAP = 0.015
+NOTE_BODY = 8
 # A box of at least MIN_LINE_CHARS characters this much taller than wide (in page fractions) holds
 # rotated text (an arXiv stamp, a thumb tab): kept, read last.
 ROTATED_RATIO = 1.2
+# Skew is measured on the left edges of lines at least SKEW_MIN_WIDTH wide, in runs of at least
+# SKEW_MIN_LINES edges that step by less than SKEW_EDGE and span SKEW_SPAN line heights; a slope
+# under SKEW_IGNORED is taken as straight.
+SKEW_MIN_WIDTH = 0.1
+SKEW_EDGE = 0.004
+SKEW_MIN_LINES = 8
+SKEW_SPAN = 10
+SKEW_IGNORED = 0.001
+# Width over height of the page, to turn a slope in page fractions across: about A4's and Letter's.
+PAGE_ASPECT = 0.75
 # Two boxes are on one line when they overlap vertically by this share of the smaller height.
 LINE_OVERLAP = 0.5
 # Two boxes overlapping horizontally by more than this share of the narrower are on different lines.
@@ -158,14 +172,14 @@ def layer_order(boxes: Sequence[tuple[str, Rect, float]]) -> list[int] | None:
     """
     if len(boxes) < 2:
         return None
-    found = regions([b for _, b, _ in boxes], [t for t, _, _ in boxes])
+    found = regions([b for _, b, _ in boxes], [t for t, _, _ in boxes], straight=True)
     order = [i for region in found for i in sorted(region)]
     if all(a < b for a, b in pairwise(order)):
         return None
     return order
 
 
-def regions(rects: Sequence[Rect], texts: Sequence[str]) -> list[list[int]]:
+def regions(rects: Sequence[Rect], texts: Sequence[str], *, straight: bool = False) -> list[list[int]]:
     """The page's regions in reading order, each a list of indices into ``rects`` (boxes with ``texts``).
 
     A recursive XY-cut over the boxes:
@@ -181,6 +195,9 @@ def regions(rects: Sequence[Rect], texts: Sequence[str]) -> list[list[int]]:
        and whose boxes sit level in rows are a table: one region, read row by
        row. A narrow outer column (margin notes) is read after the body.
     3. Rotated text (tall boxes) is kept, last.
+
+    The boxes of a scan are first turned back by its skew (:func:`_deskewed`); ``straight`` says
+    they need not be (a text layer's boxes).
     """
     n = len(rects)
     if n == 0:
@@ -193,10 +210,74 @@ def regions(rects: Sequence[Rect], texts: Sequence[str]) -> list[list[int]]:
         else:
             upright.append(i)
     heights = sorted(rects[i][3] - rects[i][1] for i in upright) or [0.0]
-    cut = _Cutter(rects, texts, heights[len(heights) // 2])
+    line = heights[len(heights) // 2]
+    cut = _Cutter(rects if straight else _deskewed(rects, upright, line), texts, line)
     out = cut.region(upright, page=True) if upright else []
     if rotated:
         out.append(sorted(rotated, key=lambda i: (rects[i][0], rects[i][1])))
+    return out
+
+
+def _skew(rects: Sequence[Rect], items: list[int], line: float) -> float:
+    """How far left edges move right per unit down the page (page fractions): the scan's skew.
+
+    Lines of a column start level with each other, so their left edges (sorted, cut where they
+    jump by SKEW_EDGE or more) fall into runs, one a column or indent; the slope of left edge
+    against height, fitted in each run that spans SKEW_SPAN line heights or more, is the skew.
+    The skew is the runs' median slope, weighted by their boxes; 0 where no run qualifies.
+    """
+    edges = sorted(
+        (rects[i][0], (rects[i][1] + rects[i][3]) / 2) for i in items if rects[i][2] - rects[i][0] >= SKEW_MIN_WIDTH
+    )
+    fits: list[tuple[float, int]] = []
+    start = 0
+    for end in range(1, len(edges) + 1):
+        if end < len(edges) and edges[end][0] - edges[end - 1][0] < SKEW_EDGE:
+            continue
+        run = edges[start:end]
+        start = end
+        if len(run) < SKEW_MIN_LINES:
+            continue
+        ys = [y for _, y in run]
+        if max(ys) - min(ys) < SKEW_SPAN * line:
+            continue
+        mx = sum(x for x, _ in run) / len(run)
+        my = sum(ys) / len(ys)
+        var = sum((y - my) ** 2 for y in ys)
+        if var > 0:
+            fits.append((sum((x - mx) * (y - my) for x, y in run) / var, len(run)))
+    if not fits:
+        return 0.0
+    # The median weighted by lines: a run of lines stepping round a figure is not the page's skew.
+    fits.sort()
+    half = sum(n for _, n in fits) / 2
+    for slope, n in fits:
+        half -= n
+        if half <= 0:
+            return slope
+    return fits[-1][0]
+
+
+def _deskewed(rects: Sequence[Rect], items: list[int], line: float) -> Sequence[Rect]:
+    """The boxes turned back by the scan's skew (:func:`_skew`), each around its centre.
+
+    A tilted line's box is taller than the line by its width times the slope; that much is taken
+    off, so lines and gutters stand apart as they do on the page. Pages are taken to be about as
+    wide as A4 or Letter (PAGE_ASPECT) to turn the slope across into one down.
+    """
+    slope = _skew(rects, items, line)
+    if abs(slope) < SKEW_IGNORED:
+        return rects
+    across = slope * PAGE_ASPECT * PAGE_ASPECT
+    out: list[Rect] = []
+    for x0, y0, x1, y1 in rects:
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        dx = -slope * cy
+        dy = across * cx
+        half = (y1 - y0 - abs(across) * (x1 - x0)) / 2
+        if half < 0.25 * (y1 - y0):
+            half = 0.25 * (y1 - y0)
+        out.append((x0 + dx, cy + dy - half, x1 + dx, cy + dy + half))
     return out
 
 
@@ -280,11 +361,12 @@ class _Cutter:
         """
         if len(bands) == 1:
             return bands
+        alone = self._margin_bands(bands) if page else set()
         groups: list[list[int]] = []
         cover: list[tuple[float, float]] = []
         for k, band in enumerate(bands):
             band_cover = self._band_coverage(band)
-            if groups and not (page and (self._is_head(bands, k, k - 1) or self._is_head(bands, k - 1, k))):
+            if groups and k not in alone and k - 1 not in alone:
                 joined = _close(cover + band_cover)
                 if len(joined) > 1:
                     groups[-1] += band
@@ -327,20 +409,29 @@ class _Cutter:
                     found.add(i)
         return found
 
-    def _is_head(self, bands: list[list[int]], k: int, other: int) -> bool:
-        """Whether band ``k``, first or last of the page, is a running head or footer set off from ``other``."""
-        if k not in (0, len(bands) - 1):
-            return False
-        band = bands[k]
-        top = min(self.rects[i][1] for i in band)
-        bottom = max(self.rects[i][3] for i in band)
-        if bottom - top > HEAD_LINES * self.line:
-            return False
-        if other > k:
-            gap = min(self.rects[i][1] for i in bands[other]) - bottom
-        else:
-            gap = top - max(self.rects[i][3] for i in bands[other])
-        return gap >= HEAD_GAP * self.line
+    def _margin_bands(self, bands: list[list[int]]) -> set[int]:
+        """The bands of running heads at the top of the page and of footers at its bottom.
+
+        From each end inwards, a band of at most HEAD_BOXES boxes and HEAD_LINES line heights, set
+        off from the next band inwards by HEAD_GAP line heights or more, and of one piece unless it
+        is the outermost. They are read alone, so a
+        page number under the left column is not read with that column.
+        """
+        found: set[int] = set()
+        tops = [min(self.rects[i][1] for i in band) for band in bands]
+        bottoms = [max(self.rects[i][3] for i in band) for band in bands]
+        for ends in (range(len(bands) - 1), range(len(bands) - 1, 0, -1)):
+            for k in ends:
+                inner = k + 1 if ends.step > 0 else k - 1
+                gap = tops[inner] - bottoms[k] if ends.step > 0 else tops[k] - bottoms[inner]
+                small = len(bands[k]) <= HEAD_BOXES and bottoms[k] - tops[k] <= HEAD_LINES * self.line
+                # Inside the outermost band, one whose boxes stand apart is a row of columns
+                # (two figure captions side by side), not a footer.
+                whole = k in (0, len(bands) - 1) or len(self._coverage(bands[k])) == 1
+                if not (small and whole and gap >= HEAD_GAP * self.line):
+                    break
+                found.add(k)
+        return found
 
     def _columns(self, items: list[int]) -> list[list[int]]:
         """The region's boxes split at its gutters, left to right; glyph columns joined to their text."""
@@ -376,7 +467,8 @@ class _Cutter:
             if out and (len(column) < MIN_COLUMN_BOXES or len(out[-1]) < MIN_COLUMN_BOXES):
                 outer = (k == last and len(column) < MIN_COLUMN_BOXES) or (k == 1 and len(out[-1]) < MIN_COLUMN_BOXES)
                 gap = self._extent(column)[0] - self._extent(out[-1])[1]
-                if not (outer and gap >= MARGIN_GAP):
+                body = len(out[-1]) if k == last else len(column)
+                if not (outer and (gap >= MARGIN_GAP or (gap >= NOTE_GAP and body >= NOTE_BODY))):
                     out[-1] = out[-1] + column
                     continue
             out.append(column)
