@@ -79,6 +79,8 @@ VERTICAL_SHRINK = 0.2
 # of at least HEAD_GAP of them, is a running head (a footer): read first (last), not inside a column.
 HEAD_LINES = 2.5
 HEAD_GAP = 0.8
+# The band at the very top or bottom needs less: nothing but a head or a footer is set off there.
+EDGE_GAP = 0.6
 HEAD_BOXES = 4
 # A box across a gutter spans it (and breaks the columns) when it is this share of the block's
 # width, or reaches this share into the columns on both sides; otherwise it straddles the gutter
@@ -368,7 +370,9 @@ class _Cutter:
             band_cover = self._band_coverage(band)
             if groups and k not in alone and k - 1 not in alone:
                 joined = _close(cover + band_cover)
-                if len(joined) > 1:
+                # A band may close gutters the one or the other has only by chance (a line of
+                # one column reaching a little further, a gap in one line), not all of them.
+                if len(joined) > 1 and len(joined) >= min(len(cover), len(band_cover)):
                     groups[-1] += band
                     cover = joined
                     continue
@@ -409,6 +413,11 @@ class _Cutter:
                     found.add(i)
         return found
 
+    def _short(self, items: list[int]) -> bool:
+        """Whether the boxes are mostly short (cells of a table, labels), not lines of text."""
+        lengths = sorted(len(self.texts[i]) for i in items)
+        return lengths[len(lengths) // 2] < MIN_LINE_LENGTH
+
     def _margin_bands(self, bands: list[list[int]]) -> set[int]:
         """The bands of running heads at the top of the page and of footers at its bottom.
 
@@ -427,8 +436,9 @@ class _Cutter:
                 small = len(bands[k]) <= HEAD_BOXES and bottoms[k] - tops[k] <= HEAD_LINES * self.line
                 # Inside the outermost band, one whose boxes stand apart is a row of columns
                 # (two figure captions side by side), not a footer.
-                whole = k in (0, len(bands) - 1) or len(self._coverage(bands[k])) == 1
-                if not (small and whole and gap >= HEAD_GAP * self.line):
+                outermost = k in (0, len(bands) - 1)
+                whole = outermost or len(self._coverage(bands[k])) == 1
+                if not (small and whole and gap >= (EDGE_GAP if outermost else HEAD_GAP) * self.line):
                     break
                 found.add(k)
         return found
@@ -493,9 +503,11 @@ class _Cutter:
         # Columns of a box or two (a stamp's letters, a stray mark) do not vote where others can.
         voters = [c for c in columns if len(c) >= MIN_COLUMN_BOXES] or columns
         width = self._extent([i for c in columns for i in c])
-        prose = sum(1 for c in voters if self._is_text(c, width[1] - width[0]))
-        if len(voters) < TABLE_COLUMNS and 2 * prose > len(voters):
-            return False
+        if len(voters) < TABLE_COLUMNS:
+            texts = [c for c in voters if self._is_text(c, width[1] - width[0])]
+            # Most columns of text, or one of long lines (a title block beside a figure's labels).
+            if 2 * len(texts) > len(voters) or any(not self._short(c) for c in texts):
+                return False
         tolerance = LINE_OVERLAP * self.line
         centres = [sorted((self.rects[i][1] + self.rects[i][3]) / 2 for i in c) for c in columns]
         level = total = 0
