@@ -88,6 +88,8 @@ HEAD_BOXES = 4
 SPAN_SHARE = 0.6
 # A strip crossed by at most this share of a region's boxes may be a gutter they straddle.
 STRADDLING_SHARE = 0.05
+# A box across a gutter starting this close to a column's left edge is read in that column.
+STRADDLE_ALIGN = 0.02
 # More boxes than this across a gutter in one band are not a straddling block: the band breaks.
 MAX_STRADDLERS = 2
 # A column of text: at least this many boxes, their median width this share of the column's, or
@@ -450,8 +452,13 @@ class _Cutter:
             return [items]
         starts = [lo for lo, _ in cover]
         columns: list[list[int]] = [[] for _ in cover]
+        straddling: list[int] = []
         for i in items:
-            columns[bisect_right(starts, self.lefts[i]) - 1].append(i)
+            if i in self.straddlers:
+                straddling.append(i)
+            else:
+                columns[max(0, bisect_right(starts, self.lefts[i]) - 1)].append(i)
+        columns = [c for c in columns if c]
         joined: list[list[int]] = []
         pending: list[int] = []
         for k, column in enumerate(columns):
@@ -464,7 +471,29 @@ class _Cutter:
             joined.append(column)
         if pending:
             joined.append(pending)
-        return self._join_small(joined)
+        return self._place_straddling(self._join_small(joined), straddling)
+
+    def _place_straddling(self, columns: list[list[int]], straddling: list[int]) -> list[list[int]]:
+        """Boxes across a gutter put by their left edge: into the column they start with (a title over
+        it and the next), or as a block of their own after the column they start in (a figure's
+        caption reaching into the next column is read after the column)."""
+        if not straddling:
+            return columns
+        lefts = [min(self.rects[i][0] for i in c) for c in columns]
+        after: list[list[int]] = [[] for _ in columns]
+        for i in straddling:
+            x0 = self.rects[i][0]
+            k = max(0, bisect_right(lefts, x0 + STRADDLE_ALIGN) - 1)
+            if abs(x0 - lefts[k]) <= STRADDLE_ALIGN:
+                columns[k].append(i)
+            else:
+                after[k].append(i)
+        out: list[list[int]] = []
+        for column, block in zip(columns, after, strict=True):
+            out.append(column)
+            if block:
+                out.append(block)
+        return out
 
     def _join_small(self, columns: list[list[int]]) -> list[list[int]]:
         """Columns of fewer than MIN_COLUMN_BOXES boxes joined to their neighbour: words apart on a line
