@@ -403,9 +403,20 @@ class _Cutter:
         x1 = max(self.rects[i][2] for i in items)
         allowed = max(1, int(STRADDLING_SHARE * len(items)))
         found: set[int] = set()
-        for lo, hi in _sparse_strips([(lefts[i], rights[i]) for i in items], allowed):
-            if hi - lo < MIN_GUTTER or lo <= x0 or hi >= x1:
+        for run_lo, run_hi, core_lo, core_hi in _sparse_strips([(lefts[i], rights[i]) for i in items], allowed):
+            if run_hi - run_lo < MIN_GUTTER or run_lo <= x0 or run_hi >= x1:
                 continue
+            # The gutter: MIN_GUTTER wide at least, inside the sparse strip and over its least
+            # covered part, placed where the fewest boxes cross it: a line reaching into the strip
+            # from one side crosses it, the other column's edge does not.
+            lo, hi = core_lo, core_hi
+            if hi - lo < MIN_GUTTER:
+                windows = [
+                    (max(run_lo, core_hi - MIN_GUTTER), core_hi),
+                    (core_lo, min(run_hi, core_lo + MIN_GUTTER)),
+                    (max(run_lo, (core_lo + core_hi - MIN_GUTTER) / 2), min(run_hi, (core_lo + core_hi + MIN_GUTTER) / 2)),
+                ]
+                lo, hi = min(windows, key=lambda w: sum(1 for i in items if lefts[i] < w[1] and rights[i] > w[0]))
             left = sum(1 for i in items if rights[i] <= lo)
             right = sum(1 for i in items if lefts[i] >= hi)
             if left < MIN_COLUMN_BOXES or right < MIN_COLUMN_BOXES:
@@ -567,12 +578,14 @@ class _Cutter:
         return body + ([columns[0]] if first else []) + ([columns[-1]] if last else [])
 
 
-def _sparse_strips(edges: list[tuple[float, float]], allowed: int) -> list[tuple[float, float]]:
-    """Candidate gutters: inside each x-interval covered by at most ``allowed`` blocks, its least covered part.
+def _sparse_strips(
+    edges: list[tuple[float, float]], allowed: int
+) -> list[tuple[float, float, float, float]]:
+    """Candidate gutters: each x-interval covered by at most ``allowed`` boxes, with its least covered part.
 
-    The least covered part, not the whole interval: around a gutter that a
-    title crosses, the interval also takes in the ragged ends of the column's
-    lines, and those lines must stay on their side.
+    As (interval start, end, least covered part's start, end). The least covered part
+    locates the gutter: around a gutter that a title crosses, the interval also takes in
+    the ragged ends of the column's lines, and those lines must stay on their side.
     """
     events = sorted([(x0, 1) for x0, _ in edges] + [(x1, -1) for _, x1 in edges])
     # Elementary segments between consecutive box edges, with how many boxes cover each.
@@ -582,7 +595,7 @@ def _sparse_strips(edges: list[tuple[float, float]], allowed: int) -> list[tuple
         depth += step
         if next_x > x:
             segments.append((x, next_x, depth))
-    cores: list[tuple[float, float]] = []
+    cores: list[tuple[float, float, float, float]] = []
     run: list[tuple[float, float, int]] = []
     for segment in [*segments, (1.0, 1.0, allowed + 1)]:  # a sentinel closes the last run
         if segment[2] <= allowed:
@@ -601,7 +614,7 @@ def _sparse_strips(edges: list[tuple[float, float]], allowed: int) -> list[tuple
                         best = (lo, x0)
                     lo = None
             if best is not None:
-                cores.append(best)
+                cores.append((run[0][0], end, best[0], best[1]))
             run = []
     return cores
 
