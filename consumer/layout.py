@@ -374,7 +374,11 @@ class _Cutter:
                 joined = _close(cover + band_cover)
                 # A band may close gutters the one or the other has only by chance (a line of
                 # one column reaching a little further, a gap in one line), not all of them.
-                if len(joined) > 1 and len(joined) >= min(len(cover), len(band_cover)):
+                if (
+                    len(joined) > 1
+                    and len(joined) >= min(len(cover), len(band_cover))
+                    and _keeps_gutters(joined, cover, band_cover)
+                ):
                     groups[-1] += band
                     cover = joined
                     continue
@@ -617,6 +621,24 @@ def _sparse_strips(
                 cores.append((run[0][0], end, best[0], best[1]))
             run = []
     return cores
+
+
+def _keeps_gutters(joined: list[tuple[float, float]], *parts: list[tuple[float, float]]) -> bool:
+    """Whether each gutter of ``joined`` holds the middle of the narrowest gutter of ``parts`` it lies in.
+
+    A line under two columns that starts inside their gutter (a centred address) leaves a sliver
+    at one side of it: not the same gutter. A short line of one column widens its own gutter, and
+    the block's narrower one still holds.
+    """
+    for (_, lo), (hi, _) in pairwise(joined):
+        narrowest: tuple[float, float] | None = None
+        for part in parts:
+            for (_, a), (b, _) in pairwise(part):
+                if a <= lo and hi <= b and (narrowest is None or b - a < narrowest[1] - narrowest[0]):
+                    narrowest = (a, b)
+        if narrowest is not None and not lo <= (narrowest[0] + narrowest[1]) / 2 <= hi:
+            return False
+    return True
 
 
 def _close(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
