@@ -37,7 +37,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from itertools import pairwise
 from statistics import median
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from schemas.messages import Block, page_fraction
 
@@ -160,10 +160,22 @@ def order_blocks(blocks: list[B]) -> list[list[B]]:
     kept = [b for b in blocks if b.text.strip()]
     if not kept:
         return []
+    found, rects = _layout([b.bbox for b in kept], [b.text for b in kept], straight=False)
     lines: list[list[B]] = []
-    for region in regions([b.bbox for b in kept], [b.text for b in kept]):
-        lines += _group_lines([kept[i] for i in region])
+    for region in found:
+        # Lines are found on the boxes turned back by the scan's skew: a table's row on a
+        # tilted page is level again.
+        for line in _group_lines([_At(kept[i].text, rects[i], i) for i in region]):
+            lines.append([kept[at.index] for at in line])
     return lines
+
+
+class _At(NamedTuple):
+    """A box where reading order sees it (turned back by the skew), and which block it is."""
+
+    text: str
+    bbox: Rect
+    index: int
 
 
 def layer_order(boxes: Sequence[tuple[str, Rect, float]]) -> list[int] | None:
@@ -203,9 +215,13 @@ def regions(rects: Sequence[Rect], texts: Sequence[str], *, straight: bool = Fal
     The boxes of a scan are first turned back by its skew (:func:`_deskewed`); ``straight`` says
     they need not be (a text layer's boxes).
     """
-    n = len(rects)
-    if n == 0:
-        return []
+    return _layout(rects, texts, straight=straight)[0]
+
+
+def _layout(rects: Sequence[Rect], texts: Sequence[str], *, straight: bool) -> tuple[list[list[int]], Sequence[Rect]]:
+    """:func:`regions`, and the boxes as they were cut (turned back by the skew unless ``straight``)."""
+    if not rects:
+        return [], rects
     upright: list[int] = []
     rotated: list[int] = []
     for i, (x0, y0, x1, y1) in enumerate(rects):
@@ -215,11 +231,12 @@ def regions(rects: Sequence[Rect], texts: Sequence[str], *, straight: bool = Fal
             upright.append(i)
     heights = sorted(rects[i][3] - rects[i][1] for i in upright) or [0.0]
     line = heights[len(heights) // 2]
-    cut = _Cutter(rects if straight else _deskewed(rects, upright, line), texts, line)
+    turned = rects if straight else _deskewed(rects, upright, line)
+    cut = _Cutter(turned, texts, line)
     out = cut.region(upright, page=True) if upright else []
     if rotated:
         out.append(sorted(rotated, key=lambda i: (rects[i][0], rects[i][1])))
-    return out
+    return out, turned
 
 
 def _skew(rects: Sequence[Rect], items: list[int], line: float) -> float:
