@@ -432,10 +432,11 @@ class _Cutter:
             # from one side crosses it, the other column's edge does not.
             lo, hi = core_lo, core_hi
             if hi - lo < MIN_GUTTER:
+                middle = (core_lo + core_hi) / 2
                 windows = [
                     (max(run_lo, core_hi - MIN_GUTTER), core_hi),
                     (core_lo, min(run_hi, core_lo + MIN_GUTTER)),
-                    (max(run_lo, (core_lo + core_hi - MIN_GUTTER) / 2), min(run_hi, (core_lo + core_hi + MIN_GUTTER) / 2)),
+                    (max(run_lo, middle - MIN_GUTTER / 2), min(run_hi, middle + MIN_GUTTER / 2)),
                 ]
                 lo, hi = min(windows, key=lambda w: sum(1 for i in items if lefts[i] < w[1] and rights[i] > w[0]))
             left = sum(1 for i in items if rights[i] <= lo)
@@ -599,9 +600,7 @@ class _Cutter:
         return body + ([columns[0]] if first else []) + ([columns[-1]] if last else [])
 
 
-def _sparse_strips(
-    edges: list[tuple[float, float]], allowed: int
-) -> list[tuple[float, float, float, float]]:
+def _sparse_strips(edges: list[tuple[float, float]], allowed: int) -> list[tuple[float, float, float, float]]:
     """Candidate gutters: each x-interval covered by at most ``allowed`` boxes, with its least covered part.
 
     As (interval start, end, least covered part's start, end). The least covered part
