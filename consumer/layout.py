@@ -87,11 +87,13 @@ HEAD_BOXES = 4
 # and is read in the column of its left edge.
 SPAN_SHARE = 0.6
 # A strip crossed by at most this share of a region's boxes may be a gutter they straddle.
-STRADDLING_SHARE = 0.05
+STRADDLING_SHARE = 0.1
 # A box across a gutter starting this close to a column's left edge is read in that column.
 STRADDLE_ALIGN = 0.02
 # More boxes than this across a gutter in one band are not a straddling block: the band breaks.
 MAX_STRADDLERS = 2
+# Lines this much smaller than the page's are footnotes, where they end a column.
+FOOTNOTE_SIZE = 0.9
 # A column of text: at least this many boxes, their median width this share of the column's, or
 # their median length this many characters (lines of a column not yet cut into its own columns).
 MIN_COLUMN_BOXES = 3
@@ -188,8 +190,19 @@ def layer_order(boxes: Sequence[tuple[str, Rect, float]]) -> list[int] | None:
     """
     if len(boxes) < 2:
         return None
-    found = regions([b for _, b, _ in boxes], [t for t, _, _ in boxes], straight=True)
-    order = [i for region in found for i in sorted(region)]
+    rects = [b for _, b, _ in boxes]
+    cut = _Cutter([t for t, _, _ in boxes], coarse=True)
+    found = _layout_with(cut, rects, straight=True)
+    if cut.columns_of_text:
+        order = [i for region in found for i in sorted(region)]
+    else:
+        # One column (or none of text): the writer's order stands, but for footnotes given
+        # before the text above them: they go just before what lies below them (a footer).
+        foot = sorted(cut.footnotes)
+        rest = [i for i in range(len(boxes)) if i not in cut.footnotes]
+        bottom = max((rects[i][3] for i in foot), default=0.0)
+        at = next((k for k, i in enumerate(rest) if rects[i][1] >= bottom), len(rest))
+        order = rest[:at] + foot + rest[at:]
     if all(a < b for a, b in pairwise(order)):
         return None
     return order
@@ -220,8 +233,15 @@ def regions(rects: Sequence[Rect], texts: Sequence[str], *, straight: bool = Fal
 
 def _layout(rects: Sequence[Rect], texts: Sequence[str], *, straight: bool) -> tuple[list[list[int]], Sequence[Rect]]:
     """:func:`regions`, and the boxes as they were cut (turned back by the skew unless ``straight``)."""
+    cut = _Cutter(texts)
+    return _layout_with(cut, rects, straight=straight), cut.rects
+
+
+def _layout_with(cut: _Cutter, rects: Sequence[Rect], *, straight: bool) -> list[list[int]]:
+    """The regions :func:`regions` finds in ``rects``, cut by ``cut``."""
     if not rects:
-        return [], rects
+        return []
+    texts = cut.texts
     upright: list[int] = []
     rotated: list[int] = []
     for i, (x0, y0, x1, y1) in enumerate(rects):
@@ -231,12 +251,11 @@ def _layout(rects: Sequence[Rect], texts: Sequence[str], *, straight: bool) -> t
             upright.append(i)
     heights = sorted(rects[i][3] - rects[i][1] for i in upright) or [0.0]
     line = heights[len(heights) // 2]
-    turned = rects if straight else _deskewed(rects, upright, line)
-    cut = _Cutter(turned, texts, line)
+    cut.reset(rects if straight else _deskewed(rects, upright, line), line)
     out = cut.region(upright, page=True) if upright else []
     if rotated:
         out.append(sorted(rotated, key=lambda i: (rects[i][0], rects[i][1])))
-    return out, turned
+    return out
 
 
 def _skew(rects: Sequence[Rect], items: list[int], line: float) -> float:
@@ -305,11 +324,19 @@ def _deskewed(rects: Sequence[Rect], items: list[int], line: float) -> Sequence[
 class _Cutter:
     """The recursive cut over one page's boxes."""
 
-    def __init__(self, rects: Sequence[Rect], texts: Sequence[str], line_height: float) -> None:
-        self.rects = rects
+    def __init__(self, texts: Sequence[str], *, coarse: bool = False) -> None:
+        self.coarse = coarse
         self.texts = texts
+        self.footnotes: set[int] = set()
+        self.columns_of_text = False
+        self.reset([], 0.0)
+
+    def reset(self, rects: Sequence[Rect], line_height: float) -> None:
+        """Cut these boxes (the page's, perhaps turned back by its skew), of this median line height."""
+        self.rects = rects
         self.line = line_height
         self.straddlers: set[int] = set()
+        self.gutters: list[tuple[float, float]] = []
         shrink = VERTICAL_SHRINK * line_height
         self.tops: list[float] = []
         self.bottoms: list[float] = []
@@ -327,19 +354,33 @@ class _Cutter:
     def region(self, items: list[int], *, page: bool = False) -> list[list[int]]:
         if len(items) < 2:
             return [items]
-        self.straddlers = self._find_straddlers(items)
+        self.straddlers, self.gutters = self._find_straddlers(items)
         groups = self._blocks(self._bands(items), page)
         if len(groups) > 1:
             out: list[list[int]] = []
-            for group in groups:
-                out += self.region(group)
-            return out
-        self.straddlers = self._find_straddlers(items)
+            flat: list[list[int]] = []
+            for group, simple, alone in groups:
+                # A band of one piece (a line, or lines without a gutter) needs no more cutting.
+                parts = [group] if simple else self.region(group)
+                if self.coarse and len(parts) == 1 and not alone:
+                    # Read in one piece with its neighbours: one column's lines, a formula's parts.
+                    flat.append(parts[0])
+                    continue
+                out += self._with_footnotes(flat)
+                flat = []
+                out += parts
+            return out + self._with_footnotes(flat)
         columns = self._columns(items)
         if len(columns) < 2:
             return [items]
         if self._is_table(columns):
             return [items]
+        if self.coarse:
+            if sum(1 for c in columns if self._is_prose(c, items)) < 2:
+                # Side by side but not columns of text (a figure's labels, a form, subfigures):
+                # the layer's own order is as good as any.
+                return [items]
+            self.columns_of_text = True
         columns = self._margins_last(columns)
         out = []
         for column in columns:
@@ -373,17 +414,20 @@ class _Cutter:
                 return self._coverage(kept)
         return self._coverage(items)
 
-    def _blocks(self, bands: list[list[int]], page: bool) -> list[list[int]]:
+    def _blocks(self, bands: list[list[int]], page: bool) -> list[tuple[list[int], bool, bool]]:
         """Consecutive bands joined where they leave a common gutter: each group is cut on its own.
 
         A band whose only boxes across the group's gutters straddle them (reach a little into the
         next column, not across both) joins too: those boxes are read in the column of their
-        left edge. A band that spans the gutter breaks the columns.
+        left edge. A band that spans the gutter breaks the columns. Each group comes with whether
+        it is simple (one band of one piece) and whether it is a running head or footer.
         """
         if len(bands) == 1:
-            return bands
+            return [(bands[0], False, False)]
         alone = self._margin_bands(bands) if page else set()
         groups: list[list[int]] = []
+        firsts: list[int] = []  # each group's first band
+        simple: list[bool] = []
         cover: list[tuple[float, float]] = []
         for k, band in enumerate(bands):
             band_cover = self._band_coverage(band)
@@ -394,14 +438,18 @@ class _Cutter:
                 if (
                     len(joined) > 1
                     and len(joined) >= min(len(cover), len(band_cover))
-                    and _keeps_gutters(joined, cover, band_cover)
+                    and _keeps_gutters(joined, self.gutters, cover, band_cover)
                 ):
                     groups[-1] += band
                     cover = joined
+                    simple[-1] = False
                     continue
             groups.append(list(band))
+            firsts.append(k)
+            simple.append(len(band_cover) == 1)
             cover = band_cover
-        return groups
+        heads = [k in alone for k in firsts]
+        return list(zip(groups, simple, heads, strict=True))
 
     def _band_coverage(self, band: list[int]) -> list[tuple[float, float]]:
         """A band's coverage without the boxes that straddle a gutter, where it has only a few."""
@@ -410,20 +458,21 @@ class _Cutter:
             return self._coverage([i for i in band if i not in self.straddlers])
         return self._coverage(band)
 
-    def _find_straddlers(self, items: list[int]) -> set[int]:
-        """Boxes that straddle a gutter of the region: few boxes cross it, and they do not span the region.
+    def _find_straddlers(self, items: list[int]) -> tuple[set[int], list[tuple[float, float]]]:
+        """The region's gutters, and the boxes that straddle one: few cross it, and they do not span the region.
 
         A gutter here is a strip crossed by at most a few boxes with several boxes wholly on each
         side; a box across it narrower than SPAN_SHARE of the region is read in the column of its
         left edge (a title over two of three columns, a figure caption reaching into the next).
         """
         if len(items) < 2 * MIN_COLUMN_BOXES:
-            return set()
+            return set(), []
         lefts, rights = self.lefts, self.rights
         x0 = min(self.rects[i][0] for i in items)
         x1 = max(self.rects[i][2] for i in items)
         allowed = max(1, int(STRADDLING_SHARE * len(items)))
         found: set[int] = set()
+        gutters: list[tuple[float, float]] = []
         for run_lo, run_hi, core_lo, core_hi in _sparse_strips([(lefts[i], rights[i]) for i in items], allowed):
             if run_hi - run_lo < MIN_GUTTER or run_lo <= x0 or run_hi >= x1:
                 continue
@@ -446,7 +495,38 @@ class _Cutter:
             for i in items:
                 if lefts[i] < hi and rights[i] > lo and self.rects[i][2] - self.rects[i][0] < SPAN_SHARE * (x1 - x0):
                     found.add(i)
-        return found
+            gutters.append((lo, hi))
+        return found, gutters
+
+    def _with_footnotes(self, groups: list[list[int]]) -> list[list[int]]:
+        """Groups read in one piece, as one region, but for footnotes at their foot: a region after.
+
+        Footnotes: the last groups, in smaller type (FOOTNOTE_SIZE of the page's line height) and
+        set off from the text above by HEAD_GAP line heights; a text layer may give them first.
+        """
+        if not groups:
+            return []
+        k = len(groups)
+        while k > 1 and self._height(groups[k - 1]) < FOOTNOTE_SIZE * self.line:
+            k -= 1
+        if k == len(groups):
+            return [[i for g in groups for i in g]]
+        gap = min(self.rects[i][1] for i in groups[k]) - max(self.rects[i][3] for i in groups[k - 1])
+        if gap < HEAD_GAP * self.line:
+            return [[i for g in groups for i in g]]
+        foot = [i for g in groups[k:] for i in g]
+        self.footnotes.update(foot)
+        return [[i for g in groups[:k] for i in g], foot]
+
+    def _height(self, items: list[int]) -> float:
+        """The median height of the boxes: their type size."""
+        heights = sorted(self.rects[i][3] - self.rects[i][1] for i in items)
+        return heights[len(heights) // 2]
+
+    def _is_prose(self, column: list[int], region: list[int]) -> bool:
+        """A column of text lines: a text column (:meth:`_is_text`) whose boxes are mostly long."""
+        x0, x1 = self._extent(region)
+        return self._is_text(column, x1 - x0) and not self._short(column)
 
     def _short(self, items: list[int]) -> bool:
         """Whether the boxes are mostly short (cells of a table, labels), not lines of text."""
@@ -639,22 +719,21 @@ def _sparse_strips(edges: list[tuple[float, float]], allowed: int) -> list[tuple
     return cores
 
 
-def _keeps_gutters(joined: list[tuple[float, float]], *parts: list[tuple[float, float]]) -> bool:
-    """Whether each gutter of ``joined`` holds the middle of the narrowest gutter of ``parts`` it lies in.
+def _keeps_gutters(
+    joined: list[tuple[float, float]], gutters: list[tuple[float, float]], *parts: list[tuple[float, float]]
+) -> bool:
+    """Whether each of the region's ``gutters`` open in one of ``parts`` is still open in ``joined``.
 
-    A line under two columns that starts inside their gutter (a centred address) leaves a sliver
-    at one side of it: not the same gutter. A short line of one column widens its own gutter, and
-    the block's narrower one still holds.
+    A line under two columns that starts inside their gutter (a centred address) closes it; a
+    heading over one column leaves a wider gap than the gutter, and the column's lines under it
+    narrow the gap back to the gutter, which stays open.
     """
-    for (_, lo), (hi, _) in pairwise(joined):
-        narrowest: tuple[float, float] | None = None
-        for part in parts:
-            for (_, a), (b, _) in pairwise(part):
-                if a <= lo and hi <= b and (narrowest is None or b - a < narrowest[1] - narrowest[0]):
-                    narrowest = (a, b)
-        if narrowest is not None and not lo <= (narrowest[0] + narrowest[1]) / 2 <= hi:
-            return False
-    return True
+    return all(_open(joined, lo, hi) or not any(_open(part, lo, hi) for part in parts) for lo, hi in gutters)
+
+
+def _open(cover: list[tuple[float, float]], lo: float, hi: float) -> bool:
+    """Whether a gap between the intervals of ``cover`` overlaps the strip from ``lo`` to ``hi``."""
+    return any(a < hi and b > lo for (_, a), (b, _) in pairwise(cover))
 
 
 def _close(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
