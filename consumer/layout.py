@@ -92,6 +92,12 @@ STRADDLING_SHARE = 0.1
 STRADDLE_ALIGN = 0.02
 # More boxes than this across a gutter in one band are not a straddling block: the band breaks.
 MAX_STRADDLERS = 2
+# A text layer whose columns of text the layout would reorder is reordered only when this share
+# of its text is out of place: less is a side note or a caption the writer put elsewhere.
+MIN_DISPLACED = 0.025
+# A page's foot (footnotes, footers) starts this far down: above it, small bands set apart are a
+# figure's labels.
+FOOT_ZONE = 0.85
 # Lines this much smaller than the page's are footnotes, where they end a column.
 FOOTNOTE_SIZE = 0.9
 # A column of text: at least this many boxes, their median width this share of the column's, or
@@ -183,29 +189,56 @@ class _At(NamedTuple):
 def layer_order(boxes: Sequence[tuple[str, Rect, float]]) -> list[int] | None:
     """The order to read a text layer's runs in, or None where the layer's own order already reads right.
 
-    ``boxes`` are the runs in the layer's order (:attr:`consumer.pdf.TextLayer.boxes`). The page is
-    cut into regions as for OCR (:func:`regions`); inside a region the layer's order is kept (it is
-    the writer's, and right within a column: superscripts, formulas), and only the regions are put
-    in reading order. None when that changes nothing.
+    ``boxes`` are the runs in the layer's order (:attr:`consumer.pdf.TextLayer.boxes`). The writer's
+    order is trusted but where the layout shows it wrong:
+
+    * on a page with columns of text (:func:`regions`, cut coarsely: a column, or the lines between
+      two column blocks, is one region), the regions are put in reading order, each keeping the
+      layer's order inside; only where that moves MIN_DISPLACED of the text or more (less is a side
+      note or a caption the writer placed on purpose);
+    * on any page, a foot (footnotes, footers: the bands below FOOT_ZONE set off from the text) that
+      the layer gives first goes after the text, in lines top to bottom.
+
+    Boxes of no area or off the page (clipped text) stay after the run the layer has them after.
     """
-    if len(boxes) < 2:
+    placed = [i for i, (_, (x0, y0, x1, y1), _) in enumerate(boxes) if 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1]
+    if len(placed) < 2:
         return None
-    rects = [b for _, b, _ in boxes]
-    cut = _Cutter([t for t, _, _ in boxes], coarse=True)
+    rects = [boxes[i][1] for i in placed]
+    texts = [boxes[i][0] for i in placed]
+    cut = _Cutter(texts, coarse=True)
     found = _layout_with(cut, rects, straight=True)
+    order: list[int] | None = None
     if cut.columns_of_text:
         order = [i for region in found for i in sorted(region)]
-    else:
-        # One column (or none of text): the writer's order stands, but for footnotes given
-        # before the text above them: they go just before what lies below them (a footer).
-        foot = sorted(cut.footnotes)
-        rest = [i for i in range(len(boxes)) if i not in cut.footnotes]
-        bottom = max((rects[i][3] for i in foot), default=0.0)
-        at = next((k for k, i in enumerate(rest) if rects[i][1] >= bottom), len(rest))
-        order = rest[:at] + foot + rest[at:]
-    if all(a < b for a, b in pairwise(order)):
+        if _displaced(order, [len(t) for t in texts]) < MIN_DISPLACED:
+            order = None
+    if order is None:
+        order = _foot_last(rects, cut.footnotes | cut.feet)
+    if order is None:
         return None
-    return order
+    # Back to the indices of all boxes, the unplaced ones after their predecessor in the layer.
+    full = [placed[k] for k in order]
+    if len(placed) < len(boxes):
+        after: dict[int, list[int]] = {}
+        last = -1
+        kept = set(placed)
+        for i in range(len(boxes)):
+            if i in kept:
+                last = i
+            else:
+                after.setdefault(last, []).append(i)
+        full = after.get(-1, []) + [j for i in full for j in (i, *after.get(i, []))]
+    return None if all(a < b for a, b in pairwise(full)) else full
+
+
+def _foot_last(rects: list[Rect], foot: set[int]) -> list[int] | None:
+    """The layer's order, but for a foot the layer starts with: after the rest, in lines top to bottom."""
+    feet = {i for i in foot if rects[i][1] >= FOOT_ZONE}
+    if 0 not in feet or len(feet) == len(rects):
+        return None
+    lines = _group_lines([_At("", rects[i], i) for i in feet])
+    return [i for i in range(len(rects)) if i not in feet] + [at.index for line in lines for at in line]
 
 
 def regions(rects: Sequence[Rect], texts: Sequence[str], *, straight: bool = False) -> list[list[int]]:
@@ -328,6 +361,8 @@ class _Cutter:
         self.coarse = coarse
         self.texts = texts
         self.footnotes: set[int] = set()
+        self.heads: set[int] = set()
+        self.feet: set[int] = set()
         self.columns_of_text = False
         self.reset([], 0.0)
 
@@ -556,6 +591,7 @@ class _Cutter:
                 if not (small and whole and gap >= (EDGE_GAP if outermost else HEAD_GAP) * self.line):
                     break
                 found.add(k)
+                (self.heads if ends.step > 0 else self.feet).update(bands[k])
         return found
 
     def _columns(self, items: list[int]) -> list[list[int]]:
@@ -717,6 +753,37 @@ def _sparse_strips(edges: list[tuple[float, float]], allowed: int) -> list[tuple
                 cores.append((run[0][0], end, best[0], best[1]))
             run = []
     return cores
+
+
+def _displaced(order: list[int], weights: list[int]) -> float:
+    """The share of the weight to move to read ``range(n)`` in ``order``: all but a heaviest increasing run.
+
+    A heaviest increasing subsequence of the positions in ``order``, by a Fenwick tree of running
+    maxima over positions: n log n.
+    """
+    total = sum(weights)
+    if total <= 0:
+        return 0.0
+    n = len(order)
+    position = [0] * n
+    for k, i in enumerate(order):
+        position[i] = k
+    tree = [0] * (n + 1)
+    best = 0
+    for i in range(n):
+        # The heaviest run ending before this box's position, then this box on it.
+        k, run = position[i], 0
+        while k > 0:
+            run = tree[k] if tree[k] > run else run
+            k -= k & -k
+        run += weights[i]
+        best = run if run > best else best
+        k = position[i] + 1
+        while k <= n:
+            if tree[k] < run:
+                tree[k] = run
+            k += k & -k
+    return 1 - best / total
 
 
 def _keeps_gutters(

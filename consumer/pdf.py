@@ -596,7 +596,8 @@ def _boxes_unlocked(
                 if found < 0:
                     break
                 starts.append(found)
-                at = found + len(head)
+                # Past the whole piece (less a little: pdfium may end its lines otherwise inside).
+                at = found + max(len(head), len(piece.strip()) - _PIECE_SLACK)
             if len(starts) < len(texts):
                 # A piece not found where it should be: the line stays one run, whole.
                 box = (
@@ -629,6 +630,7 @@ def _boxes_unlocked(
 
 # How much of a cut line's piece is looked for in the line to place it.
 _PIECE_HEAD = 40
+_PIECE_SLACK = 4
 
 # Room beyond the page's text for what pdfium adds to the text inside a box (line ends between its lines).
 _BOUNDED_SLACK = 256
