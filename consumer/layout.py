@@ -536,13 +536,16 @@ class _Cutter:
     def _with_footnotes(self, groups: list[list[int]]) -> list[list[int]]:
         """Groups read in one piece, as one region, but for footnotes at their foot: a region after.
 
-        Footnotes: the last groups, in smaller type (FOOTNOTE_SIZE of the page's line height) and
-        set off from the text above by HEAD_GAP line heights; a text layer may give them first.
+        Footnotes: the last groups, in smaller type (FOOTNOTE_SIZE of the text's above) and set off
+        from the text above by HEAD_GAP line heights; a text layer may give them first.
         """
         if not groups:
             return []
+        # Against the type of the text above (the upper half of the groups): a page of long
+        # footnotes has more lines of them than of text.
+        text = self._height([i for g in groups[: len(groups) // 2 + 1] for i in g])
         k = len(groups)
-        while k > 1 and self._height(groups[k - 1]) < FOOTNOTE_SIZE * self.line:
+        while k > 1 and self._height(groups[k - 1]) < FOOTNOTE_SIZE * text:
             k -= 1
         if k == len(groups):
             return [[i for g in groups for i in g]]
