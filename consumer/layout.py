@@ -98,6 +98,10 @@ MIN_DISPLACED = 0.025
 # A page's foot (footnotes, footers) starts this far down: above it, small bands set apart are a
 # figure's labels.
 FOOT_ZONE = 0.85
+# A column of text, for a text layer to be put in order by columns, has this many lines at least.
+PROSE_LINES = 8
+# Lines this much larger than the text below them, set off from it, head their region.
+HEADING_SIZE = 1.2
 # Lines this much smaller than the page's are footnotes, where they end a column.
 FOOTNOTE_SIZE = 0.9
 # A column of text: at least this many boxes, their median width this share of the column's, or
@@ -411,7 +415,7 @@ class _Cutter:
         if self._is_table(columns):
             return [items]
         if self.coarse:
-            if sum(1 for c in columns if self._is_prose(c, items)) < 2:
+            if sum(1 for c in columns if len(c) >= PROSE_LINES and self._is_prose(c, items)) < 2:
                 # Side by side but not columns of text (a figure's labels, a form, subfigures):
                 # the layer's own order is as good as any.
                 return [items]
@@ -547,14 +551,25 @@ class _Cutter:
         k = len(groups)
         while k > 1 and self._height(groups[k - 1]) < FOOTNOTE_SIZE * text:
             k -= 1
-        if k == len(groups):
-            return [[i for g in groups for i in g]]
-        gap = min(self.rects[i][1] for i in groups[k]) - max(self.rects[i][3] for i in groups[k - 1])
-        if gap < HEAD_GAP * self.line:
-            return [[i for g in groups for i in g]]
-        foot = [i for g in groups[k:] for i in g]
-        self.footnotes.update(foot)
-        return [[i for g in groups[:k] for i in g], foot]
+        out: list[list[int]] = []
+        if k < len(groups) and self._gap(groups[k - 1], groups[k]) >= HEAD_GAP * self.line:
+            foot = [i for g in groups[k:] for i in g]
+            self.footnotes.update(foot)
+            out.append(foot)
+            groups = groups[:k]
+        # A heading over the region in larger type, set off from it, is read first.
+        h = 0
+        while h < len(groups) - 1 and self._height(groups[h]) > HEADING_SIZE * text:
+            h += 1
+        if 0 < h < len(groups) and self._gap(groups[h - 1], groups[h]) >= HEAD_GAP * self.line:
+            out.insert(0, [i for g in groups[h:] for i in g])
+            out.insert(0, [i for g in groups[:h] for i in g])
+        else:
+            out.insert(0, [i for g in groups for i in g])
+        return out
+
+    def _gap(self, upper: list[int], lower: list[int]) -> float:
+        return min(self.rects[i][1] for i in lower) - max(self.rects[i][3] for i in upper)
 
     def _height(self, items: list[int]) -> float:
         """The median height of the boxes: their type size."""
