@@ -562,10 +562,27 @@ class _Cutter:
         while h < len(groups) - 1 and self._height(groups[h]) > HEADING_SIZE * text:
             h += 1
         if 0 < h < len(groups) and self._gap(groups[h - 1], groups[h]) >= HEAD_GAP * self.line:
-            out.insert(0, [i for g in groups[h:] for i in g])
-            out.insert(0, [i for g in groups[:h] for i in g])
+            out[:0] = [[i for g in groups[:h] for i in g], *self._labels_apart(groups[h:])]
         else:
-            out.insert(0, [i for g in groups for i in g])
+            out[:0] = self._labels_apart(groups)
+        return out
+
+    def _labels_apart(self, groups: list[list[int]]) -> list[list[int]]:
+        """Runs of groups of text as one region each, and each group of labels (short boxes: a
+        figure's) a region of its own, so labels are read where they stand, not where a layer
+        happens to give them."""
+        out: list[list[int]] = []
+        run: list[int] = []
+        for group in groups:
+            if all(len(self.texts[i]) < MIN_LINE_LENGTH for i in group):
+                if run:
+                    out.append(run)
+                    run = []
+                out.append(group)
+            else:
+                run += group
+        if run:
+            out.append(run)
         return out
 
     def _gap(self, upper: list[int], lower: list[int]) -> float:
