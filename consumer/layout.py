@@ -210,6 +210,8 @@ def layer_order(boxes: Sequence[tuple[str, Rect, float]]) -> list[int] | None:
         return None
     rects = [boxes[i][1] for i in placed]
     texts = [boxes[i][0] for i in placed]
+    if rects[0][1] < FOOT_ZONE and not _may_have_columns(rects):
+        return None  # most pages: one column, read from its top; nothing to find
     cut = _Cutter(texts, coarse=True)
     found = _layout_with(cut, rects, straight=True)
     order: list[int] | None = None
@@ -234,6 +236,20 @@ def layer_order(boxes: Sequence[tuple[str, Rect, float]]) -> list[int] | None:
                 after.setdefault(last, []).append(i)
         full = after.get(-1, []) + [j for i in full for j in (i, *after.get(i, []))]
     return None if all(a < b for a, b in pairwise(full)) else full
+
+
+def _may_have_columns(rects: list[Rect]) -> bool:
+    """Whether a strip of the page that few boxes cross has PROSE_LINES boxes wholly on each side."""
+    edges = [(x0 + SHRINK, x1 - SHRINK) for x0, _, x1, _ in rects]
+    allowed = max(1, int(STRADDLING_SHARE * len(rects)))
+    for run_lo, run_hi, core_lo, core_hi in _sparse_strips(edges, allowed):
+        if run_hi - run_lo < MIN_GUTTER:
+            continue
+        left = sum(1 for _, x1 in edges if x1 <= core_hi)
+        right = sum(1 for x0, _ in edges if x0 >= core_lo)
+        if left >= PROSE_LINES and right >= PROSE_LINES:
+            return True
+    return False
 
 
 def _foot_last(rects: list[Rect], foot: set[int]) -> list[int] | None:
@@ -471,7 +487,7 @@ class _Cutter:
         for k, band in enumerate(bands):
             band_cover = self._band_coverage(band)
             if groups and k not in alone and k - 1 not in alone:
-                joined = _close(cover + band_cover)
+                joined = _close(sorted(cover + band_cover)) if len(band_cover) > 1 else _insert(cover, band_cover[0])
                 # A band may close gutters the one or the other has only by chance (a line of
                 # one column reaching a little further, a gap in one line), not all of them.
                 if (
@@ -492,7 +508,10 @@ class _Cutter:
 
     def _band_coverage(self, band: list[int]) -> list[tuple[float, float]]:
         """A band's coverage without the boxes that straddle a gutter, where it has only a few."""
-        crossing = sum(1 for i in band if i in self.straddlers)
+        if len(band) == 1:  # most bands of a text layer: one line
+            (i,) = band
+            return [(self.lefts[i], self.rights[i])]
+        crossing = sum(1 for i in band if i in self.straddlers) if self.straddlers else 0
         if 0 < crossing <= MAX_STRADDLERS and crossing < len(band):
             return self._coverage([i for i in band if i not in self.straddlers])
         return self._coverage(band)
@@ -836,6 +855,20 @@ def _keeps_gutters(
 def _open(cover: list[tuple[float, float]], lo: float, hi: float) -> bool:
     """Whether a gap between the intervals of ``cover`` overlaps the strip from ``lo`` to ``hi``."""
     return any(a < hi and b > lo for (_, a), (b, _) in pairwise(cover))
+
+
+def _insert(cover: list[tuple[float, float]], span: tuple[float, float]) -> list[tuple[float, float]]:
+    """``cover`` (closed, left to right) with one more interval, closed again (:func:`_close`)."""
+    lo, hi = span
+    out: list[tuple[float, float]] = []
+    for a, b in cover:
+        if b + MIN_GUTTER <= lo or hi + MIN_GUTTER <= a:
+            out.append((a, b))
+        else:  # touching: one interval now
+            lo, hi = (a if a < lo else lo), (b if b > hi else hi)
+    out.append((lo, hi))
+    out.sort()
+    return out
 
 
 def _close(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
