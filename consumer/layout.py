@@ -178,7 +178,7 @@ def order_blocks(blocks: list[B]) -> list[list[B]]:
         # Lines are found on the boxes turned back by the scan's skew: a table's row on a
         # tilted page is level again.
         for line in _group_lines([_At(kept[i].text, rects[i], i) for i in region]):
-            lines.append([kept[at.index] for at in line])
+            lines.append([kept[at.block] for at in line])
     return lines
 
 
@@ -187,7 +187,7 @@ class _At(NamedTuple):
 
     text: str
     bbox: Rect
-    index: int
+    block: int
 
 
 def layer_order(boxes: Sequence[tuple[str, Rect, float]]) -> list[int] | None:
@@ -258,7 +258,7 @@ def _foot_last(rects: list[Rect], foot: set[int]) -> list[int] | None:
     if 0 not in feet or len(feet) == len(rects):
         return None
     lines = _group_lines([_At("", rects[i], i) for i in feet])
-    return [i for i in range(len(rects)) if i not in feet] + [at.index for line in lines for at in line]
+    return [i for i in range(len(rects)) if i not in feet] + [at.block for line in lines for at in line]
 
 
 def regions(rects: Sequence[Rect], texts: Sequence[str], *, straight: bool = False) -> list[list[int]]:
