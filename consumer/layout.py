@@ -81,6 +81,8 @@ HEAD_LINES = 2.5
 HEAD_GAP = 0.8
 # The band at the very top or bottom needs less: nothing but a head or a footer is set off there.
 EDGE_GAP = 0.6
+# and by more than this many times the usual gap between lines.
+SET_OFF = 1.5
 HEAD_BOXES = 4
 # A box across a gutter spans it (and breaks the columns) when it is this share of the block's
 # width, or reaches this share into the columns on both sides; otherwise it straddles the gutter
@@ -633,6 +635,10 @@ class _Cutter:
         found: set[int] = set()
         tops = [min(self.rects[i][1] for i in band) for band in bands]
         bottoms = [max(self.rects[i][3] for i in band) for band in bands]
+        # Set off: by more than lines are from each other (a text layer's lines have gaps between
+        # them, padded OCR boxes touch).
+        gaps = sorted(top - bottom for bottom, top in zip(bottoms, tops[1:], strict=False))
+        usual = SET_OFF * gaps[len(gaps) // 2] if gaps else 0.0
         for ends in (range(len(bands) - 1), range(len(bands) - 1, 0, -1)):
             for k in ends:
                 inner = k + 1 if ends.step > 0 else k - 1
@@ -642,7 +648,7 @@ class _Cutter:
                 # (two figure captions side by side), not a footer.
                 outermost = k in (0, len(bands) - 1)
                 whole = outermost or len(self._coverage(bands[k])) == 1
-                if not (small and whole and gap >= (EDGE_GAP if outermost else HEAD_GAP) * self.line):
+                if not (small and whole and gap >= (EDGE_GAP if outermost else HEAD_GAP) * self.line and gap > usual):
                     break
                 found.add(k)
                 (self.heads if ends.step > 0 else self.feet).update(bands[k])
