@@ -104,6 +104,8 @@ FOOT_ZONE = 0.85
 PROSE_LINES = 8
 # Lines this much larger than the text below them, set off from it, head their region.
 HEADING_SIZE = 1.2
+# A text layer's boxes shorter than this are labels (of a figure): read where they stand.
+LABEL_LENGTH = 24
 # Lines this much smaller than the page's are footnotes, where they end a column.
 FOOTNOTE_SIZE = 0.9
 # A column of text: at least this many boxes, their median width this share of the column's, or
@@ -429,14 +431,15 @@ class _Cutter:
             return out + self._with_footnotes(flat)
         columns = self._columns(items)
         if len(columns) < 2:
-            return [items]
+            return self._labels(items)
         if self._is_table(columns):
-            return [items]
+            # Row by row: for a text layer, each band (a row) in the layer's order.
+            return self._bands(items) if self.coarse else [items]
         if self.coarse:
             if sum(1 for c in columns if len(c) >= PROSE_LINES and self._is_prose(c, items)) < 2:
-                # Side by side but not columns of text (a figure's labels, a form, subfigures):
-                # the layer's own order is as good as any.
-                return [items]
+                # Side by side but not columns of text (a form, subfigures with captions): the
+                # layer's own order is as good as any, but for a figure's labels.
+                return self._labels(items)
             self.columns_of_text = True
         columns = self._margins_last(columns)
         out = []
@@ -573,8 +576,9 @@ class _Cutter:
         while k > 1 and self._height(groups[k - 1]) < FOOTNOTE_SIZE * text:
             k -= 1
         out: list[list[int]] = []
-        if k < len(groups) and self._gap(groups[k - 1], groups[k]) >= HEAD_GAP * self.line:
-            foot = [i for g in groups[k:] for i in g]
+        foot = [i for g in groups[k:] for i in g]
+        # Lines of text, not a figure's labels in small type.
+        if foot and not self._labelled(foot) and self._gap(groups[k - 1], groups[k]) >= HEAD_GAP * self.line:
             self.footnotes.update(foot)
             out.append(foot)
             groups = groups[:k]
@@ -588,6 +592,18 @@ class _Cutter:
             out[:0] = self._labels_apart(groups)
         return out
 
+    def _labelled(self, items: list[int]) -> bool:
+        """Whether the boxes are mostly labels (shorter than LABEL_LENGTH), not lines of text."""
+        lengths = sorted(len(self.texts[i]) for i in items)
+        return lengths[len(lengths) // 2] < LABEL_LENGTH
+
+    def _labels(self, items: list[int]) -> list[list[int]]:
+        """A region as read from a text layer: in one piece, or band by band where it is mostly short
+        boxes (a figure's labels and its caption)."""
+        if self.coarse and self._labelled(items):
+            return self._bands(items)
+        return [items]
+
     def _labels_apart(self, groups: list[list[int]]) -> list[list[int]]:
         """Runs of groups of text as one region each, and each group of labels (short boxes: a
         figure's) a region of its own, so labels are read where they stand, not where a layer
@@ -595,7 +611,7 @@ class _Cutter:
         out: list[list[int]] = []
         run: list[int] = []
         for group in groups:
-            if all(len(self.texts[i]) < MIN_LINE_LENGTH for i in group):
+            if all(len(self.texts[i]) < LABEL_LENGTH for i in group):
                 if run:
                     out.append(run)
                     run = []
