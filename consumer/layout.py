@@ -732,7 +732,8 @@ class _Cutter:
                 outer = (k == last and len(column) < MIN_COLUMN_BOXES) or (k == 1 and len(out[-1]) < MIN_COLUMN_BOXES)
                 gap = self._extent(column)[0] - self._extent(out[-1])[1]
                 body = len(out[-1]) if k == last else len(column)
-                if not (outer and (gap >= MARGIN_GAP or (gap >= NOTE_GAP and body >= NOTE_BODY))):
+                far = gap >= MARGIN_GAP and body >= MIN_COLUMN_BOXES
+                if not (outer and (far or (gap >= NOTE_GAP and body >= NOTE_BODY))):
                     out[-1] = out[-1] + column
                     continue
             out.append(column)
