@@ -436,7 +436,8 @@ class _Cutter:
             # Row by row: for a text layer, each band (a row) in the layer's order.
             return self._bands(items) if self.coarse else [items]
         if self.coarse:
-            if sum(1 for c in columns if len(c) >= PROSE_LINES and self._is_prose(c, items)) < 2:
+            x0, x1 = self._extent(items)
+            if sum(1 for c in columns if len(c) >= PROSE_LINES and self._is_prose(c, x1 - x0)) < 2:
                 # Side by side but not columns of text (a form, subfigures with captions): the
                 # layer's own order is as good as any, but for a figure's labels.
                 return self._labels(items)
@@ -491,6 +492,18 @@ class _Cutter:
         cover: list[tuple[float, float]] = []
         for k, band in enumerate(bands):
             band_cover = self._band_coverage(band)
+            if (
+                len(cover) == 1
+                and len(band_cover) == 1
+                and cover[0][0] - MIN_GUTTER < band_cover[0][1]
+                and band_cover[0][0] < cover[0][1] + MIN_GUTTER
+            ):
+                # Most bands of one column: one piece over one piece, nothing to join.
+                groups.append(list(band))
+                firsts.append(k)
+                simple.append(True)
+                cover = band_cover
+                continue
             if groups and k not in alone and k - 1 not in alone:
                 joined = _close(sorted(cover + band_cover)) if len(band_cover) > 1 else _insert(cover, band_cover[0])
                 # A band may close gutters the one or the other has only by chance (a line of
@@ -528,7 +541,8 @@ class _Cutter:
         side; a box across it narrower than SPAN_SHARE of the region is read in the column of its
         left edge (a title over two of three columns, a figure caption reaching into the next).
         """
-        if len(items) < 2 * MIN_COLUMN_BOXES:
+        # A text layer's columns of text have PROSE_LINES lines each: a smaller region has none.
+        if len(items) < 2 * (PROSE_LINES if self.coarse else MIN_COLUMN_BOXES):
             return set(), []
         lefts, rights = self.lefts, self.rights
         x0 = min(self.rects[i][0] for i in items)
@@ -630,10 +644,9 @@ class _Cutter:
         heights = sorted(self.rects[i][3] - self.rects[i][1] for i in items)
         return heights[len(heights) // 2]
 
-    def _is_prose(self, column: list[int], region: list[int]) -> bool:
+    def _is_prose(self, column: list[int], region_width: float) -> bool:
         """A column of text lines: a text column (:meth:`_is_text`) whose boxes are mostly long."""
-        x0, x1 = self._extent(region)
-        return self._is_text(column, x1 - x0) and not self._short(column)
+        return self._is_text(column, region_width) and not self._short(column)
 
     def _short(self, items: list[int]) -> bool:
         """Whether the boxes are mostly short (cells of a table, labels), not lines of text."""
