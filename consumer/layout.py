@@ -1,21 +1,30 @@
-"""Reading order for OCR boxes: a pure function of the boxes, no images, no engine.
+"""Reading order for a page's text boxes (OCR boxes or a text layer's runs): a pure function of the boxes.
 
 OCR engines report text boxes in detection order, which on a two-column page
-interleaves the columns line by line (rapidocr's character error rate on such
-a page is about 0.72 in its own order against 0.003 ignoring order). This
-module puts boxes in the order a person reads them:
+interleaves the columns line by line, and a PDF's text layer is in the order
+its writer drew it: straight across three columns, footnotes or the footer
+first. This module puts boxes in the order a person reads them, by a recursive
+XY-cut over the boxes (:func:`regions`):
 
-1. Look for a column gutter: a vertical strip of whitespace with at least
-   three boxes wholly on each side, each side a real column (a fifth of the
-   region wide or more, its boxes filling it like lines of text do). A few
-   boxes may cross the strip: a title or a caption that spans the columns.
-2. Boxes that cross the gutter cut the region into bands from top to bottom;
-   in each band the left side is read before the right side, recursively, so
-   a three-column page or a title above two columns comes out right.
-3. A region with three or more such strips is a table: its columns are not
-   read one after the other but row by row, like a region without a gutter.
-4. What remains is grouped into lines by vertical overlap and read top to
-   bottom, each line left to right.
+1. A region is cut into bands at horizontal whitespace. Consecutive bands that
+   leave a common vertical gutter are one block of columns; a band across the
+   gutter (a title, a full-width caption) breaks the columns: what is above is
+   read before it, what is below after. A box that only straddles a gutter
+   (reaches into the next column, does not span both) is read by its left
+   edge. At the top and bottom of the page, short bands set off from the text
+   are the running head (read first) and footers (read last).
+2. A block is cut at its gutters into columns, read left to right, each cut
+   again. Columns that are not text and sit level in rows are a table, read
+   row by row; a narrow outer column (margin notes) is read after the body.
+3. Rotated text (boxes much taller than wide: an arXiv stamp, a thumb tab) is
+   kept and read last. Inside a region, boxes are grouped into lines by
+   vertical overlap, top to bottom, each left to right.
+
+A scan's boxes are first turned back by its skew, measured on the left edges
+of its lines. Gaps are measured on boxes narrowed a little (OCR pads them).
+
+A text layer keeps its own order except where the layout shows it wrong
+(:func:`layer_order`): columns of text read out of order, a foot given first.
 
 :func:`blocks_to_text` joins the boxes of a line with spaces and the lines
 with newlines, and leaves a blank line where the gap between two lines of the
