@@ -89,22 +89,38 @@ def rapidocr() -> RapidOcrEngine:
     return RapidOcrEngine()
 
 
-@pytest.mark.ocr
-@pytest.mark.parametrize("dpi", [150, 200])
-def test_scans_read_in_order_as_well_as_tesseract(rapidocr: RapidOcrEngine, corpus: Path, dpi: int) -> None:
-    by_class: dict[str, list[tuple[float, float]]] = {}
-    for entry in entries(corpus, "scanned-layout-"):
-        name = Path(entry["file"]).name.removesuffix("-scan.pdf")
+CLASSES = {
+    "a": ("dpr-multi-column", "tableformer-paper", "creativity-ml-paper", "ieee-privacy-paper"),
+    "b": ("federal-register", "textbook-3col"),
+    "c": ("camry-maintenance-log", "aviation-safety-table"),
+    "d": ("margin-notes", "faa-handbook-figures", "dmca-summary"),
+}
+_read: dict[tuple[str, int], float] = {}
+
+
+def scan_cer(rapidocr: RapidOcrEngine, corpus: Path, name: str, dpi: int) -> float:
+    """One scan's CER (its pages summed) as the engine reads it at ``dpi``; each scan read once a run."""
+    if (name, dpi) not in _read:
+        entry = next(e for e in entries(corpus, "scanned-layout-") if e["file"] == f"layout/{name}-scan.pdf")
         edits = chars = 0
         with PdfDocument(corpus / entry["file"]) as doc:
             for page_no, want in enumerate(expected(corpus, entry), start=1):
                 text = rapidocr.read(doc.render(page_no, dpi=dpi, max_megapixels=50.0)).text
-                edits += round(cer(text, want) * len(" ".join(want.split())))
-                chars += len(" ".join(want.split()))
-        got = edits / chars
-        assert got <= TESSERACT_CER[name] + SCAN_SLACK, (name, dpi, got)
-        by_class.setdefault(entry["class"], []).append((got, TESSERACT_CER[name]))
-    for cls, scores in by_class.items():
-        mean = sum(g for g, _ in scores) / len(scores)
-        reference = sum(t for _, t in scores) / len(scores)
-        assert mean <= reference + CLASS_SLACK, (cls, dpi, mean, reference)
+                n = len(" ".join(want.split()))
+                edits += round(cer(text, want) * n)
+                chars += n
+        _read[name, dpi] = edits / chars
+    return _read[name, dpi]
+
+
+@pytest.mark.ocr
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("dpi", [150, 200])
+@pytest.mark.parametrize("cls", sorted(CLASSES))
+def test_scans_read_in_order_as_well_as_tesseract(rapidocr: RapidOcrEngine, corpus: Path, cls: str, dpi: int) -> None:
+    # Each scan within SCAN_SLACK of tesseract, the class's mean no worse than tesseract's.
+    got = {name: scan_cer(rapidocr, corpus, name, dpi) for name in CLASSES[cls]}
+    assert {n: g for n, g in got.items() if g > TESSERACT_CER[n] + SCAN_SLACK} == {}
+    mean = sum(got.values()) / len(got)
+    reference = sum(TESSERACT_CER[n] for n in got) / len(got)
+    assert mean <= reference + CLASS_SLACK, (cls, dpi, got)
