@@ -423,6 +423,11 @@ class _Cutter:
         if len(items) < 2:
             return [items]
         self.straddlers, self.gutters = self._find_straddlers(items)
+        if self.coarse and not page and not self.gutters:
+            # No gutter for columns of text to stand by: a text layer reads the region in one
+            # piece, but for its heading, its footnotes and a figure's labels (band by band).
+            bands = self._bands(items)
+            return self._with_footnotes(bands) if len(bands) > 1 else self._labels(items)
         groups = self._blocks(self._bands(items), page)
         if len(groups) > 1:
             out: list[list[int]] = []
@@ -559,6 +564,9 @@ class _Cutter:
         allowed = max(1, int(STRADDLING_SHARE * len(items)))
         found: set[int] = set()
         gutters: list[tuple[float, float]] = []
+        side = PROSE_LINES if self.coarse else MIN_COLUMN_BOXES
+        ends = sorted(rights[i] for i in items)
+        starts = sorted(lefts[i] for i in items)
         for run_lo, run_hi, core_lo, core_hi in _sparse_strips([(lefts[i], rights[i]) for i in items], allowed):
             if run_hi - run_lo < MIN_GUTTER or run_lo <= x0 or run_hi >= x1:
                 continue
@@ -574,9 +582,8 @@ class _Cutter:
                     (max(run_lo, middle - MIN_GUTTER / 2), min(run_hi, middle + MIN_GUTTER / 2)),
                 ]
                 lo, hi = min(windows, key=lambda w: sum(1 for i in items if lefts[i] < w[1] and rights[i] > w[0]))
-            left = sum(1 for i in items if rights[i] <= lo)
-            right = sum(1 for i in items if lefts[i] >= hi)
-            if left < MIN_COLUMN_BOXES or right < MIN_COLUMN_BOXES:
+            # Boxes wholly left of the gutter, and wholly right of it.
+            if bisect_right(ends, lo) < side or len(starts) - bisect_left(starts, hi) < side:
                 continue
             for i in items:
                 if lefts[i] < hi and rights[i] > lo and self.rects[i][2] - self.rects[i][0] < SPAN_SHARE * (x1 - x0):

@@ -615,7 +615,6 @@ def _boxes_unlocked(
             )
     boxes: list[Box] = []
     spans: list[tuple[Span, Rect]] = []
-    frames: list[Rect] = []
     for (a0, b0, a1, b1), source, span in _merge_runs(runs):
         words = source.split()  # line ends are whitespace too
         if not words:
@@ -623,7 +622,6 @@ def _boxes_unlocked(
         # PDF space has its origin bottom-left; blocks use top-left.
         unturned = ((a0 - left) / width, (top - b1) / height, (a1 - left) / width, (top - b0) / height)
         boxes.append((" ".join(words), rotate_box(unturned, rotation), 1.0))
-        frames.append(unturned)
         spans.append((span, unturned))
     return boxes, spans
 
