@@ -253,14 +253,16 @@ def layer_order(boxes: Sequence[tuple[str, Rect, float]]) -> list[int] | None:
 
 def _may_have_columns(rects: list[Rect]) -> bool:
     """Whether a strip of the page that few boxes cross has PROSE_LINES boxes wholly on each side."""
+    if len(rects) < 2 * PROSE_LINES:
+        return False
     edges = [(x0 + SHRINK, x1 - SHRINK) for x0, _, x1, _ in rects]
     allowed = max(1, int(STRADDLING_SHARE * len(rects)))
+    ends = sorted(x1 for _, x1 in edges)
+    starts = sorted(x0 for x0, _ in edges)
     for run_lo, run_hi, core_lo, core_hi in _sparse_strips(edges, allowed):
         if run_hi - run_lo < MIN_GUTTER:
             continue
-        left = sum(1 for _, x1 in edges if x1 <= core_hi)
-        right = sum(1 for x0, _ in edges if x0 >= core_lo)
-        if left >= PROSE_LINES and right >= PROSE_LINES:
+        if bisect_right(ends, core_hi) >= PROSE_LINES and len(starts) - bisect_left(starts, core_lo) >= PROSE_LINES:
             return True
     return False
 
