@@ -1,21 +1,30 @@
-"""Reading order for OCR boxes: a pure function of the boxes, no images, no engine.
+"""Reading order for a page's text boxes (OCR boxes or a text layer's runs): a pure function of the boxes.
 
 OCR engines report text boxes in detection order, which on a two-column page
-interleaves the columns line by line (rapidocr's character error rate on such
-a page is about 0.72 in its own order against 0.003 ignoring order). This
-module puts boxes in the order a person reads them:
+interleaves the columns line by line, and a PDF's text layer is in the order
+its writer drew it: straight across three columns, footnotes or the footer
+first. This module puts boxes in the order a person reads them, by a recursive
+XY-cut over the boxes (:func:`regions`):
 
-1. Look for a column gutter: a vertical strip of whitespace with at least
-   three boxes wholly on each side, each side a real column (a fifth of the
-   region wide or more, its boxes filling it like lines of text do). A few
-   boxes may cross the strip: a title or a caption that spans the columns.
-2. Boxes that cross the gutter cut the region into bands from top to bottom;
-   in each band the left side is read before the right side, recursively, so
-   a three-column page or a title above two columns comes out right.
-3. A region with three or more such strips is a table: its columns are not
-   read one after the other but row by row, like a region without a gutter.
-4. What remains is grouped into lines by vertical overlap and read top to
-   bottom, each line left to right.
+1. A region is cut into bands at horizontal whitespace. Consecutive bands that
+   leave a common vertical gutter are one block of columns; a band across the
+   gutter (a title, a full-width caption) breaks the columns: what is above is
+   read before it, what is below after. A box that only straddles a gutter
+   (reaches into the next column, does not span both) is read by its left
+   edge. At the top and bottom of the page, short bands set off from the text
+   are the running head (read first) and footers (read last).
+2. A block is cut at its gutters into columns, read left to right, each cut
+   again. Columns that are not text and sit level in rows are a table, read
+   row by row; a narrow outer column (margin notes) is read after the body.
+3. Rotated text (boxes much taller than wide: an arXiv stamp, a thumb tab) is
+   kept and read last. Inside a region, boxes are grouped into lines by
+   vertical overlap, top to bottom, each left to right.
+
+A scan's boxes are first turned back by its skew, measured on the left edges
+of its lines. Gaps are measured on boxes narrowed a little (OCR pads them).
+
+A text layer keeps its own order except where the layout shows it wrong
+(:func:`layer_order`): columns of text read out of order, a foot given first.
 
 :func:`blocks_to_text` joins the boxes of a line with spaces and the lines
 with newlines, and leaves a blank line where the gap between two lines of the
@@ -33,9 +42,11 @@ box read on the turned-upright image back to the page.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
 from itertools import pairwise
 from statistics import median
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from schemas.messages import Block, page_fraction
 
@@ -52,31 +63,97 @@ class Boxed(Protocol):
 
 B = TypeVar("B", bound=Boxed)
 
-__all__ = ["blocks_to_text", "detect_rotation", "merge_blocks", "order_blocks", "rotate_box"]
+__all__ = [
+    "blocks_to_text",
+    "detect_rotation",
+    "layer_order",
+    "merge_blocks",
+    "order_blocks",
+    "regions",
+    "rotate_box",
+]
 
-# OCR boxes are padded (rapidocr grows each by its unclip ratio) and skewed
-# scans tilt them, so boxes of two columns may nearly touch or overlap a
-# little. Gutters are looked for between boxes narrowed by this much on each
-# side (a fraction of the page width, about 3 pt on a Letter page).
+# Geometry is in page fractions; these are tuned for text of 7 to 12 pt on a Letter or A4 page at
+# 150 to 300 dpi, where rapidocr pads its boxes by about a third of a line and skew tilts them.
+
+# OCR boxes are padded and skewed scans tilt them, so boxes of two columns may nearly touch. Gutters
+# are looked for between boxes narrowed by this much on each side (about 3 pt on a Letter page).
 SHRINK = 0.005
-# The least gutter between narrowed boxes: the two-column scans of the corpus
-# leave about 0.004 between rapidocr's boxes, 0.014 once narrowed. Word spaces
-# do not matter here: a gutter must also run through many lines.
+# The least gutter between narrowed boxes: a word space is less, a column gutter more.
 MIN_GUTTER = 0.01
-# Boxes on each side of a gutter before it counts: two or three lines side by
-# side are not yet columns.
-MIN_SIDE_BOXES = 3
-# Share of the region's width each side of a gutter must have: a margin of
-# line or equation numbers is not a column.
-MIN_COLUMN_SHARE = 0.2
-# Median box width over the column's width: lines of text fill their column,
-# scattered labels do not.
+# Horizontal whitespace is looked for between boxes whose top and bottom are moved in by this share
+# of the median line height: padded boxes of consecutive lines overlap a little.
+VERTICAL_SHRINK = 0.2
+# A band of at most this many median line heights at the top (bottom) of the page, set off by a gap
+# of at least HEAD_GAP of them, is a running head (a footer): read first (last), not inside a column.
+HEAD_LINES = 2.5
+HEAD_GAP = 0.8
+# The band at the very top or bottom needs less: nothing but a head or a footer is set off there.
+EDGE_GAP = 0.6
+# and by more than this many times the usual gap between lines.
+SET_OFF = 1.5
+HEAD_BOXES = 4
+# A box across a gutter spans it (and breaks the columns) when it is this share of the block's
+# width, or reaches this share into the columns on both sides; otherwise it straddles the gutter
+# and is read in the column of its left edge.
+SPAN_SHARE = 0.6
+# A strip crossed by at most this share of a region's boxes may be a gutter they straddle.
+STRADDLING_SHARE = 0.1
+# A box across a gutter starting this close to a column's left edge is read in that column.
+STRADDLE_ALIGN = 0.02
+# More boxes than this across a gutter in one band are not a straddling block: the band breaks.
+MAX_STRADDLERS = 2
+# A text layer whose columns of text the layout would reorder is reordered only when this share
+# of its text is out of place: less is a side note or a caption the writer put elsewhere.
+MIN_DISPLACED = 0.025
+# A page's foot (footnotes, footers) starts this far down: above it, small bands set apart are a
+# figure's labels.
+FOOT_ZONE = 0.85
+# A column of text, for a text layer to be put in order by columns, has this many lines at least.
+PROSE_LINES = 8
+# Lines this much larger than the text below them, set off from it, head their region.
+HEADING_SIZE = 1.2
+# A text layer's boxes shorter than this are labels (of a figure): read where they stand.
+LABEL_LENGTH = 24
+# Lines this much smaller than the page's are footnotes, where they end a column.
+FOOTNOTE_SIZE = 0.9
+# A column of text: at least this many boxes, their median width this share of the column's, or
+# their median length this many characters (lines of a column not yet cut into its own columns).
+MIN_COLUMN_BOXES = 3
 MIN_COLUMN_FILL = 0.4
-# Boxes that may cross a gutter (titles, captions, a centred page number),
-# as a share of the region's boxes; at least one.
-MAX_CROSSING_SHARE = 0.1
-# This many gutters in one region make it a table, read row by row.
-TABLE_GUTTERS = 3
+MIN_LINE_LENGTH = 16
+# and at least this share of its region's width: a margin of labels or numbers is not a column.
+MIN_COLUMN_SHARE = 0.2
+# This many columns side by side are a table wherever their boxes sit level in rows.
+TABLE_COLUMNS = 4
+# Side by side, columns that are not all text are a table when this share of their boxes sits
+# level with a box in another column: read row by row.
+ROW_ALIGNED = 0.6
+# An outer column narrower than this share of its region, beside one at least twice as wide, holds
+# margin notes (or a thumb tab, line numbers far out): read after the body.
+MARGIN_SHARE = 0.2
+# A column of glyphs (bullets, footnote marks: every box at most this many characters) within
+# GLYPH_GAP of the column to its right belongs to that column.
+GLYPH_CHARS = 2
+GLYPH_GAP = 0.03
+# A column of fewer than MIN_COLUMN_BOXES boxes stands alone only at the edge of its region, this far out.
+MARGIN_GAP = 0.025
+# or, beside a body of at least NOTE_BODY boxes, this far (a margin note by a paragraph).
+NOTE_GAP = 0.015
+NOTE_BODY = 8
+# A box of at least MIN_LINE_CHARS characters this much taller than wide (in page fractions) holds
+# rotated text (an arXiv stamp, a thumb tab): kept, read last.
+ROTATED_RATIO = 1.2
+# Skew is measured on the left edges of lines at least SKEW_MIN_WIDTH wide, in runs of at least
+# SKEW_MIN_LINES edges that step by less than SKEW_EDGE and span SKEW_SPAN line heights; a slope
+# under SKEW_IGNORED is taken as straight.
+SKEW_MIN_WIDTH = 0.1
+SKEW_EDGE = 0.004
+SKEW_MIN_LINES = 8
+SKEW_SPAN = 10
+SKEW_IGNORED = 0.001
+# Width over height of the page, to turn a slope in page fractions across: about A4's and Letter's.
+PAGE_ASPECT = 0.75
 # Two boxes are on one line when they overlap vertically by this share of the smaller height.
 LINE_OVERLAP = 0.5
 # Two boxes overlapping horizontally by more than this share of the narrower are on different lines.
@@ -94,16 +171,771 @@ UPRIGHT_CONFIDENCE = 0.85
 # An OCR box that overlaps text-layer boxes by this share of its own area repeats them.
 DUPLICATE_OVERLAP = 0.5
 
+Rect = tuple[float, float, float, float]
+
 
 def order_blocks(blocks: list[B]) -> list[list[B]]:
     """Group blocks into lines and return the lines in reading order, each line left to right.
 
-    Columns are read one after the other (top to bottom within each), blocks
-    that span the columns are read in their place, and tables row by row.
-    Blocks with no text after stripping are dropped.
+    The page is cut into regions (:func:`regions`); inside each region the
+    blocks are grouped into lines by vertical overlap, top to bottom (a table's
+    region is one region, so it reads row by row). Blocks with no text after
+    stripping are dropped.
     """
     kept = [b for b in blocks if b.text.strip()]
-    return _order_region(kept)
+    if not kept:
+        return []
+    found, rects = _layout([b.bbox for b in kept], [b.text for b in kept], straight=False)
+    lines: list[list[B]] = []
+    for region in found:
+        # Lines are found on the boxes turned back by the scan's skew: a table's row on a
+        # tilted page is level again.
+        for line in _group_lines([_At(kept[i].text, rects[i], i) for i in region]):
+            lines.append([kept[at.block] for at in line])
+    return lines
+
+
+class _At(NamedTuple):
+    """A box where reading order sees it (turned back by the skew), and which block it is."""
+
+    text: str
+    bbox: Rect
+    block: int
+
+
+def layer_order(boxes: Sequence[tuple[str, Rect, float]]) -> list[int] | None:
+    """The order to read a text layer's runs in, or None where the layer's own order already reads right.
+
+    ``boxes`` are the runs in the layer's order (:attr:`consumer.pdf.TextLayer.boxes`). The writer's
+    order is trusted but where the layout shows it wrong:
+
+    * on a page with columns of text (:func:`regions`, cut coarsely: a column, or the lines between
+      two column blocks, is one region), the regions are put in reading order, each keeping the
+      layer's order inside; only where that moves MIN_DISPLACED of the text or more (less is a side
+      note or a caption the writer placed on purpose);
+    * on any page, a foot (footnotes, footers: the bands below FOOT_ZONE set off from the text) that
+      the layer gives first goes after the text, in lines top to bottom.
+
+    Boxes of no area or off the page (clipped text) stay after the run the layer has them after.
+    """
+    placed = [i for i, (_, (x0, y0, x1, y1), _) in enumerate(boxes) if 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1]
+    if len(placed) < 2:
+        return None
+    rects = [boxes[i][1] for i in placed]
+    texts = [boxes[i][0] for i in placed]
+    if rects[0][1] < FOOT_ZONE and not _may_have_columns(rects):
+        return None  # most pages: one column, read from its top; nothing to find
+    cut = _Cutter(texts, coarse=True)
+    found = _layout_with(cut, rects, straight=True)
+    order: list[int] | None = None
+    if cut.columns_of_text:
+        order = [i for region in found for i in sorted(region)]
+        if _displaced(order, [len(t) for t in texts]) < MIN_DISPLACED:
+            order = None
+    if order is None:
+        order = _foot_last(rects, cut.footnotes | cut.feet)
+    if order is None:
+        return None
+    # Back to the indices of all boxes, the unplaced ones after their predecessor in the layer.
+    full = [placed[k] for k in order]
+    if len(placed) < len(boxes):
+        after: dict[int, list[int]] = {}
+        last = -1
+        kept = set(placed)
+        for i in range(len(boxes)):
+            if i in kept:
+                last = i
+            else:
+                after.setdefault(last, []).append(i)
+        full = after.get(-1, []) + [j for i in full for j in (i, *after.get(i, []))]
+    return None if all(a < b for a, b in pairwise(full)) else full
+
+
+def _may_have_columns(rects: list[Rect]) -> bool:
+    """Whether a strip of the page that few boxes cross has PROSE_LINES boxes wholly on each side."""
+    if len(rects) < 2 * PROSE_LINES:
+        return False
+    edges = [(x0 + SHRINK, x1 - SHRINK) for x0, _, x1, _ in rects]
+    allowed = max(1, int(STRADDLING_SHARE * len(rects)))
+    ends = sorted(x1 for _, x1 in edges)
+    starts = sorted(x0 for x0, _ in edges)
+    for run_lo, run_hi, core_lo, core_hi in _sparse_strips(edges, allowed):
+        if run_hi - run_lo < MIN_GUTTER:
+            continue
+        if bisect_right(ends, core_hi) >= PROSE_LINES and len(starts) - bisect_left(starts, core_lo) >= PROSE_LINES:
+            return True
+    return False
+
+
+def _foot_last(rects: list[Rect], foot: set[int]) -> list[int] | None:
+    """The layer's order, but for a foot the layer starts with: after the rest, in lines top to bottom."""
+    feet = {i for i in foot if rects[i][1] >= FOOT_ZONE}
+    if 0 not in feet or len(feet) == len(rects):
+        return None
+    lines = _group_lines([_At("", rects[i], i) for i in feet])
+    return [i for i in range(len(rects)) if i not in feet] + [at.block for line in lines for at in line]
+
+
+def regions(rects: Sequence[Rect], texts: Sequence[str], *, straight: bool = False) -> list[list[int]]:
+    """The page's regions in reading order, each a list of indices into ``rects`` (boxes with ``texts``).
+
+    A recursive XY-cut over the boxes:
+
+    1. The region is cut into bands at horizontal whitespace. Consecutive bands
+       that leave a common vertical gutter (no box crossing it) are one block
+       of columns; a band that crosses the gutter (a title, a full-width figure
+       caption) breaks the columns: what is above is read before it, what is
+       below after. On the page itself, a short band set off at the top (bottom)
+       is the running head (footer) and is read first (last).
+    2. A block of one band or of columns is cut at its gutters; the columns
+       are read left to right, each cut again. Columns that are not all text
+       and whose boxes sit level in rows are a table: one region, read row by
+       row. A narrow outer column (margin notes) is read after the body.
+    3. Rotated text (tall boxes) is kept, last.
+
+    The boxes of a scan are first turned back by its skew (:func:`_deskewed`); ``straight`` says
+    they need not be (a text layer's boxes).
+    """
+    return _layout(rects, texts, straight=straight)[0]
+
+
+def _layout(rects: Sequence[Rect], texts: Sequence[str], *, straight: bool) -> tuple[list[list[int]], Sequence[Rect]]:
+    """:func:`regions`, and the boxes as they were cut (turned back by the skew unless ``straight``)."""
+    cut = _Cutter(texts)
+    return _layout_with(cut, rects, straight=straight), cut.rects
+
+
+def _layout_with(cut: _Cutter, rects: Sequence[Rect], *, straight: bool) -> list[list[int]]:
+    """The regions :func:`regions` finds in ``rects``, cut by ``cut``."""
+    if not rects:
+        return []
+    texts = cut.texts
+    upright: list[int] = []
+    rotated: list[int] = []
+    for i, (x0, y0, x1, y1) in enumerate(rects):
+        if y1 - y0 > ROTATED_RATIO * (x1 - x0) and len(texts[i].strip()) >= MIN_LINE_CHARS:
+            rotated.append(i)
+        else:
+            upright.append(i)
+    heights = sorted(rects[i][3] - rects[i][1] for i in upright) or [0.0]
+    line = heights[len(heights) // 2]
+    cut.reset(rects if straight else _deskewed(rects, upright, line), line)
+    out = cut.region(upright, page=True) if upright else []
+    if rotated:
+        out.append(sorted(rotated, key=lambda i: (rects[i][0], rects[i][1])))
+    return out
+
+
+def _skew(rects: Sequence[Rect], items: list[int], line: float) -> float:
+    """How far left edges move right per unit down the page (page fractions): the scan's skew.
+
+    Lines of a column start level with each other, so their left edges (sorted, cut where they
+    jump by SKEW_EDGE or more) fall into runs, one a column or indent; the slope of left edge
+    against height, fitted in each run that spans SKEW_SPAN line heights or more, is the skew.
+    The skew is the runs' median slope, weighted by their boxes; 0 where no run qualifies.
+    """
+    edges = sorted(
+        (rects[i][0], (rects[i][1] + rects[i][3]) / 2) for i in items if rects[i][2] - rects[i][0] >= SKEW_MIN_WIDTH
+    )
+    fits: list[tuple[float, int]] = []
+    start = 0
+    for end in range(1, len(edges) + 1):
+        if end < len(edges) and edges[end][0] - edges[end - 1][0] < SKEW_EDGE:
+            continue
+        run = edges[start:end]
+        start = end
+        if len(run) < SKEW_MIN_LINES:
+            continue
+        ys = [y for _, y in run]
+        if max(ys) - min(ys) < SKEW_SPAN * line:
+            continue
+        mx = sum(x for x, _ in run) / len(run)
+        my = sum(ys) / len(ys)
+        var = sum((y - my) ** 2 for y in ys)
+        if var > 0:
+            fits.append((sum((x - mx) * (y - my) for x, y in run) / var, len(run)))
+    if not fits:
+        return 0.0
+    # The median weighted by lines: a run of lines stepping round a figure is not the page's skew.
+    fits.sort()
+    half = sum(n for _, n in fits) / 2
+    for slope, n in fits:
+        half -= n
+        if half <= 0:
+            return slope
+    return fits[-1][0]
+
+
+def _deskewed(rects: Sequence[Rect], items: list[int], line: float) -> Sequence[Rect]:
+    """The boxes turned back by the scan's skew (:func:`_skew`), each around its centre.
+
+    A tilted line's box is taller than the line by its width times the slope; that much is taken
+    off, so lines and gutters stand apart as they do on the page. Pages are taken to be about as
+    wide as A4 or Letter (PAGE_ASPECT) to turn the slope across into one down.
+    """
+    slope = _skew(rects, items, line)
+    if abs(slope) < SKEW_IGNORED:
+        return rects
+    across = slope * PAGE_ASPECT * PAGE_ASPECT
+    out: list[Rect] = []
+    for x0, y0, x1, y1 in rects:
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        dx = -slope * cy
+        dy = across * cx
+        half = (y1 - y0 - abs(across) * (x1 - x0)) / 2
+        if half < 0.25 * (y1 - y0):
+            half = 0.25 * (y1 - y0)
+        out.append((x0 + dx, cy + dy - half, x1 + dx, cy + dy + half))
+    return out
+
+
+class _Cutter:
+    """The recursive cut over one page's boxes."""
+
+    def __init__(self, texts: Sequence[str], *, coarse: bool = False) -> None:
+        self.coarse = coarse
+        self.texts = texts
+        self.footnotes: set[int] = set()
+        self.heads: set[int] = set()
+        self.feet: set[int] = set()
+        self.columns_of_text = False
+        self.reset([], 0.0)
+
+    def reset(self, rects: Sequence[Rect], line_height: float) -> None:
+        """Cut these boxes (the page's, perhaps turned back by its skew), of this median line height."""
+        self.rects = rects
+        self.line = line_height
+        self.straddlers: set[int] = set()
+        self.gutters: list[tuple[float, float]] = []
+        shrink = VERTICAL_SHRINK * line_height
+        self.tops: list[float] = []
+        self.bottoms: list[float] = []
+        self.lefts: list[float] = []
+        self.rights: list[float] = []
+        for x0, y0, x1, y1 in rects:
+            dy = shrink if shrink < 0.4 * (y1 - y0) else 0.4 * (y1 - y0)
+            self.tops.append(y0 + dy)
+            self.bottoms.append(y1 - dy)
+            centre = (x0 + x1) / 2
+            left, right = x0 + SHRINK, x1 - SHRINK
+            self.lefts.append(centre if centre < left else left)
+            self.rights.append(centre if centre > right else right)
+
+    def region(self, items: list[int], *, page: bool = False) -> list[list[int]]:
+        if len(items) < 2:
+            return [items]
+        self.straddlers, self.gutters = self._find_straddlers(items)
+        if self.coarse and not page and not self.gutters:
+            # No gutter for columns of text to stand by: a text layer reads the region in one
+            # piece, but for its heading, its footnotes and a figure's labels (band by band).
+            bands = self._bands(items)
+            return self._with_footnotes(bands) if len(bands) > 1 else self._labels(items)
+        groups = self._blocks(self._bands(items), page)
+        if len(groups) > 1:
+            out: list[list[int]] = []
+            flat: list[list[int]] = []
+            for group, simple, alone in groups:
+                # A band of one piece (a line, or lines without a gutter) needs no more cutting.
+                parts = [group] if simple else self.region(group)
+                if self.coarse and len(parts) == 1 and not alone:
+                    # Read in one piece with its neighbours: one column's lines, a formula's parts.
+                    flat.append(parts[0])
+                    continue
+                out += self._with_footnotes(flat)
+                flat = []
+                out += parts
+            return out + self._with_footnotes(flat)
+        columns = self._columns(items)
+        if len(columns) < 2:
+            return self._labels(items)
+        if self._is_table(columns):
+            # Row by row: for a text layer, each band (a row) in the layer's order.
+            return self._bands(items) if self.coarse else [items]
+        if self.coarse:
+            x0, x1 = self._extent(items)
+            if sum(1 for c in columns if len(c) >= PROSE_LINES and self._is_prose(c, x1 - x0)) < 2:
+                # Side by side but not columns of text (a form, subfigures with captions): the
+                # layer's own order is as good as any, but for a figure's labels.
+                return self._labels(items)
+            self.columns_of_text = True
+        columns = self._margins_last(columns)
+        out = []
+        for column in columns:
+            out += self.region(column)
+        return out
+
+    def _bands(self, items: list[int]) -> list[list[int]]:
+        """The region cut at horizontal whitespace, top to bottom."""
+        tops, bottoms = self.tops, self.bottoms
+        bands: list[list[int]] = []
+        bottom = -1.0
+        for i in sorted(items, key=tops.__getitem__):
+            if bands and tops[i] <= bottom:
+                bands[-1].append(i)
+                if bottoms[i] > bottom:
+                    bottom = bottoms[i]
+                continue
+            bands.append([i])
+            bottom = bottoms[i]
+        return bands
+
+    def _coverage(self, items: list[int]) -> list[tuple[float, float]]:
+        """The x-intervals the narrowed boxes cover, gaps under MIN_GUTTER closed, left to right."""
+        return _close([(self.lefts[i], self.rights[i]) for i in items])
+
+    def _column_coverage(self, items: list[int]) -> list[tuple[float, float]]:
+        """The coverage of the boxes that make the columns: all but those that straddle a gutter."""
+        if self.straddlers:
+            kept = [i for i in items if i not in self.straddlers]
+            if kept:
+                return self._coverage(kept)
+        return self._coverage(items)
+
+    def _blocks(self, bands: list[list[int]], page: bool) -> list[tuple[list[int], bool, bool]]:
+        """Consecutive bands joined where they leave a common gutter: each group is cut on its own.
+
+        A band whose only boxes across the group's gutters straddle them (reach a little into the
+        next column, not across both) joins too: those boxes are read in the column of their
+        left edge. A band that spans the gutter breaks the columns. Each group comes with whether
+        it is simple (one band of one piece) and whether it is a running head or footer.
+        """
+        if len(bands) == 1:
+            return [(bands[0], False, False)]
+        alone = self._margin_bands(bands) if page else set()
+        groups: list[list[int]] = []
+        firsts: list[int] = []  # each group's first band
+        simple: list[bool] = []
+        cover: list[tuple[float, float]] = []
+        for k, band in enumerate(bands):
+            band_cover = self._band_coverage(band)
+            if (
+                len(cover) == 1
+                and len(band_cover) == 1
+                and cover[0][0] - MIN_GUTTER < band_cover[0][1]
+                and band_cover[0][0] < cover[0][1] + MIN_GUTTER
+            ):
+                # Most bands of one column: one piece over one piece, nothing to join.
+                groups.append(list(band))
+                firsts.append(k)
+                simple.append(True)
+                cover = band_cover
+                continue
+            if groups and k not in alone and k - 1 not in alone:
+                joined = _close(sorted(cover + band_cover)) if len(band_cover) > 1 else _insert(cover, band_cover[0])
+                # A band may close gutters the one or the other has only by chance (a line of
+                # one column reaching a little further, a gap in one line), not all of them.
+                if (
+                    len(joined) > 1
+                    and len(joined) >= min(len(cover), len(band_cover))
+                    and _keeps_gutters(joined, self.gutters, cover, band_cover)
+                ):
+                    groups[-1] += band
+                    cover = joined
+                    simple[-1] = False
+                    continue
+            groups.append(list(band))
+            firsts.append(k)
+            simple.append(len(band_cover) == 1)
+            cover = band_cover
+        heads = [k in alone for k in firsts]
+        return list(zip(groups, simple, heads, strict=True))
+
+    def _band_coverage(self, band: list[int]) -> list[tuple[float, float]]:
+        """A band's coverage without the boxes that straddle a gutter, where it has only a few."""
+        if len(band) == 1:  # most bands of a text layer: one line
+            (i,) = band
+            return [(self.lefts[i], self.rights[i])]
+        crossing = sum(1 for i in band if i in self.straddlers) if self.straddlers else 0
+        if 0 < crossing <= MAX_STRADDLERS and crossing < len(band):
+            return self._coverage([i for i in band if i not in self.straddlers])
+        return self._coverage(band)
+
+    def _find_straddlers(self, items: list[int]) -> tuple[set[int], list[tuple[float, float]]]:
+        """The region's gutters, and the boxes that straddle one: few cross it, and they do not span the region.
+
+        A gutter here is a strip crossed by at most a few boxes with several boxes wholly on each
+        side; a box across it narrower than SPAN_SHARE of the region is read in the column of its
+        left edge (a title over two of three columns, a figure caption reaching into the next).
+        """
+        # A text layer's columns of text have PROSE_LINES lines each: a smaller region has none.
+        if len(items) < 2 * (PROSE_LINES if self.coarse else MIN_COLUMN_BOXES):
+            return set(), []
+        lefts, rights = self.lefts, self.rights
+        x0 = min(self.rects[i][0] for i in items)
+        x1 = max(self.rects[i][2] for i in items)
+        allowed = max(1, int(STRADDLING_SHARE * len(items)))
+        found: set[int] = set()
+        gutters: list[tuple[float, float]] = []
+        side = PROSE_LINES if self.coarse else MIN_COLUMN_BOXES
+        ends = sorted(rights[i] for i in items)
+        starts = sorted(lefts[i] for i in items)
+        for run_lo, run_hi, core_lo, core_hi in _sparse_strips([(lefts[i], rights[i]) for i in items], allowed):
+            if run_hi - run_lo < MIN_GUTTER or run_lo <= x0 or run_hi >= x1:
+                continue
+            # The gutter: MIN_GUTTER wide at least, inside the sparse strip and over its least
+            # covered part, placed where the fewest boxes cross it: a line reaching into the strip
+            # from one side crosses it, the other column's edge does not.
+            lo, hi = core_lo, core_hi
+            if hi - lo < MIN_GUTTER:
+                middle = (core_lo + core_hi) / 2
+                windows = [
+                    (max(run_lo, core_hi - MIN_GUTTER), core_hi),
+                    (core_lo, min(run_hi, core_lo + MIN_GUTTER)),
+                    (max(run_lo, middle - MIN_GUTTER / 2), min(run_hi, middle + MIN_GUTTER / 2)),
+                ]
+                lo, hi = min(windows, key=lambda w: sum(1 for i in items if lefts[i] < w[1] and rights[i] > w[0]))
+            # Boxes wholly left of the gutter, and wholly right of it.
+            if bisect_right(ends, lo) < side or len(starts) - bisect_left(starts, hi) < side:
+                continue
+            for i in items:
+                if lefts[i] < hi and rights[i] > lo and self.rects[i][2] - self.rects[i][0] < SPAN_SHARE * (x1 - x0):
+                    found.add(i)
+            gutters.append((lo, hi))
+        return found, gutters
+
+    def _with_footnotes(self, groups: list[list[int]]) -> list[list[int]]:
+        """Groups read in one piece, as one region, but for footnotes at their foot: a region after.
+
+        Footnotes: the last groups, in smaller type (FOOTNOTE_SIZE of the text's above) and set off
+        from the text above by HEAD_GAP line heights; a text layer may give them first.
+        """
+        if not groups:
+            return []
+        # Against the type of the text above (the upper half of the groups): a page of long
+        # footnotes has more lines of them than of text.
+        text = self._height([i for g in groups[: len(groups) // 2 + 1] for i in g])
+        k = len(groups)
+        while k > 1 and self._height(groups[k - 1]) < FOOTNOTE_SIZE * text:
+            k -= 1
+        out: list[list[int]] = []
+        foot = [i for g in groups[k:] for i in g]
+        # Lines of text, not a figure's labels in small type.
+        if foot and not self._labelled(foot) and self._gap(groups[k - 1], groups[k]) >= HEAD_GAP * self.line:
+            self.footnotes.update(foot)
+            out.append(foot)
+            groups = groups[:k]
+        # A heading over the region in larger type, set off from it, is read first.
+        h = 0
+        while h < len(groups) - 1 and self._height(groups[h]) > HEADING_SIZE * text:
+            h += 1
+        if 0 < h < len(groups) and self._gap(groups[h - 1], groups[h]) >= HEAD_GAP * self.line:
+            out[:0] = [[i for g in groups[:h] for i in g], *self._labels_apart(groups[h:])]
+        else:
+            out[:0] = self._labels_apart(groups)
+        return out
+
+    def _labelled(self, items: list[int]) -> bool:
+        """Whether the boxes are mostly labels (shorter than LABEL_LENGTH), not lines of text."""
+        lengths = sorted(len(self.texts[i]) for i in items)
+        return lengths[len(lengths) // 2] < LABEL_LENGTH
+
+    def _labels(self, items: list[int]) -> list[list[int]]:
+        """A region as read from a text layer: in one piece, or band by band where it is mostly short
+        boxes (a figure's labels and its caption)."""
+        if self.coarse and self._labelled(items):
+            return self._bands(items)
+        return [items]
+
+    def _labels_apart(self, groups: list[list[int]]) -> list[list[int]]:
+        """Runs of groups of text as one region each, and each group of labels (short boxes: a
+        figure's) a region of its own, so labels are read where they stand, not where a layer
+        happens to give them."""
+        out: list[list[int]] = []
+        run: list[int] = []
+        for group in groups:
+            if all(len(self.texts[i]) < LABEL_LENGTH for i in group):
+                if run:
+                    out.append(run)
+                    run = []
+                out.append(group)
+            else:
+                run += group
+        if run:
+            out.append(run)
+        return out
+
+    def _gap(self, upper: list[int], lower: list[int]) -> float:
+        return min(self.rects[i][1] for i in lower) - max(self.rects[i][3] for i in upper)
+
+    def _height(self, items: list[int]) -> float:
+        """The median height of the boxes: their type size."""
+        heights = sorted(self.rects[i][3] - self.rects[i][1] for i in items)
+        return heights[len(heights) // 2]
+
+    def _is_prose(self, column: list[int], region_width: float) -> bool:
+        """A column of text lines: a text column (:meth:`_is_text`) whose boxes are mostly long."""
+        return self._is_text(column, region_width) and not self._short(column)
+
+    def _short(self, items: list[int]) -> bool:
+        """Whether the boxes are mostly short (cells of a table, labels), not lines of text."""
+        lengths = sorted(len(self.texts[i]) for i in items)
+        return lengths[len(lengths) // 2] < MIN_LINE_LENGTH
+
+    def _margin_bands(self, bands: list[list[int]]) -> set[int]:
+        """The bands of running heads at the top of the page and of footers at its bottom.
+
+        From each end inwards, a band of at most HEAD_BOXES boxes and HEAD_LINES line heights, set
+        off from the next band inwards by HEAD_GAP line heights or more, and of one piece unless it
+        is the outermost. They are read alone, so a
+        page number under the left column is not read with that column.
+        """
+        found: set[int] = set()
+        tops = [min(self.rects[i][1] for i in band) for band in bands]
+        bottoms = [max(self.rects[i][3] for i in band) for band in bands]
+        # Set off: by more than lines are from each other (a text layer's lines have gaps between
+        # them, padded OCR boxes touch).
+        gaps = sorted(top - bottom for bottom, top in zip(bottoms, tops[1:], strict=False))
+        usual = SET_OFF * gaps[len(gaps) // 2] if gaps else 0.0
+        for ends in (range(len(bands) - 1), range(len(bands) - 1, 0, -1)):
+            for k in ends:
+                inner = k + 1 if ends.step > 0 else k - 1
+                gap = tops[inner] - bottoms[k] if ends.step > 0 else tops[k] - bottoms[inner]
+                small = len(bands[k]) <= HEAD_BOXES and bottoms[k] - tops[k] <= HEAD_LINES * self.line
+                # Inside the outermost band, one whose boxes stand apart is a row of columns
+                # (two figure captions side by side), not a footer.
+                outermost = k in (0, len(bands) - 1)
+                whole = outermost or len(self._coverage(bands[k])) == 1
+                if not (small and whole and gap >= (EDGE_GAP if outermost else HEAD_GAP) * self.line and gap > usual):
+                    break
+                found.add(k)
+                (self.heads if ends.step > 0 else self.feet).update(bands[k])
+        return found
+
+    def _columns(self, items: list[int]) -> list[list[int]]:
+        """The region's boxes split at its gutters, left to right; glyph columns joined to their text."""
+        cover = self._column_coverage(items)
+        if len(cover) < 2:
+            return [items]
+        starts = [lo for lo, _ in cover]
+        columns: list[list[int]] = [[] for _ in cover]
+        straddling: list[int] = []
+        for i in items:
+            if i in self.straddlers:
+                straddling.append(i)
+            else:
+                columns[max(0, bisect_right(starts, self.lefts[i]) - 1)].append(i)
+        columns = [c for c in columns if c]
+        joined: list[list[int]] = []
+        pending: list[int] = []
+        for k, column in enumerate(columns):
+            column = pending + column
+            pending = []
+            is_glyphs = all(len(self.texts[i].strip()) <= GLYPH_CHARS for i in column)
+            if is_glyphs and k + 1 < len(columns) and starts[k + 1] - cover[k][1] < GLYPH_GAP:
+                pending = column
+                continue
+            joined.append(column)
+        if pending:
+            joined.append(pending)
+        return self._place_straddling(self._join_small(joined), straddling)
+
+    def _place_straddling(self, columns: list[list[int]], straddling: list[int]) -> list[list[int]]:
+        """Boxes across a gutter put by their left edge: into the column they start with (a title over
+        it and the next), or as a block of their own after the column they start in (a figure's
+        caption reaching into the next column is read after the column)."""
+        if not straddling:
+            return columns
+        lefts = [min(self.rects[i][0] for i in c) for c in columns]
+        after: list[list[int]] = [[] for _ in columns]
+        for i in straddling:
+            x0 = self.rects[i][0]
+            k = max(0, bisect_right(lefts, x0 + STRADDLE_ALIGN) - 1)
+            if abs(x0 - lefts[k]) <= STRADDLE_ALIGN:
+                columns[k].append(i)
+            else:
+                after[k].append(i)
+        out: list[list[int]] = []
+        for column, block in zip(columns, after, strict=True):
+            out.append(column)
+            if block:
+                out.append(block)
+        return out
+
+    def _join_small(self, columns: list[list[int]]) -> list[list[int]]:
+        """Columns of fewer than MIN_COLUMN_BOXES boxes joined to their neighbour: words apart on a line
+        are not columns. An outer one set far apart (a margin note) stays."""
+        if all(len(c) >= MIN_COLUMN_BOXES for c in columns):
+            return columns
+        out: list[list[int]] = []
+        last = len(columns) - 1
+        for k, column in enumerate(columns):
+            if out and (len(column) < MIN_COLUMN_BOXES or len(out[-1]) < MIN_COLUMN_BOXES):
+                outer = (k == last and len(column) < MIN_COLUMN_BOXES) or (k == 1 and len(out[-1]) < MIN_COLUMN_BOXES)
+                gap = self._extent(column)[0] - self._extent(out[-1])[1]
+                body = len(out[-1]) if k == last else len(column)
+                far = gap >= MARGIN_GAP and body >= MIN_COLUMN_BOXES
+                if not (outer and (far or (gap >= NOTE_GAP and body >= NOTE_BODY))):
+                    out[-1] = out[-1] + column
+                    continue
+            out.append(column)
+        return out
+
+    def _extent(self, items: list[int]) -> tuple[float, float]:
+        return min(self.rects[i][0] for i in items), max(self.rects[i][2] for i in items)
+
+    def _is_text(self, column: list[int], region_width: float) -> bool:
+        if len(column) < MIN_COLUMN_BOXES:
+            return False
+        x0, x1 = self._extent(column)
+        if x1 - x0 < MIN_COLUMN_SHARE * region_width:
+            return False
+        widths = sorted(self.rects[i][2] - self.rects[i][0] for i in column)
+        if widths[len(widths) // 2] >= MIN_COLUMN_FILL * (x1 - x0):
+            return True
+        lengths = sorted(len(self.texts[i]) for i in column)
+        return lengths[len(lengths) // 2] >= MIN_LINE_LENGTH
+
+    def _is_table(self, columns: list[list[int]]) -> bool:
+        # Columns of a box or two (a stamp's letters, a stray mark) do not vote where others can.
+        voters = [c for c in columns if len(c) >= MIN_COLUMN_BOXES] or columns
+        width = self._extent([i for c in columns for i in c])
+        if len(voters) < TABLE_COLUMNS:
+            texts = [c for c in voters if self._is_text(c, width[1] - width[0])]
+            # Most columns of text, or one of long lines (a title block beside a figure's labels).
+            if 2 * len(texts) > len(voters) or any(not self._short(c) for c in texts):
+                return False
+        tolerance = LINE_OVERLAP * self.line
+        centres = [sorted((self.rects[i][1] + self.rects[i][3]) / 2 for i in c) for c in columns]
+        level = total = 0
+        for k, column in enumerate(centres):
+            others = sorted(y for j, c in enumerate(centres) if j != k for y in c)
+            for y in column:
+                total += 1
+                at = bisect_left(others, y - tolerance)
+                if at < len(others) and others[at] <= y + tolerance:
+                    level += 1
+        return level >= ROW_ALIGNED * total
+
+    def _margins_last(self, columns: list[list[int]]) -> list[list[int]]:
+        """Narrow outer columns beside a much wider one (margin notes) moved after the others."""
+        if len(columns) < 2:
+            return columns
+        extents = [self._extent(c) for c in columns]
+        x0, x1 = extents[0][0], extents[-1][1]
+        widths = [b - a for a, b in extents]
+        margin = MARGIN_SHARE * (x1 - x0)
+        first = widths[0] < margin and widths[1] >= 2 * widths[0]
+        last = widths[-1] < margin and widths[-2] >= 2 * widths[-1]
+        if not (first or last):
+            return columns
+        body = columns[1 if first else 0 : len(columns) - 1 if last else len(columns)]
+        if not body:
+            return columns
+        return body + ([columns[0]] if first else []) + ([columns[-1]] if last else [])
+
+
+def _sparse_strips(edges: list[tuple[float, float]], allowed: int) -> list[tuple[float, float, float, float]]:
+    """Candidate gutters: each x-interval covered by at most ``allowed`` boxes, with its least covered part.
+
+    As (interval start, end, least covered part's start, end). The least covered part
+    locates the gutter: around a gutter that a title crosses, the interval also takes in
+    the ragged ends of the column's lines, and those lines must stay on their side.
+    """
+    events = sorted([(x0, 1) for x0, _ in edges] + [(x1, -1) for _, x1 in edges])
+    # Elementary segments between consecutive box edges, with how many boxes cover each.
+    segments: list[tuple[float, float, int]] = []
+    depth = 0
+    for (x, step), (next_x, _) in pairwise(events):
+        depth += step
+        if next_x > x:
+            segments.append((x, next_x, depth))
+    cores: list[tuple[float, float, float, float]] = []
+    run: list[tuple[float, float, int]] = []
+    for segment in [*segments, (1.0, 1.0, allowed + 1)]:  # a sentinel closes the last run
+        if segment[2] <= allowed:
+            run.append(segment)
+            continue
+        if run:
+            least = min(d for _, _, d in run)
+            best: tuple[float, float] | None = None
+            lo: float | None = None
+            end = run[-1][1]
+            for x0, _, d in [*run, (end, end, least + 1)]:
+                if d == least and lo is None:
+                    lo = x0
+                elif d != least and lo is not None:
+                    if best is None or x0 - lo > best[1] - best[0]:
+                        best = (lo, x0)
+                    lo = None
+            if best is not None:
+                cores.append((run[0][0], end, best[0], best[1]))
+            run = []
+    return cores
+
+
+def _displaced(order: list[int], weights: list[int]) -> float:
+    """The share of the weight to move to read ``range(n)`` in ``order``: all but a heaviest increasing run.
+
+    A heaviest increasing subsequence of the positions in ``order``, by a Fenwick tree of running
+    maxima over positions: n log n.
+    """
+    total = sum(weights)
+    if total <= 0:
+        return 0.0
+    n = len(order)
+    position = [0] * n
+    for k, i in enumerate(order):
+        position[i] = k
+    tree = [0] * (n + 1)
+    best = 0
+    for i in range(n):
+        # The heaviest run ending before this box's position, then this box on it.
+        k, run = position[i], 0
+        while k > 0:
+            run = tree[k] if tree[k] > run else run
+            k -= k & -k
+        run += weights[i]
+        best = run if run > best else best
+        k = position[i] + 1
+        while k <= n:
+            if tree[k] < run:
+                tree[k] = run
+            k += k & -k
+    return 1 - best / total
+
+
+def _keeps_gutters(
+    joined: list[tuple[float, float]], gutters: list[tuple[float, float]], *parts: list[tuple[float, float]]
+) -> bool:
+    """Whether each of the region's ``gutters`` open in one of ``parts`` is still open in ``joined``.
+
+    A line under two columns that starts inside their gutter (a centred address) closes it; a
+    heading over one column leaves a wider gap than the gutter, and the column's lines under it
+    narrow the gap back to the gutter, which stays open.
+    """
+    return all(_open(joined, lo, hi) or not any(_open(part, lo, hi) for part in parts) for lo, hi in gutters)
+
+
+def _open(cover: list[tuple[float, float]], lo: float, hi: float) -> bool:
+    """Whether a gap between the intervals of ``cover`` overlaps the strip from ``lo`` to ``hi``."""
+    return any(a < hi and b > lo for (_, a), (b, _) in pairwise(cover))
+
+
+def _insert(cover: list[tuple[float, float]], span: tuple[float, float]) -> list[tuple[float, float]]:
+    """``cover`` (closed, left to right) with one more interval, closed again (:func:`_close`)."""
+    lo, hi = span
+    out: list[tuple[float, float]] = []
+    for a, b in cover:
+        if b + MIN_GUTTER <= lo or hi + MIN_GUTTER <= a:
+            out.append((a, b))
+        else:  # touching: one interval now
+            lo, hi = (a if a < lo else lo), (b if b > hi else hi)
+    out.append((lo, hi))
+    out.sort()
+    return out
+
+
+def _close(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Intervals merged where they overlap or leave less than MIN_GUTTER between them, left to right."""
+    spans.sort()
+    out: list[tuple[float, float]] = []
+    for lo, hi in spans:
+        if out and lo - out[-1][1] < MIN_GUTTER:
+            if hi > out[-1][1]:
+                out[-1] = (out[-1][0], hi)
+            continue
+        out.append((lo, hi))
+    return out
 
 
 def blocks_to_text(blocks: list[B]) -> str:
@@ -137,48 +969,8 @@ def _y1(line: list[B]) -> float:
     return max(b.bbox[3] for b in line)
 
 
-def _order_region(blocks: list[B]) -> list[list[B]]:
-    edges = [_narrowed(b) for b in blocks]
-    gutter = _find_gutter(blocks, edges)
-    if gutter is None:
-        return _group_lines(blocks)
-    lo, hi = gutter
-    left = [b for b, (_, x1) in zip(blocks, edges, strict=True) if x1 <= lo]
-    right = [b for b, (x0, _) in zip(blocks, edges, strict=True) if x0 >= hi]
-    crossing = [b for b, (x0, x1) in zip(blocks, edges, strict=True) if x1 > lo and x0 < hi]
-    if not crossing:
-        return _order_region(left) + _order_region(right)
-    # Spanning blocks cut the page into bands; each band is read on its own.
-    # Boxes level with a spanning line belong to it (a title detected as two boxes).
-    span_lines = _group_lines(crossing)
-    rest: list[B] = []
-    for block in left + right:
-        home = next((line for line in span_lines if _overlaps(_y0(line), _y1(line), *_y_span(block))), None)
-        if home is None:
-            rest.append(block)
-        else:
-            home.append(block)
-    rest.sort(key=_centre_y)
-    lines: list[list[B]] = []
-    i = 0
-    for line in span_lines:
-        band = []
-        while i < len(rest) and _centre_y(rest[i]) < _y0(line):
-            band.append(rest[i])
-            i += 1
-        lines += _order_region(band)
-        lines.append(sorted(line, key=lambda b: b.bbox[0]))
-    lines += _order_region(rest[i:])
-    return lines
-
-
-def _y_span(block: B) -> tuple[float, float]:
-    return block.bbox[1], block.bbox[3]
-
-
 # The helpers below run for every pair of boxes compared: they spell min and max out as
-# conditionals that pick the same value (min(a, b) is b only where b < a): a quarter of the
-# time of ordering a page's boxes.
+# conditionals that pick the same value (min(a, b) is b only where b < a).
 
 
 def _overlaps(a0: float, a1: float, b0: float, b1: float) -> bool:
@@ -224,97 +1016,6 @@ def _stacked(a: B, b: B) -> bool:
         return False
     wa, wb = a1 - a0, b1 - b0
     return overlap > STACKED_OVERLAP * (wb if wb < wa else wa)
-
-
-def _narrowed(block: B) -> tuple[float, float]:
-    """The block's left and right edges, each moved in by :data:`SHRINK` (a narrow box shrinks to its centre)."""
-    x0, _, x1, _ = block.bbox
-    centre = (x0 + x1) / 2
-    left, right = x0 + SHRINK, x1 - SHRINK
-    return (centre if centre < left else left), (centre if centre > right else right)
-
-
-def _find_gutter(blocks: list[B], edges: list[tuple[float, float]]) -> tuple[float, float] | None:
-    """The widest column gutter of the region as (x_lo, x_hi), or None for one column or a table.
-
-    ``edges`` are the blocks' narrowed edges (:func:`_narrowed`), in the same order.
-    """
-    if len(blocks) < 2 * MIN_SIDE_BOXES:
-        return None
-    region_x0 = min(b.bbox[0] for b in blocks)
-    region_x1 = max(b.bbox[2] for b in blocks)
-    region_width = region_x1 - region_x0
-    if region_width <= 0:
-        return None
-    allowed = max(1, int(MAX_CROSSING_SHARE * len(blocks)))
-    strips = [
-        (lo, hi)
-        for lo, hi in _sparse_strips(edges, allowed)
-        if hi - lo >= MIN_GUTTER and lo > region_x0 and hi < region_x1
-    ]
-    splitting = []
-    for lo, hi in strips:
-        left = [b for b, (_, x1) in zip(blocks, edges, strict=True) if x1 <= lo]
-        right = [b for b, (x0, _) in zip(blocks, edges, strict=True) if x0 >= hi]
-        if len(left) >= MIN_SIDE_BOXES and len(right) >= MIN_SIDE_BOXES:
-            splitting.append((lo, hi, left, right))
-    if len(splitting) >= TABLE_GUTTERS:
-        return None
-    best: tuple[float, float] | None = None
-    for lo, hi, left, right in splitting:
-        if not (_is_column(left, region_width) and _is_column(right, region_width)):
-            continue
-        if best is None or hi - lo > best[1] - best[0]:
-            best = (lo, hi)
-    return best
-
-
-def _is_column(side: list[B], region_width: float) -> bool:
-    x0 = min(b.bbox[0] for b in side)
-    x1 = max(b.bbox[2] for b in side)
-    width = x1 - x0
-    if width < MIN_COLUMN_SHARE * region_width:
-        return False
-    return median(b.bbox[2] - b.bbox[0] for b in side) >= MIN_COLUMN_FILL * width
-
-
-def _sparse_strips(edges: list[tuple[float, float]], allowed: int) -> list[tuple[float, float]]:
-    """Candidate gutters: inside each x-interval covered by at most ``allowed`` blocks, its least covered part.
-
-    The least covered part, not the whole interval: around a gutter that a
-    title crosses, the interval also takes in the ragged ends of the column's
-    lines, and those lines must stay on their side.
-    """
-    events = sorted([(x0, 1) for x0, _ in edges] + [(x1, -1) for _, x1 in edges])
-    # Elementary segments between consecutive box edges, with how many boxes cover each.
-    segments: list[tuple[float, float, int]] = []
-    depth = 0
-    for (x, step), (next_x, _) in pairwise(events):
-        depth += step
-        if next_x > x:
-            segments.append((x, next_x, depth))
-    cores: list[tuple[float, float]] = []
-    run: list[tuple[float, float, int]] = []
-    for segment in [*segments, (1.0, 1.0, allowed + 1)]:  # a sentinel closes the last run
-        if segment[2] <= allowed:
-            run.append(segment)
-            continue
-        if run:
-            least = min(d for _, _, d in run)
-            best: tuple[float, float] | None = None
-            lo: float | None = None
-            end = run[-1][1]
-            for x0, _, d in [*run, (end, end, least + 1)]:
-                if d == least and lo is None:
-                    lo = x0
-                elif d != least and lo is not None:
-                    if best is None or x0 - lo > best[1] - best[0]:
-                        best = (lo, x0)
-                    lo = None
-            if best is not None:
-                cores.append(best)
-            run = []
-    return cores
 
 
 # --- rotation -------------------------------------------------------------------------

@@ -35,6 +35,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import pairwise
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -45,7 +46,7 @@ import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 from pydantic import TypeAdapter
 
-from consumer.layout import rotate_box
+from consumer.layout import layer_order, rotate_box
 from schemas.errors import ErrorCode, PermanentError
 from schemas.fields import clean_text
 from schemas.messages import Block
@@ -438,8 +439,11 @@ class PdfDocument:
     def text_layer(self, page_no: int) -> TextLayer:
         """The page's own text, with one block per text run pdfium reports (a line or part of one).
 
-        The text is pdfium's text in content order with line ends as ``\\n``;
-        boxes are fractions of the displayed page (origin top-left). A page
+        The text is pdfium's text with line ends as ``\\n``, in content order
+        unless the page's layout says that order is wrong (columns read straight
+        across, a footer first): then its runs are put in reading order
+        (:func:`consumer.layout.layer_order`), each run's text unchanged. Boxes
+        are fractions of the displayed page (origin top-left), in the same order. A page
         without text gives an empty layer, not an error. ``content`` describes
         the page's objects, so :attr:`TextLayer.source` can judge the layer.
         """
@@ -467,8 +471,8 @@ class PdfDocument:
                     # pdfium can hand back control characters (a NUL among them): no message may carry
                     # them; one for one, so offsets into the text still hold.
                     raw = clean_text(textpage.get_text_range())
-                    text = _normalise_text(raw)
-                    boxes = _boxes_unlocked(page, textpage, raw, rotation)
+                    boxes, spans = _boxes_unlocked(page, textpage, raw, rotation)
+                    text, boxes = _in_reading_order(raw, boxes, spans)
                     content = _page_content_unlocked(page)
                 finally:
                     textpage.close()
@@ -522,8 +526,14 @@ class PdfDocument:
                 self._source = b""
 
 
-def _boxes_unlocked(page: pdfium.PdfPage, textpage: pdfium.PdfTextPage, raw: str, rotation: int) -> list[Box]:
+def _boxes_unlocked(
+    page: pdfium.PdfPage, textpage: pdfium.PdfTextPage, raw: str, rotation: int
+) -> tuple[list[Box], list[tuple[Span, Rect]]]:
     """One box per run of text on a line, in fractions of the page turned by ``rotation``. Caller holds the lock.
+
+    With each box, where its text lies in ``raw`` (:data:`Span`) and its box on the page unturned
+    (where the text stands as pdfium reads it), so the text can be put in reading order by its
+    runs (:func:`_in_reading_order`).
 
     ``raw`` is the page's text as pdfium gives it, lines ended by CR LF. Each
     pdfium line gets its box from pdfium's rectangles for its own characters;
@@ -536,7 +546,7 @@ def _boxes_unlocked(page: pdfium.PdfPage, textpage: pdfium.PdfTextPage, raw: str
     left, bottom, right, top = page.get_bbox()
     width, height = right - left, top - bottom
     if width <= 0 or height <= 0:
-        return []
+        return [], []
     handle = textpage.raw
     # The raw calls, with one set of out-parameters: this loop runs once a line, on every text page.
     char_index, count_rects, get_rect = (
@@ -548,7 +558,7 @@ def _boxes_unlocked(page: pdfium.PdfPage, textpage: pdfium.PdfTextPage, raw: str
     # Where the text holds one character per pdfium character (all but 5 of the corpus's 256 pages:
     # no surrogate pairs), text index and character index are one: two calls a line saved.
     same_index = textpage.count_chars() == len(raw)
-    runs: list[tuple[Rect, str]] = []
+    runs: list[tuple[Rect, str, Span]] = []
     buffer: ctypes.Array[ctypes.c_ushort] | None = None  # for the text of a cut line's pieces, made once a page
     for line in _LINE.finditer(raw):
         text = line.group()
@@ -564,29 +574,63 @@ def _boxes_unlocked(page: pdfium.PdfPage, textpage: pdfium.PdfTextPage, raw: str
         rects = count_rects(handle, first, last - first + 1)
         if rects == 1:  # most lines: one rectangle, nothing to cut
             get_rect(handle, 0, x0, y1, x1, y0)  # left, top, right, bottom
-            runs.append(((x0.value, y0.value, x1.value, y1.value), text))
+            runs.append(((x0.value, y0.value, x1.value, y1.value), text, (line.start(), line.end())))
             continue
-        pieces: list[tuple[Rect, str]] = []
+        pieces: list[tuple[Rect, str, Span]] = []
         for i in range(rects):
             get_rect(handle, i, x0, y1, x1, y0)
-            pieces.append(((x0.value, y0.value, x1.value, y1.value), ""))
+            pieces.append(((x0.value, y0.value, x1.value, y1.value), "", None))
         pieces = _merge_runs(pieces, max_gap=_LINE_GUTTER)
         if len(pieces) == 1:
-            runs.append((pieces[0][0], text))
+            runs.append((pieces[0][0], text, (line.start(), line.end())))
         else:
             if buffer is None:
                 buffer = (ctypes.c_ushort * (len(raw) + _BOUNDED_SLACK))()
-            runs.extend((rect, _text_in(handle, rect, buffer)) for rect, _ in pieces)
+            texts = [_text_in(handle, rect, buffer) for rect, _, _ in pieces]
+            # Where each piece starts in the line, so the page's text can be put in order by runs.
+            starts: list[int] = []
+            at = line.start()
+            for piece in texts:
+                # The piece's first line, as far as it goes: a first word alone may be found
+                # inside an earlier word (the "tion" of "activation").
+                head = piece.strip().split("\r")[0].split("\n")[0][:_PIECE_HEAD]
+                found = raw.find(head, at, line.end()) if head else -1
+                if found < 0:
+                    break
+                starts.append(found)
+                # Past the whole piece (less a little: pdfium may end its lines otherwise inside).
+                at = found + max(len(head), len(piece.strip()) - _PIECE_SLACK)
+            if len(starts) < len(texts):
+                # A piece not found where it should be: the line stays one run, whole.
+                box = (
+                    min(r[0][0] for r in pieces),
+                    min(r[0][1] for r in pieces),
+                    max(r[0][2] for r in pieces),
+                    max(r[0][3] for r in pieces),
+                )
+                runs.append((box, text, (line.start(), line.end())))
+                continue
+            ends = [*starts[1:], line.end()]
+            runs.extend(
+                (rect, piece, (start, end))
+                for (rect, _, _), piece, start, end in zip(pieces, texts, starts, ends, strict=True)
+            )
     boxes: list[Box] = []
-    for (a0, b0, a1, b1), source in _merge_runs(runs):
+    spans: list[tuple[Span, Rect]] = []
+    for (a0, b0, a1, b1), source, span in _merge_runs(runs):
         words = source.split()  # line ends are whitespace too
         if not words:
             continue
         # PDF space has its origin bottom-left; blocks use top-left.
         unturned = ((a0 - left) / width, (top - b1) / height, (a1 - left) / width, (top - b0) / height)
         boxes.append((" ".join(words), rotate_box(unturned, rotation), 1.0))
-    return boxes
+        spans.append((span, unturned))
+    return boxes, spans
 
+
+# How much of a cut line's piece is looked for in the line to place it.
+_PIECE_HEAD = 40
+_PIECE_SLACK = 4
 
 # Room beyond the page's text for what pdfium adds to the text inside a box (line ends between its lines).
 _BOUNDED_SLACK = 256
@@ -611,6 +655,46 @@ def _text_in(handle: Any, rect: Rect, buffer: ctypes.Array[ctypes.c_ushort]) -> 
     return clean_text(ctypes.string_at(buffer, 2 * copied).decode("utf-16-le", "ignore").removesuffix("\x00"))
 
 
+def _in_reading_order(raw: str, boxes: list[Box], spans: list[tuple[Span, Rect]]) -> tuple[str, list[Box]]:
+    """The page's text (line ends as LF) and boxes, their runs in reading order where the layout says so.
+
+    ``spans`` place each box's text in ``raw`` and give its box on the unturned page, where the
+    layout is read (:func:`~consumer.layout.layer_order`). The text is cut at the boxes' starts into
+    pieces, each a run and what follows it up to the next run (line ends, characters pdfium could
+    not place), and the pieces are put in that order: every character is kept, only the order of
+    runs changes. The layer's own order is kept where the layout finds nothing to change, or where
+    a box's text could not be placed in ``raw``.
+    """
+    if len(boxes) < 2 or any(span is None for span, _ in spans):
+        return _normalise_text(raw), boxes
+    order = layer_order(
+        [(text, frame, confidence) for (text, _, confidence), (_, frame) in zip(boxes, spans, strict=True)]
+    )
+    if order is None:
+        return _normalise_text(raw), boxes
+    starts = [span[0] for span, _ in spans if span is not None]
+    by_start = sorted(range(len(starts)), key=starts.__getitem__)
+    pieces: list[str] = [""] * len(starts)
+    following = [-1] * len(starts)  # the run after each in the page's own text
+    for k, i in enumerate(by_start):
+        begin = 0 if k == 0 else starts[i]
+        end = starts[by_start[k + 1]] if k + 1 < len(by_start) else len(raw)
+        pieces[i] = raw[begin:end]
+        if k + 1 < len(by_start):
+            following[i] = by_start[k + 1]
+    parts: list[str] = []
+    for i, j in pairwise(order):
+        parts.append(pieces[i])
+        # A run followed by another than its own successor ends its line, if it did not already.
+        if following[i] != j and not pieces[i].endswith(("\n", "\r")):
+            parts.append("\n")
+    parts.append(pieces[order[-1]])
+    text = "".join(parts)
+    if not raw.endswith(("\n", "\r")):
+        text = text.rstrip("\r\n")  # no line end after the last run where the page had none
+    return _normalise_text(text), [boxes[i] for i in order]
+
+
 # A line of pdfium's text: what lies between its line ends (CR LF, or a lone CR or LF).
 _LINE = re.compile(r"[^\r\n]+")
 
@@ -623,7 +707,11 @@ _WORD_GAP = 0.8
 _LINE_GUTTER = 2.5
 
 
-def _merge_runs(runs: list[tuple[Rect, str]], max_gap: float = _WORD_GAP) -> list[tuple[Rect, str]]:
+Span = tuple[int, int] | None
+"""Where a run's text lies in the page's raw text (start, end), or None where that is not known."""
+
+
+def _merge_runs(runs: list[tuple[Rect, str, Span]], max_gap: float = _WORD_GAP) -> list[tuple[Rect, str, Span]]:
     """Join runs of text (in text order) that continue one line into one, their texts joined by a space.
 
     pdfium gives one rectangle per text object, and some writers (Google Docs)
@@ -631,19 +719,21 @@ def _merge_runs(runs: list[tuple[Rect, str]], max_gap: float = _WORD_GAP) -> lis
     runs merge when they overlap vertically by half the smaller height and
     the second starts after the first within ``max_gap`` of the line's
     height (:data:`_WORD_GAP`: a word space; a column gutter is wider).
+    The merged run's span runs from the first's start to the second's end.
     """
-    merged: list[tuple[Rect, str]] = []
-    for rect, text in runs:
+    merged: list[tuple[Rect, str, Span]] = []
+    for rect, text, span in runs:
         x0, y0, x1, y1 = rect
         if merged:
-            (m0, n0, m1, n1), held = merged[-1]
+            (m0, n0, m1, n1), held, held_span = merged[-1]
             line_height = max(y1 - y0, n1 - n0)
             overlap = min(y1, n1) - max(y0, n0)
             follows = m1 - 0.2 * line_height <= x0 <= m1 + max_gap * line_height
             if overlap >= 0.5 * min(y1 - y0, n1 - n0) and follows:
-                merged[-1] = ((m0, min(y0, n0), max(x1, m1), max(y1, n1)), f"{held} {text}" if held else text)
+                joined = (held_span[0], span[1]) if held_span is not None and span is not None else None
+                merged[-1] = ((m0, min(y0, n0), max(x1, m1), max(y1, n1)), f"{held} {text}" if held else text, joined)
                 continue
-        merged.append((rect, text))
+        merged.append((rect, text, span))
     return merged
 
 

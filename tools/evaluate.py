@@ -21,7 +21,16 @@ Engines: ``text`` (the text layer), ``rapidocr`` and ``auto`` (the judged text
 layer of :attr:`consumer.pdf.TextLayer.source`: text, OCR, or both merged), all
 read by :func:`tools.engine_loop.read_page` exactly as the worker reads them;
 ``auto-worker`` is kept as another name for ``auto``. OCR results are cached by image, so engines that OCR the same
-page pay for it once.
+page pay for it once. ``tesseract`` (``--psm 3``, its own layout analysis) reads
+the same rendered page as a reference where its binary is installed; without
+it, its pages are left out and the reference is the per-scan table of the
+corpus's ``LAYOUT.md``.
+
+The ``layout/`` classes (``born-digital-layout-a`` to ``-d``,
+``scanned-layout-a`` to ``-d``) have goals of their own: born-digital pages
+within 0.01 of the expected reading order, two-column scans within 0.03, each
+scanned class no worse than tesseract, and no scan worse than tesseract by
+more than 0.03.
 """
 
 from __future__ import annotations
@@ -31,6 +40,9 @@ import hashlib
 import io
 import json
 import math
+import re
+import shutil
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -59,21 +71,27 @@ __all__ = [
     "check_goals",
     "corpus_samples",
     "evaluate",
+    "layout_reference",
     "low_contrast_pdf",
     "rotated_pdf",
     "score_page",
+    "tesseract_text",
 ]
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 """``../shared/corpus`` next to the repository."""
 
-ENGINES = ("text", "rapidocr", "auto", "auto-worker")
+ENGINES = ("text", "rapidocr", "auto", "auto-worker", "tesseract")
 DEFAULT_ENGINES = ("text", "rapidocr", "auto")
 MAX_MEGAPIXELS = 50.0
 # Low contrast: ink is lightened to this grey (0 black, 255 white) on a white page.
 LOW_CONTRAST_INK = 180
 # Turns of the rotated classes (clockwise, as /Rotate).
 ROTATIONS = (90, 180)
+# The reference engine: tesseract with its own page layout analysis, on the page image.
+TESSERACT_ARGS = ("--psm", "3")
+# How much worse than tesseract one scan of the layout classes may be.
+LAYOUT_SCAN_SLACK = 0.03
 
 
 # --------------------------------------------------------------------------- scoring
@@ -319,19 +337,42 @@ def _needs_ocr(doc: PdfDocument, page_no: int, engine: str) -> tuple[bool, str]:
     """Whether ``engine`` would OCR the page, decided as it decides, before any OCR; and the judged source."""
     if engine == "text":
         return False, "text"
-    if engine == "rapidocr":
-        return True, "rapidocr"
+    if engine in ("rapidocr", "tesseract"):
+        return True, engine
     layer = doc.text_layer(page_no)
     return not takes_text_layer(JobOptions(engine=Engine.AUTO), layer), str(layer.source)
 
 
 def _read(doc: PdfDocument, page_no: int, engine: str, engines: Engines, dpi: int) -> tuple[str, str]:
     """Read one page as ``engine`` does; its text and what read it."""
+    if engine == "tesseract":
+        return tesseract_text(doc.render(page_no, dpi=dpi, max_megapixels=MAX_MEGAPIXELS), dpi), "tesseract"
     wanted = {"text": Engine.TEXT, "rapidocr": Engine.RAPIDOCR, "auto": Engine.AUTO, "auto-worker": Engine.AUTO}[engine]
     text, _, _, used, _ = read_page(doc, page_no, JobOptions(engine=wanted, dpi=dpi), engines, MAX_MEGAPIXELS)
     if wanted == Engine.AUTO and doc.text_layer(page_no).source == PageSource.HYBRID:
         return text, "hybrid"
     return text, str(used)
+
+
+def tesseract_text(image: Image, dpi: int) -> str:
+    """What the tesseract binary reads on an RGB page image (PNG on its stdin); blocking."""
+    from PIL import Image as PilImage
+
+    png = io.BytesIO()
+    PilImage.fromarray(image).save(png, format="PNG", dpi=(dpi, dpi))
+    done = subprocess.run(
+        ["tesseract", "stdin", "stdout", *TESSERACT_ARGS], input=png.getvalue(), capture_output=True, check=True
+    )
+    return done.stdout.decode("utf-8", "replace")
+
+
+def layout_reference(corpus: Path) -> dict[str, float]:
+    """Tesseract's CER per ``layout/`` scan, by file name, from the table in the corpus's LAYOUT.md ({} without)."""
+    path = corpus / "LAYOUT.md"
+    if not path.is_file():
+        return {}
+    rows = re.findall(r"^\|\s*([\w.-]+)\s*\|\s*[a-d]\s*\|\s*([0-9.]+)\s*\|\s*$", path.read_text(), re.MULTILINE)
+    return {f"layout/{name}-scan.pdf": float(cer) for name, cer in rows}
 
 
 @dataclass
@@ -348,6 +389,8 @@ class Report:
     """Per ``class/engine``: pages left out by ``--max-ocr-pages``."""
     ocr_reads: int = 0
     wall_s: float = 0.0
+    reference: dict[str, float] = field(default_factory=dict)
+    """Tesseract's CER per scan file, where the corpus gives it (:func:`layout_reference`)."""
 
 
 def evaluate(
@@ -381,6 +424,9 @@ def evaluate(
                 if sample.expected is None:
                     continue  # nothing to score: the decision is all this page tells
                 for engine in engines_wanted:
+                    if engine == "tesseract" and shutil.which("tesseract") is None:
+                        report.skipped[f"{cls}/{engine}"] = report.skipped.get(f"{cls}/{engine}", 0) + 1
+                        continue
                     needs, _ = _needs_ocr(doc, sample.page_no, engine)
                     if needs and ocr_used[engine] >= max_ocr_pages:
                         report.skipped[f"{cls}/{engine}"] = report.skipped.get(f"{cls}/{engine}", 0) + 1
@@ -454,6 +500,13 @@ GOALS = (
     Goal("scanned two-column <= 0.05", ("scanned-two-col",), ("rapidocr", "auto"), 0.05),
     Goal("rotated pages read (<= 0.05, our bar)", ("rotated",), ("rapidocr", "auto"), 0.05),
     Goal("low contrast read (<= 0.05, our bar)", ("low-contrast",), ("rapidocr", "auto"), 0.05),
+    Goal(
+        "born-digital layout in reading order <= 0.01",
+        tuple(f"born-digital-layout-{c}" for c in "abcd"),
+        ("text", "auto"),
+        0.01,
+    ),
+    Goal("two-column scans <= 0.03", ("scanned-layout-a",), ("rapidocr", "auto"), 0.03),
 )
 
 
@@ -480,6 +533,7 @@ def check_goals(report: Report) -> list[GoalCheck]:
                 if row is not None and row.score.pages:
                     value = row.score.cer
                     checks.append(GoalCheck(goal.name, cls, engine, value, goal.bound, value <= goal.bound + 1e-12))
+    checks += _layout_checks(report)
     singles = [e for e in ("text", "rapidocr") if e in report.engines]
     if "auto" in report.engines and singles:
         for cls in sorted({r.cls for r in report.readings}):
@@ -509,6 +563,52 @@ def check_goals(report: Report) -> list[GoalCheck]:
     return checks
 
 
+def _layout_checks(report: Report) -> list[GoalCheck]:
+    """Scanned layout classes against tesseract: each class no worse, each scan no worse by LAYOUT_SCAN_SLACK.
+
+    Tesseract's own readings of the same pages where it ran, else the corpus's table
+    (``report.reference``, per scan, weighted here by the pages' characters).
+    """
+    checks: list[GoalCheck] = []
+    layout = [r for r in report.readings if r.cls.startswith("scanned-layout-") and r.score is not None]
+    for engine in ("rapidocr", "auto"):
+        for cls in sorted({r.cls for r in layout if r.engine == engine}):
+            ours = [r for r in layout if r.cls == cls and r.engine == engine]
+            names = {r.name for r in ours}
+            theirs = [r for r in layout if r.cls == cls and r.engine == "tesseract" and r.name in names]
+            docs: dict[str, list[Reading]] = {}
+            for r in ours:
+                docs.setdefault(r.name.rsplit(":", 1)[0], []).append(r)
+            reference: dict[str, float] = {}
+            for doc, pages in docs.items():
+                mine = [t for t in theirs if t.name.rsplit(":", 1)[0] == doc]
+                if len(mine) == len(pages):
+                    reference[doc] = _total(mine).cer
+                elif doc in report.reference:
+                    reference[doc] = report.reference[doc]
+            for doc, pages in sorted(docs.items()):
+                if doc in reference:
+                    value = _total(pages).cer
+                    bound = reference[doc] + LAYOUT_SCAN_SLACK
+                    checks.append(GoalCheck("scan <= tesseract + 0.03", doc, engine, value, bound, value <= bound))
+            if docs and all(doc in reference for doc in docs):
+                total = _total(ours)
+                chars = sum(_total(pages).chars for pages in docs.values())
+                bound = sum(reference[d] * _total(p).chars for d, p in docs.items()) / chars if chars else 0.0
+                checks.append(
+                    GoalCheck("class <= tesseract", cls, engine, total.cer, bound, total.cer <= bound + 1e-12)
+                )
+    return checks
+
+
+def _total(readings: Sequence[Reading]) -> Score:
+    total = Score()
+    for r in readings:
+        if r.score is not None:
+            total.add(r.score)
+    return total
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -533,6 +633,7 @@ def to_json(report: Report) -> dict[str, Any]:
         "auto_decisions": report.decisions,
         "judge_ms": _stats(report.judge_ms),
         "skipped": report.skipped,
+        "tesseract_reference": report.reference,
         "ocr_reads": report.ocr_reads,
         "wall_s": report.wall_s,
         "pages": [
@@ -610,6 +711,18 @@ def render_report(report: Report, console: Any) -> None:
             "[green]met[/green]" if check.met else "[red]missed[/red]",
         )
     console.print(goals)
+    layout_pages = [r for r in report.readings if r.cls.endswith(tuple(f"layout-{c}" for c in "abcd"))]
+    if layout_pages:
+        pages = Table(title="layout/ pages (CER per page and engine)")
+        engines = [e for e in report.engines if any(r.engine == e for r in layout_pages)]
+        for name in ("class", "page", *engines):
+            pages.add_column(name, justify="left" if name in ("class", "page") else "right")
+        cells: dict[tuple[str, str], dict[str, str]] = {}
+        for r in layout_pages:
+            cells.setdefault((r.cls, r.name), {})[r.engine] = f"{r.score.cer:.4f}" if r.score else ""
+        for (cls, name), by_engine in sorted(cells.items()):
+            pages.add_row(cls, name, *(by_engine.get(e, "") for e in engines))
+        console.print(pages)
     decisions = Table(title="auto's judgement per page (text layer, OCR, or both)")
     for name in ("class", "pages", "text", "ocr", "hybrid"):
         decisions.add_column(name, justify="left" if name == "class" else "right")
@@ -703,6 +816,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         progress=None if args.quiet else errors.log,
     )
+    report.reference = layout_reference(args.corpus)
     if args.json:
         print(json.dumps(to_json(report), indent=2))
     else:

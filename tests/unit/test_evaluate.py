@@ -17,6 +17,7 @@ from tools.evaluate import (
     check_goals,
     corpus_samples,
     evaluate,
+    layout_reference,
     low_contrast_pdf,
     rotated_pdf,
     run,
@@ -151,5 +152,42 @@ def test_command_prints_json(corpus: Path, capsys: pytest.CaptureFixture[str]) -
 def test_command_refuses_unknown_engines_and_classes(corpus: Path) -> None:
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
-    assert run(parser.parse_args(["eval", "--corpus", str(corpus), "--engines", "tesseract"])) == 2
+    assert run(parser.parse_args(["eval", "--corpus", str(corpus), "--engines", "no-such-engine"])) == 2
     assert run(parser.parse_args(["eval", "--corpus", str(corpus), "--classes", "nope", "--quiet"])) == 2
+
+
+def test_layout_goals_against_tesseract() -> None:
+    # Given a scanned layout class read by rapidocr, with tesseract's reference from the corpus's table
+    report = Report(engines=["rapidocr"])
+    report.reference = {"layout/x-scan.pdf": 0.0, "layout/y-scan.pdf": 0.5}
+    report.readings = [
+        _reading("scanned-layout-b", "layout/x-scan.pdf:1", "rapidocr", "abcdefghij", "abcdefghij"),
+        _reading("scanned-layout-b", "layout/y-scan.pdf:1", "rapidocr", "abcdeXXXXX", "abcdefghij"),
+        _reading("born-digital-layout-b", "layout/y.pdf:1", "text", "abcdefghiX", "abcdefghij"),
+    ]
+    report.engines.append("text")
+    checks = {(c.goal, c.cls, c.engine): c for c in check_goals(report)}
+    # Then each scan is held to tesseract + 0.03, the class to tesseract's (weighted) mean
+    assert checks[("scan <= tesseract + 0.03", "layout/x-scan.pdf", "rapidocr")].met is True
+    assert checks[("scan <= tesseract + 0.03", "layout/y-scan.pdf", "rapidocr")].met is True
+    assert checks[("class <= tesseract", "scanned-layout-b", "rapidocr")].bound == pytest.approx(0.25)
+    assert checks[("class <= tesseract", "scanned-layout-b", "rapidocr")].met is True
+    assert checks[("born-digital layout in reading order <= 0.01", "born-digital-layout-b", "text")].met is False
+
+
+def test_tesseract_readings_replace_the_table() -> None:
+    report = Report(engines=["rapidocr", "tesseract"])
+    report.reference = {"layout/x-scan.pdf": 0.5}
+    report.readings = [
+        _reading("scanned-layout-a", "layout/x-scan.pdf:1", "rapidocr", "abcdefghiX", "abcdefghij"),
+        _reading("scanned-layout-a", "layout/x-scan.pdf:1", "tesseract", "abcdefghij", "abcdefghij"),
+    ]
+    checks = {(c.goal, c.cls, c.engine): c for c in check_goals(report)}
+    assert checks[("class <= tesseract", "scanned-layout-a", "rapidocr")].met is False
+    assert checks[("two-column scans <= 0.03", "scanned-layout-a", "rapidocr")].met is False
+
+
+def test_layout_reference_reads_the_corpus_table(corpus: Path) -> None:
+    reference = layout_reference(corpus)
+    assert len(reference) == 11
+    assert reference["layout/dpr-multi-column-scan.pdf"] == pytest.approx(0.030)

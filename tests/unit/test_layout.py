@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from consumer.layout import blocks_to_text, detect_rotation, merge_blocks, order_blocks, rotate_box
+from consumer.layout import blocks_to_text, detect_rotation, layer_order, merge_blocks, order_blocks, rotate_box
 from schemas.messages import Block
 
 LINE = 0.02  # line height as a page fraction
@@ -209,3 +209,158 @@ def test_merge_keeps_the_layer_and_adds_only_what_it_lacks() -> None:
     ]
     merged = merge_blocks(layer, ocr)
     assert [b.text for b in merged] == ["Invoice 2024-001", "Dear customer,", "Scanned receipt total 12.50"]
+
+
+# --- the reading-order convention, rule by rule ----------------------------------------
+
+
+def prose(prefix: str, x0: float, x1: float, top: float, lines: int, height: float = LINE) -> list[Block]:
+    """Lines of a column of text as an engine reads them: long lines filling the column."""
+    return [
+        Block(
+            text=f"{prefix}{i} words of a line of text in a column",
+            bbox=(x0, top + i * LEADING, x1 - (0.05 if i % 5 == 4 else 0), top + i * LEADING + height),
+            confidence=0.9,
+        )
+        for i in range(1, lines + 1)
+    ]
+
+
+def heads(lines: list[list[Block]]) -> list[str]:
+    """The first word of each line: its name."""
+    return [line[0].text.split()[0] for line in lines]
+
+
+def names(prefix: str, lines: int) -> list[str]:
+    return [f"{prefix}{i}" for i in range(1, lines + 1)]
+
+
+def test_full_width_block_breaks_the_columns() -> None:
+    # Given two columns, a full-width block, and two columns again
+    top = prose("A", 0.08, 0.48, 0.05, 6) + prose("B", 0.52, 0.92, 0.05, 6)
+    block = [box("Wide block across the page, a figure caption", 0.08, 0.3, 0.92)]
+    bottom = prose("C", 0.08, 0.48, 0.32, 6) + prose("D", 0.52, 0.92, 0.32, 6)
+    # When ordered, what is above the block is read before it, what is below after
+    lines = heads(order_blocks(shuffled([*top, *block, *bottom])))
+    assert lines == names("A", 6) + names("B", 6) + ["Wide"] + names("C", 6) + names("D", 6)
+
+
+def test_three_columns_of_text_under_a_title() -> None:
+    title = [box("Title over three columns", 0.2, 0.02, 0.8, height=0.03)]
+    cols = prose("A", 0.05, 0.32, 0.08, 10) + prose("B", 0.36, 0.63, 0.08, 10) + prose("C", 0.67, 0.94, 0.08, 10)
+    lines = heads(order_blocks(shuffled(title + cols)))
+    assert lines == ["Title", *names("A", 10), *names("B", 10), *names("C", 10)]
+
+
+def test_table_beside_nothing_reads_row_by_row_under_its_heading() -> None:
+    heading = [box("Table 1: results of the runs", 0.1, 0.05, 0.6)]
+    cells = [
+        box(f"r{r}c{c}", x0, 0.1 + r * LEADING, x0 + 0.08)
+        for r in range(6)
+        for c, x0 in enumerate((0.1, 0.3, 0.5, 0.7))
+    ]
+    lines = texts(order_blocks(shuffled(heading + cells)))
+    assert lines == ["Table 1: results of the runs"] + [" ".join(f"r{r}c{c}" for c in range(4)) for r in range(6)]
+
+
+def test_running_head_first_and_page_number_last() -> None:
+    # A page number centred under two columns crosses their gutter; a running head sits over the right column.
+    head = [box("JOURNAL OF THINGS 2020", 0.6, 0.02, 0.9, height=0.015)]
+    cols = prose("L", 0.08, 0.48, 0.08, 12) + prose("R", 0.52, 0.92, 0.08, 12)
+    number = [box("17", 0.49, 0.95, 0.51, height=0.015)]
+    lines = heads(order_blocks(shuffled(number + cols + head)))
+    assert lines == ["JOURNAL", *names("L", 12), *names("R", 12), "17"]
+
+
+def test_footnote_at_the_foot_of_a_column_is_read_with_that_column() -> None:
+    left = prose("L", 0.08, 0.48, 0.05, 12)
+    note = prose("N", 0.08, 0.48, 0.05 + 14 * LEADING, 2, height=0.014)
+    right = prose("R", 0.52, 0.92, 0.05, 16)
+    lines = heads(order_blocks(shuffled(left + note + right)))
+    assert lines == names("L", 12) + names("N", 2) + names("R", 16)
+
+
+def test_margin_notes_after_the_body() -> None:
+    body = prose("B", 0.2, 0.75, 0.1, 20)
+    notes = [box("A note in the margin", 0.8, 0.2, 0.95), box("and its second line", 0.8, 0.23, 0.95)]
+    notes += [box("Another note", 0.8, 0.5, 0.95)]
+    lines = heads(order_blocks(shuffled(body + notes)))
+    assert lines == [*names("B", 20), "A", "and", "Another"]
+
+
+def test_rotated_margin_text_is_kept_last() -> None:
+    # An arXiv stamp up the left margin: a box much taller than wide.
+    stamp = [box("arXiv:2004.04906v3 [cs.CL] 30 Sep 2020", 0.02, 0.3, 0.05, height=0.4)]
+    cols = prose("L", 0.1, 0.48, 0.1, 10) + prose("R", 0.52, 0.92, 0.1, 10)
+    lines = heads(order_blocks(shuffled(stamp + cols)))
+    assert lines == [*names("L", 10), *names("R", 10), "arXiv:2004.04906v3"]
+
+
+def test_block_straddling_two_columns_is_read_by_its_left_edge() -> None:
+    # A heading from the left edge of the first column reaching into the second is read in the first;
+    # a caption starting inside the second column and reaching into the third is read after the second.
+    heading = [box("Heading over the first column", 0.05, 0.04, 0.45, height=0.025)]
+    cols = prose("A", 0.05, 0.32, 0.08, 12) + prose("B", 0.36, 0.63, 0.08, 12) + prose("C", 0.67, 0.94, 0.08, 12)
+    # The caption sits beside short lines of the second column (they wrap round a figure) ...
+    cols = [b if not (b.text.startswith("B") and b.bbox[1] < 0.3) else box(b.text, 0.36, b.bbox[1], 0.45) for b in cols]
+    caption = [box("Figure caption", 0.5, 0.2, 0.75)]
+    lines = heads(order_blocks(shuffled(heading + cols + caption)))
+    assert lines == ["Heading", *names("A", 12), *names("B", 12), "Figure", *names("C", 12)]
+
+
+def test_two_columns_on_a_skewed_scan() -> None:
+    # Turned by 0.7 degrees: each column's left edge drifts right going down, and the lines slope.
+    slope = 0.012
+    blocks = []
+    for prefix, x0, x1 in (("L", 0.08, 0.485), ("R", 0.505, 0.91)):
+        for i in range(1, 31):
+            y = 0.05 + i * LEADING * 0.9
+            dx = slope * y
+            blocks.append(
+                Block(text=f"{prefix}{i} words of a line", bbox=(x0 + dx, y, x1 + dx, y + LINE * 1.4), confidence=0.9)
+            )
+    lines = heads(order_blocks(shuffled(blocks)))
+    assert lines == names("L", 30) + names("R", 30)
+
+
+# --- a text layer's order -----------------------------------------------------------------
+
+
+def layer(blocks: list[Block]) -> list[tuple[str, tuple[float, float, float, float], float]]:
+    return [(b.text, b.bbox, b.confidence) for b in blocks]
+
+
+def test_layer_read_straight_across_the_columns_is_put_in_column_order() -> None:
+    left = prose("L", 0.08, 0.48, 0.05, 20)
+    right = prose("R", 0.52, 0.92, 0.05, 20)
+    across = [b for pair in zip(left, right, strict=True) for b in pair]
+    order = layer_order(layer(across))
+    assert order is not None
+    assert [across[i].text.split()[0] for i in order] == names("L", 20) + names("R", 20)
+
+
+def test_layer_in_reading_order_is_left_alone() -> None:
+    blocks = prose("L", 0.08, 0.48, 0.05, 20) + prose("R", 0.52, 0.92, 0.05, 20)
+    assert layer_order(layer(blocks)) is None
+    assert layer_order(layer(prose("P", 0.1, 0.9, 0.05, 25))) is None
+
+
+def test_layer_keeps_its_own_order_inside_a_column() -> None:
+    # A formula's parts (a superscript after its line) are the writer's business.
+    left = prose("L", 0.08, 0.48, 0.05, 20)
+    left.insert(5, box("2", 0.47, 0.05 + 5 * LEADING, 0.475, height=0.01))  # by the end of line 5
+    right = prose("R", 0.52, 0.92, 0.05, 20)
+    across = [*right[:10], *left, *right[10:]]
+    order = layer_order(layer(across))
+    assert order is not None
+    assert [across[i].text.split()[0] for i in order] == [*names("L", 5), "2", *names("L", 20)[5:], *names("R", 20)]
+
+
+def test_layer_that_starts_with_its_footnote_reads_it_at_the_foot() -> None:
+    body = prose("B", 0.1, 0.9, 0.05, 20)
+    note = prose("N", 0.1, 0.9, 0.88, 2, height=0.014)
+    footer = [box("Page 3", 0.45, 0.96, 0.55, height=0.015)]
+    order = layer_order(layer(note + body + footer))
+    assert order is not None
+    got = [(note + body + footer)[i].text.split()[0] for i in order]
+    assert got == [*names("B", 20), *names("N", 2), "Page"]

@@ -406,3 +406,19 @@ def test_text_layer_without_content_is_judged_on_its_text() -> None:
 
     assert TextLayer(text="Hello world, a page of text.", boxes=[], chars=28).source == PageSource.TEXT
     assert TextLayer(text="", boxes=[], chars=0).source == PageSource.OCR
+
+
+def _column_lines(prefix: str) -> list[str]:
+    return [f"{prefix}{i:02d} some words of a line in its column" for i in range(24)]
+
+
+def test_text_layer_written_across_two_columns_reads_column_by_column(make_pdf: MakePdf) -> None:
+    # Given a page whose text was written straight across two columns, line by line
+    left, right = _column_lines("L"), _column_lines("R")
+    runs = [run for i in range(24) for run in ((72.0, 90.0 + 13 * i, left[i]), (320.0, 90.0 + 13 * i, right[i]))]
+    with PdfDocument(make_pdf([runs], font_size=9.0)) as doc:
+        layer = doc.text_layer(1)
+    # Then the left column is read before the right, and no character is lost or added
+    assert [line.strip() for line in layer.text.split("\n") if line.strip()] == left + right
+    assert sorted(layer.text.split()) == sorted(" ".join(left + right).split())
+    assert [b[0] for b in layer.boxes] == left + right
