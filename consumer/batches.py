@@ -3,9 +3,9 @@
 A GPU reads a batch of pages in little more time than one page, so it waits on
 the CPUs that render them unless they render ahead. Here each render child
 takes the next page as soon as it is free; rendered pages queue up to two
-batches deep, so a batch is ready while the device reads the one before; and
-the device takes the next batch the moment it is done. The worker publishes a
-batch's events as soon as that batch is read.
+batches deep; and the device, the moment it is free, takes every page rendered
+so far, up to a batch. The worker publishes a batch's events as soon as that
+batch is read.
 
 The sandbox's guarantees hold. Every render is a call in a render child, with
 its time budget and memory cap, so a page that fails to render fails alone. A
@@ -23,14 +23,15 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from consumer.child import child_read_batch, child_render
-from consumer.engines import Image, PageText
+from consumer.engines import PageText
 from consumer.sandbox import Sandbox
+from consumer.shared_images import SharedImage, free
 from schemas.errors import ErrorCode, PagewireError, PermanentError
 from schemas.messages import Engine, JobOptions
 
 log = logging.getLogger(__name__)
 
-_Rendered = tuple[int, Image | PermanentError, float]
+_Rendered = tuple[int, SharedImage | PermanentError, float]
 
 
 @dataclass(frozen=True)
@@ -100,21 +101,37 @@ class BatchReader:
         remaining = len(page_nos)
         try:
             while remaining:
+                # The device takes what is rendered when it is free, up to a batch: it waits only for a
+                # first page. While it reads, the next batch renders, so batches grow to full size
+                # wherever the device is slower than the renderers, and it never idles beside a page.
                 batch = [await rendered.get()]
-                while len(batch) < min(self.batch_pages, remaining):
-                    batch.append(await rendered.get())
+                while len(batch) < min(self.batch_pages, remaining) and not rendered.empty():
+                    batch.append(rendered.get_nowait())
                 remaining -= len(batch)
                 yield sorted(await self._read(batch, options), key=lambda page: page.page_no)
         finally:
             for task in rendering:
                 task.cancel()
             await asyncio.gather(*rendering, return_exceptions=True)
+            # Pages rendered for a read that ended early (cancelled, or failed): their memory is freed.
+            while not rendered.empty():
+                _, image, _ = rendered.get_nowait()
+                if isinstance(image, SharedImage):
+                    free([image])
 
     async def _read(self, batch: list[_Rendered], options: JobOptions) -> list[BatchedPage]:
         out = [BatchedPage(p, image, options.engine, 0.0) for p, image, _ in batch if isinstance(image, PermanentError)]
         good = [(p, image, ms) for p, image, ms in batch if not isinstance(image, PermanentError)]
         if not good:
             return out
+        try:
+            return await self._read_rendered(good, out, options)
+        finally:
+            free([image for _, image, _ in good])
+
+    async def _read_rendered(
+        self, good: list[tuple[int, SharedImage, float]], out: list[BatchedPage], options: JobOptions
+    ) -> list[BatchedPage]:
         try:
             return out + await self._read_on_device(good, options)
         except PermanentError as exc:
@@ -128,7 +145,9 @@ class BatchReader:
                 out.append(BatchedPage(page[0], exc, options.engine, page[2]))
         return out
 
-    async def _read_on_device(self, pages: list[tuple[int, Image, float]], options: JobOptions) -> list[BatchedPage]:
+    async def _read_on_device(
+        self, pages: list[tuple[int, SharedImage, float]], options: JobOptions
+    ) -> list[BatchedPage]:
         texts, engine, busy_s = await self.device.call(
             child_read_batch, [image for _, image, _ in pages], options.engine, budget_s=self.read_budget_s
         )

@@ -11,9 +11,10 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from consumer.engines import Image, PageText
+from consumer.engines import PageText
 from consumer.pdf import PdfDocument, TextLayer
 from consumer.reading import Engines, render_and_read
+from consumer.shared_images import SharedImage, opened, share
 from schemas.errors import PermanentError
 from schemas.messages import Engine, JobOptions
 
@@ -73,17 +74,18 @@ def child_ocr_page(
 # --- the batched pipeline: renders in a pool of children, reading in the device's child ---------
 
 
-def child_render(path: str, page_no: int, dpi: int, max_megapixels: float) -> tuple[Image, float]:
-    """In a render child: a page's image and the milliseconds rendering took."""
+def child_render(path: str, page_no: int, dpi: int, max_megapixels: float) -> tuple[SharedImage, float]:
+    """In a render child: a page's image, in shared memory, and the milliseconds rendering took."""
     started = time.perf_counter()
     image = _child_doc(path).render(page_no, dpi=dpi, max_megapixels=max_megapixels)
-    return image, (time.perf_counter() - started) * 1000
+    return share(image), (time.perf_counter() - started) * 1000
 
 
-def child_read_batch(images: list[Image], engine: Engine) -> tuple[list[PageText], Engine, float]:
+def child_read_batch(images: list[SharedImage], engine: Engine) -> tuple[list[PageText], Engine, float]:
     """In the device's child: read rendered pages in one batch (their texts, the engine, seconds reading)."""
     assert _child_engines is not None, "child_setup did not run"
     reader = _child_engines.get(engine)
-    started = time.perf_counter()
-    texts = reader.read_batch(images)
-    return texts, reader.name, time.perf_counter() - started
+    with opened(images) as arrays:
+        started = time.perf_counter()
+        texts = reader.read_batch(arrays)
+        return texts, reader.name, time.perf_counter() - started

@@ -1289,7 +1289,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         help="the jobs' engine (auto); sim: the batched GPU pipeline on a simulated device, through the stack"
         " (its roles restarted with it, and back) and bare, printed as the 'sim' object",
     )
-    p.add_argument("--sim-pages", type=int, default=96, help="with --engine sim: scanned pages to read (96)")
+    p.add_argument(
+        "--sim-pages", type=int, default=256, help="with --engine sim: scanned pages to read, in jobs of 64 (256)"
+    )
     p.add_argument("--dpi", type=int, default=150, help="render resolution for OCR (150)")
     p.add_argument("--ocr-pages", type=int, default=4, help="at most this many OCR pages (4; ~5 s each on 2 cores)")
     p.add_argument("--text-pages", type=int, default=500, help="born-digital pages, repeating files to reach it (500)")
@@ -1500,6 +1502,11 @@ async def run(args: argparse.Namespace) -> int:
 
 async def run_sim(args: argparse.Namespace, console: Any) -> int:
     """``pagewire bench --engine sim``: the batched pipeline through the stack and bare (:mod:`tools.bench_sim`)."""
+    with tempfile.TemporaryDirectory(prefix="pagewire-bench-sim-") as scratch:
+        return await _run_sim(args, console, scratch)
+
+
+async def _run_sim(args: argparse.Namespace, console: Any, scratch: str) -> int:
     from rich.table import Table
 
     from tools import bench_sim, devstack
@@ -1509,7 +1516,11 @@ async def run_sim(args: argparse.Namespace, console: Any) -> int:
     if not scans:
         console.log("no scanned pages among the files: nothing for the device to read")
         return 2
-    ranges = _take(scans, args.sim_pages, repeat=True)
+    taken = _take(scans, args.sim_pages, repeat=True)
+    made = bench_sim.documents(
+        [(str(r.path), n) for r in taken for n in range(r.first, r.last + 1)], bench_sim.SIM_DOCUMENT_PAGES, scratch
+    )
+    ranges = [PageRange(Path(path), first, last) for path, first, last in made]
     variables = bench_sim.sim_env()
     fields: dict[str, Any] = {key.removeprefix("PAGEWIRE_").lower(): value for key, value in variables.items()}
     worker = WorkerSettings(**fields)
@@ -1543,7 +1554,7 @@ async def run_sim(args: argparse.Namespace, console: Any) -> int:
     if not args.skip_bare:
         console.log(f"sim: the same {pages} pages through the bare pipeline")
         read, wall, device_s = await bench_sim.bare_batched(
-            [(str(r.path), r.first, r.last) for r in ranges], options, worker, bench_sim.SIM_TASK_PAGES
+            [(str(r.path), r.first, r.last) for r in ranges], options, worker, worker.ocr_pages_per_task
         )
         bare_rate, bare_busy = read / wall, device_s / wall
     stats = bench_sim.SimStats(

@@ -19,6 +19,7 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from consumer.batches import BatchReader, render_pool
 from consumer.child import child_setup
@@ -30,11 +31,15 @@ from schemas.settings import WorkerSettings
 SIM_BATCH_PAGES = 16
 SIM_RENDER_PROCESSES = 2
 SIM_BATCH_MS = 100.0
-SIM_PAGE_MS = 40.0
+SIM_PAGE_MS = 90.0
 """The device's speed: 740 ms a batch of 16, some 22 pages a second. Two render processes on this
 2-core machine render the corpus's scans at about 30 pages a second, so they can keep ahead of it;
 a faster device would measure this machine's CPUs, not the pipeline."""
-SIM_TASK_PAGES = 2 * SIM_BATCH_PAGES
+SIM_TASK_BATCHES = 4
+"""Batches a task: the device idles while a task's first batch renders, so a task holds several."""
+SIM_DOCUMENT_PAGES = 64
+"""The benchmark's documents: scans of the corpus put together into jobs of this many pages. A job of
+three pages is three pages a batch, and a device paid by the batch reads those at a fraction of its speed."""
 
 
 def sim_env(batch_pages: int = SIM_BATCH_PAGES, render_processes: int = SIM_RENDER_PROCESSES) -> dict[str, str]:
@@ -43,7 +48,7 @@ def sim_env(batch_pages: int = SIM_BATCH_PAGES, render_processes: int = SIM_REND
         "PAGEWIRE_ENGINE": "sim",
         "PAGEWIRE_GPU_BATCH_PAGES": str(batch_pages),
         "PAGEWIRE_RENDER_PROCESSES": str(render_processes),
-        "PAGEWIRE_OCR_PAGES_PER_TASK": str(2 * batch_pages),
+        "PAGEWIRE_OCR_PAGES_PER_TASK": str(SIM_TASK_BATCHES * batch_pages),
         "PAGEWIRE_SIM_BATCH_MS": str(SIM_BATCH_MS),
         "PAGEWIRE_SIM_PAGE_MS": str(SIM_PAGE_MS),
     }
@@ -65,6 +70,21 @@ class SimStats:
     device_busy: float | None
     """Share of the stack run's wall time the device was reading."""
     bare_device_busy: float | None
+
+
+def documents(pages: Sequence[tuple[str, int]], per_document: int, folder: str) -> list[tuple[str, int, int]]:
+    """``pages`` (a file and a page number each) put together into PDFs of ``per_document`` pages in ``folder``."""
+    from tools.bench import single_page
+    from tools.samples import concat
+
+    out = []
+    for n, start in enumerate(range(0, len(pages), per_document)):
+        chunk = pages[start : start + per_document]
+        path = f"{folder}/scans-{n + 1}.pdf"
+        with open(path, "wb") as file:
+            file.write(concat(*(single_page(Path(p), page_no) for p, page_no in chunk)))
+        out.append((path, 1, len(chunk)))
+    return out
 
 
 def task_cuts(ranges: Sequence[tuple[str, int, int]], task_pages: int) -> list[tuple[str, list[int]]]:

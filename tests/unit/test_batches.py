@@ -120,3 +120,34 @@ def test_the_stack_s_device_time_is_read_from_the_worker_s_metrics(monkeypatch: 
 
     monkeypatch.setattr(bench_sim.urllib.request, "urlopen", lambda url, timeout: Answer())
     assert bench_sim.device_busy_s(9102) == 12.5
+
+
+def test_a_shared_image_reads_back_in_place_and_is_freed_once() -> None:
+    from consumer.shared_images import free, opened, share
+
+    image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    handle = share(image)
+    with opened([handle]) as (back,):
+        assert np.array_equal(back, image)
+    free([handle])
+    free([handle])  # a second free finds nothing and says nothing
+    assert not Path(f"/dev/shm/{handle.name.lstrip('/')}").exists()
+
+
+def shared_blocks() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("psm_*")}
+
+
+async def test_no_page_image_is_left_in_shared_memory_after_a_read(
+    tmp_path: Path, device: Sandbox, renderers: list[Sandbox]
+) -> None:
+    before = shared_blocks()
+    path = tmp_path / "doc.pdf"
+    path.write_bytes(scanned_pdf([lines([f"page {n}"]) for n in range(1, 6)], dpi=72))
+    reader = BatchReader(device, renderers, 2, render_budget_s=30, read_budget_s=30, max_megapixels=50)
+    # One read to its end, and one left after its first batch
+    assert sum([len(batch) async for batch in reader.read(str(path), [1, 2, 3, 4, 5], SIM)]) == 5
+    pages = reader.read(str(path), [1, 2, 3, 4, 5], SIM)
+    assert len(await anext(pages)) >= 1
+    await pages.aclose()
+    assert shared_blocks() <= before
