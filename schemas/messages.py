@@ -35,6 +35,7 @@ class Engine(StrEnum):
     TEXT = "text"
     RAPIDOCR = "rapidocr"
     NEMOTRON = "nemotron"
+    TESSERACT = "tesseract"
 
 
 class OutputFormat(StrEnum):
