@@ -22,6 +22,7 @@ cannot be made here raises :class:`~schemas.errors.PermanentError`
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -148,6 +149,38 @@ def rapidocr_params(threads: int) -> dict[str, Any]:
     }
 
 
+def _backend(wanted: str) -> str:
+    """``onnxruntime`` or ``openvino``; ``auto`` is OpenVINO where the package is installed."""
+    if wanted not in ("auto", "onnxruntime", "openvino"):
+        raise ValueError(f"unknown rapidocr backend {wanted!r}")
+    if wanted != "auto":
+        return wanted
+    return "openvino" if importlib.util.find_spec("openvino") is not None else "onnxruntime"
+
+
+class _OpenVinoModel:
+    """One of rapidocr's ONNX models compiled by OpenVINO for this CPU; called as rapidocr calls its sessions."""
+
+    def __init__(self, model_path: str, threads: int, precision: str) -> None:
+        try:
+            ov = importlib.import_module("openvino")
+        except ImportError as exc:
+            raise PermanentError(ErrorCode.ENGINE_UNAVAILABLE, f"openvino is not installed: {exc}") from exc
+        core = ov.Core()
+        properties = {
+            "INFERENCE_NUM_THREADS": threads,
+            "PERFORMANCE_HINT": "LATENCY",
+            # bf16 runs on the matrix units of CPUs that have them (AMX, AVX-512 BF16) and falls
+            # back to f32 elsewhere.
+            "INFERENCE_PRECISION_HINT": precision,
+        }
+        self._request = core.compile_model(core.read_model(model_path), "CPU", properties).create_infer_request()
+
+    def __call__(self, batch: npt.NDArray[np.float32]) -> Any:
+        self._request.infer([batch])
+        return self._request.get_output_tensor().data.copy()
+
+
 class RapidOcrEngine:
     """rapidocr 3.x on CPU with the PP-OCRv6 small models packed in its wheel (no download).
 
@@ -159,7 +192,15 @@ class RapidOcrEngine:
 
     name: Engine = Engine.RAPIDOCR
 
-    def __init__(self, threads: int = 0, options: dict[str, Any] | None = None, *, spinning: bool = False) -> None:
+    def __init__(
+        self,
+        threads: int = 0,
+        options: dict[str, Any] | None = None,
+        *,
+        spinning: bool = False,
+        backend: str = "auto",
+        precision: str = "bf16",
+    ) -> None:
         """Load the models; ``threads`` is onnxruntime's intra-op thread count (0: the cores this process may use).
 
         ``options`` overrides rapidocr's own (dotted keys, ``"Rec.rec_batch_num": 6``) over
@@ -173,6 +214,8 @@ class RapidOcrEngine:
         # rapidocr ignores a count above os.cpu_count(), silently; keep it in range.
         self.threads = min(threads or cores, os.cpu_count() or cores)
         params = rapidocr_params(self.threads) | (options or {})
+        self.backend = _backend(backend)
+        self.precision = precision
         started = time.perf_counter()
         try:
             self._ocr = RapidOCR(params=params)
@@ -185,25 +228,28 @@ class RapidOcrEngine:
         log.info("rapidocr ready in %.2f s with %d threads", time.perf_counter() - started, self.threads)
 
     def _renew_sessions(self, spinning: bool) -> None:
-        """Remake the detection and recognition sessions with the options rapidocr does not expose.
+        """Remake the detection and recognition sessions with what rapidocr's own options cannot say.
 
         onnxruntime's intra-op threads spin while they wait for work by default:
         on a worker whose cores are shared that burns CPU time for nothing.
+        With OpenVINO, the same ONNX files are compiled for this CPU instead.
         """
-        import onnxruntime as ort
+        import onnxruntime as ort  # type: ignore[import-untyped]
 
-        for stage in (self._ocr.text_det, self._ocr.text_rec):
+        stages: list[Any] = [self._ocr.text_det, self._ocr.text_rec]
+        for stage in stages:
             holder = stage.session
-            old: ort.InferenceSession = holder.session
+            model_path = holder.session._model_path
+            if self.backend == "openvino":
+                stage.session = _OpenVinoModel(model_path, self.threads, self.precision)
+                continue
             options = ort.SessionOptions()
             options.log_severity_level = 4
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
             options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-            holder.session = ort.InferenceSession(
-                old._model_path, sess_options=options, providers=["CPUExecutionProvider"]
-            )
+            holder.session = ort.InferenceSession(model_path, sess_options=options, providers=["CPUExecutionProvider"])
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -521,7 +567,7 @@ class FakeEngine:
 
 
 def make_engine(engine: Engine, *, threads: int = 0, model_dir: Path | None = None) -> OcrEngine:
-    """Make the OCR engine for ``engine`` (``rapidocr``, ``tesseract`` or ``nemotron``); ``text`` and ``auto`` are not OCR engines.
+    """Make the OCR engine for ``engine`` (``rapidocr``, ``tesseract`` or ``nemotron``); ``text`` and ``auto`` are not.
 
     The engine comes wrapped in :class:`UprightEngine`, so turned pages are read the right way up.
     """

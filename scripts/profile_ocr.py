@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dpi", type=int, default=150)
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: the cores)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a rapidocr option")
+    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino"])
+    parser.add_argument("--precision", default="bf16", help="OpenVINO's inference precision (bf16, f32)")
     parser.add_argument("--spinning", action="store_true", help="let onnxruntime threads spin while waiting")
     parser.add_argument("--tesseract", action="store_true", help="read with tesseract too")
     parser.add_argument("--no-rapidocr", action="store_true", help="tesseract only")
@@ -145,7 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     rapid = (
         None
         if args.no_rapidocr
-        else RapidOcrEngine(threads=args.threads, options=parse_set(args.set), spinning=args.spinning)
+        else RapidOcrEngine(
+            threads=args.threads,
+            options=parse_set(args.set),
+            spinning=args.spinning,
+            backend=args.backend,
+            precision=args.precision,
+        )
     )
     tess = TesseractEngine() if args.tesseract or args.no_rapidocr else None
     if not args.json:

@@ -248,7 +248,7 @@ class BareStats:
     wall_s: float
     pages_per_s: float
     cpu_s: float
-    """CPU time of this process over the loop (all its threads)."""
+    """CPU time of this process over the loop (all its threads) and of the children it waited for (tesseract)."""
     engines: dict[str, int]
     stages: list[Stage]
 
@@ -292,7 +292,7 @@ class _Timings:
 def _read_ranges(ranges: Sequence[PageRange], options: JobOptions, engines: Engines, max_megapixels: float) -> _Timings:
     """Read every page of ``ranges`` here, one at a time, opening each range's document as a task does."""
     timings = _Timings()
-    cpu0 = time.process_time()
+    cpu0 = process_and_children_cpu_s()
     for r in ranges:
         t0 = time.perf_counter()
         with PdfDocument(r.path) as doc:
@@ -307,8 +307,17 @@ def _read_ranges(ranges: Sequence[PageRange], options: JobOptions, engines: Engi
                 else:
                     timings.render_ms.append(render)
                     timings.ocr_ms.append(total - render)
-    timings.cpu_s = time.process_time() - cpu0
+    timings.cpu_s = process_and_children_cpu_s() - cpu0
     return timings
+
+
+def process_and_children_cpu_s() -> float:
+    """CPU seconds of this process (all threads) and of its ended children: an engine that runs a
+    process a page (tesseract) is charged for it."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def bare_loop(
@@ -531,16 +540,17 @@ async def _page_rows(client: Any, job_ids: Sequence[str]) -> dict[str, int]:
 
 
 def process_cpu_s(pid: int | None) -> float | None:
-    """User plus system CPU seconds of ``pid`` from ``/proc`` (None when unknown)."""
+    """User plus system CPU seconds of ``pid`` and of its children it has waited for, from ``/proc``
+    (None when unknown): a worker's tesseract processes are its own cost."""
     if pid is None:
         return None
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    # Fields after the parenthesised command name; utime and stime are the 12th and 13th of them.
+    # Fields after the parenthesised command name; utime, stime, cutime and cstime are the 12th to 15th.
     fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_busy_s() -> float | None:
@@ -1282,7 +1292,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="*", metavar="FILE", help=f"PDFs to read (default: a mix from {DEFAULT_CORPUS})")
-    p.add_argument("--engine", choices=["auto", "text", "rapidocr"], default="auto", help="the jobs' engine (auto)")
+    p.add_argument(
+        "--engine", choices=["auto", "text", "rapidocr", "tesseract"], default="auto", help="the jobs' engine (auto)"
+    )
     p.add_argument("--dpi", type=int, default=150, help="render resolution for OCR (150)")
     p.add_argument("--ocr-pages", type=int, default=4, help="at most this many OCR pages (4; ~5 s each on 2 cores)")
     p.add_argument("--text-pages", type=int, default=500, help="born-digital pages, repeating files to reach it (500)")
@@ -1290,7 +1302,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         "--long-pages",
         type=int,
         default=1000,
-        help="pages of one generated born-digital document, a job of its own (1000; 0: none; not with rapidocr)",
+        help="pages of one generated born-digital document, a job of its own (1000; 0: none; not with an OCR engine)",
     )
     p.add_argument("--recorder-events", type=int, default=10_000, help="synthetic events for the recorder (10000)")
     p.add_argument("--latency-runs", type=int, default=5, help="submit-to-first-event probes (5)")
@@ -1465,7 +1477,7 @@ async def run(args: argparse.Namespace) -> int:
     one_page = _latency_pdf(workload)
     with tempfile.TemporaryDirectory(prefix="pagewire-bench-") as scratch:
         phases: list[tuple[str, list[PageRange]]] = [("text", workload.text)]
-        if args.long_pages > 0 and args.engine != "rapidocr":
+        if args.long_pages > 0 and args.engine not in ("rapidocr", "tesseract"):
             long_pdf = Path(scratch) / f"long-{args.long_pages}-pages.pdf"
             long_pdf.write_bytes(long_text_pdf(args.long_pages))
             phases.append(("long", [PageRange(long_pdf, 1, args.long_pages)]))

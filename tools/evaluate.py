@@ -17,11 +17,14 @@ fly: ``rotated`` (scans whose page is turned 90 and 180 degrees with
 ``/Rotate``), ``born-digital-rotated`` and ``low-contrast`` (a born-digital
 page rendered, lightened to grey on white and placed as an image-only page).
 
-Engines: ``text`` (the text layer), ``rapidocr`` and ``auto`` (the judged text
-layer of :attr:`consumer.pdf.TextLayer.source`: text, OCR, or both merged), all
-read by :func:`tools.engine_loop.read_page` exactly as the worker reads them;
-``auto-worker`` is kept as another name for ``auto``. OCR results are cached by image, so engines that OCR the same
-page pay for it once.
+Engines: ``text`` (the text layer), ``rapidocr``, ``tesseract`` and ``auto``
+(the judged text layer of :attr:`consumer.pdf.TextLayer.source`: text, OCR
+with rapidocr, or both merged), all read by :func:`tools.engine_loop.read_page`
+exactly as the worker reads them; ``auto-worker`` is kept as another name for
+``auto``. OCR results are cached by image, so engines that OCR the same page
+pay for it once, and each page is charged what its reading first cost: wall
+seconds and CPU seconds (this process's threads and its children, where
+tesseract runs), so engines compare side by side on the same pages.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import hashlib
 import io
 import json
 import math
+import resource
 import sys
 import time
 from collections import Counter
@@ -67,7 +71,8 @@ __all__ = [
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 """``../shared/corpus`` next to the repository."""
 
-ENGINES = ("text", "rapidocr", "auto", "auto-worker")
+ENGINES = ("text", "rapidocr", "tesseract", "auto", "auto-worker")
+OCR_ENGINES = {"rapidocr": Engine.RAPIDOCR, "tesseract": Engine.TESSERACT}
 DEFAULT_ENGINES = ("text", "rapidocr", "auto")
 MAX_MEGAPIXELS = 50.0
 # Low contrast: ink is lightened to this grey (0 black, 255 white) on a white page.
@@ -95,6 +100,7 @@ class Score:
     words: int = 0
     words_found: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
     def add(self, other: Score) -> None:
         """Add another page's (or class's) sums."""
@@ -105,6 +111,7 @@ class Score:
         self.words += other.words
         self.words_found += other.words_found
         self.seconds += other.seconds
+        self.cpu_seconds += other.cpu_seconds
 
     @property
     def cer(self) -> float:
@@ -122,7 +129,7 @@ class Score:
         return self.words_found / self.words if self.words else 1.0
 
 
-def score_page(got: str, want: str, seconds: float = 0.0) -> Score:
+def score_page(got: str, want: str, seconds: float = 0.0, cpu_seconds: float = 0.0) -> Score:
     """Score one page's text against its expected text."""
     got_n, want_n = normalise(got), normalise(want)
     got_words, want_words = got_n.split(), want_n.split()
@@ -135,6 +142,7 @@ def score_page(got: str, want: str, seconds: float = 0.0) -> Score:
         words=len(want_words),
         words_found=found,
         seconds=seconds,
+        cpu_seconds=cpu_seconds,
     )
 
 
@@ -277,7 +285,7 @@ class CachedEngine:
         self._make = make
         self.inner: OcrEngine | None = None
         self.name: Engine = name
-        self.cache: dict[str, tuple[PageText, float]] = {}
+        self.cache: dict[str, tuple[PageText, float, float]] = {}
         self.reads = 0
 
     def read(self, image: Image) -> PageText:
@@ -286,16 +294,23 @@ class CachedEngine:
         if key not in self.cache:
             if self.inner is None:
                 self.inner = self._make()
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), cpu_seconds()
             result = self.inner.read(image)
             self.reads += 1
-            self.cache[key] = (result, time.perf_counter() - started)
+            self.cache[key] = (result, time.perf_counter() - started, cpu_seconds() - cpu)
         return self.cache[key][0]
 
-    def seconds(self, image: Image) -> float:
-        """What reading ``image`` cost the first time (0 if never read)."""
+    def cost(self, image: Image) -> tuple[float, float]:
+        """What reading ``image`` cost the first time, wall and CPU seconds ((0, 0) if never read)."""
         key = hashlib.sha1(image.tobytes() + repr(image.shape).encode()).hexdigest()
-        return self.cache.get(key, (None, 0.0))[1]
+        _, wall, cpu = self.cache.get(key, (None, 0.0, 0.0))
+        return wall, cpu
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (all its threads) and of its children that have ended (tesseract's)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 @dataclass
@@ -309,21 +324,22 @@ class Reading:
     """What actually read it: ``text``, or the OCR engine (``hybrid`` for auto's merged pages)."""
     seconds: float
     score: Score | None
+    cpu_seconds: float = 0.0
 
 
 def _needs_ocr(doc: PdfDocument, page_no: int, engine: str) -> tuple[bool, str]:
     """Whether ``engine`` would OCR the page, decided as it decides, before any OCR; and the judged source."""
     if engine == "text":
         return False, "text"
-    if engine == "rapidocr":
-        return True, "rapidocr"
+    if engine in OCR_ENGINES:
+        return True, engine
     layer = doc.text_layer(page_no)
     return not takes_text_layer(JobOptions(engine=Engine.AUTO), layer), str(layer.source)
 
 
 def _read(doc: PdfDocument, page_no: int, engine: str, engines: Engines, dpi: int) -> tuple[str, str]:
     """Read one page as ``engine`` does; its text and what read it."""
-    wanted = {"text": Engine.TEXT, "rapidocr": Engine.RAPIDOCR, "auto": Engine.AUTO, "auto-worker": Engine.AUTO}[engine]
+    wanted = {"text": Engine.TEXT, "auto": Engine.AUTO, "auto-worker": Engine.AUTO, **OCR_ENGINES}[engine]
     text, _, _, used, _ = read_page(doc, page_no, JobOptions(engine=wanted, dpi=dpi), engines, MAX_MEGAPIXELS)
     if wanted == Engine.AUTO and doc.text_layer(page_no).source == PageSource.HYBRID:
         return text, "hybrid"
@@ -359,10 +375,11 @@ def evaluate(
     report = Report(engines=list(engines_wanted))
     started = time.perf_counter()
     engines = Engines(threads=threads, default=Engine.RAPIDOCR)
-    cache: CachedEngine | None = None
-    if any(e != "text" for e in engines_wanted):
-        cache = CachedEngine(lambda: make_engine(Engine.RAPIDOCR, threads=threads), Engine.RAPIDOCR)
-        engines.loaded[Engine.RAPIDOCR] = cache
+    caches: dict[Engine, CachedEngine] = {}
+    for name, ocr in OCR_ENGINES.items():
+        if name in engines_wanted or (ocr == engines.default and any(e.startswith("auto") for e in engines_wanted)):
+            caches[ocr] = CachedEngine(_maker(ocr, threads), ocr)
+            engines.loaded[ocr] = caches[ocr]
     by_class: dict[str, list[Sample]] = {}
     for sample in samples:
         by_class.setdefault(sample.cls, []).append(sample)
@@ -382,26 +399,31 @@ def evaluate(
                         report.skipped[f"{cls}/{engine}"] = report.skipped.get(f"{cls}/{engine}", 0) + 1
                         continue
                     ocr_used[engine] += needs
-                    t1 = time.perf_counter()
+                    t1, c1 = time.perf_counter(), cpu_seconds()
                     text, source = _read(doc, sample.page_no, engine, engines, dpi)
-                    seconds = time.perf_counter() - t1
+                    seconds, cpu = time.perf_counter() - t1, cpu_seconds() - c1
+                    cache = caches.get(OCR_ENGINES.get(engine, engines.default))
                     if needs and cache is not None:
                         # A cached page was paid for by the first engine that read it: charge its real cost.
-                        seconds = max(seconds, _ocr_seconds(cache, doc, sample.page_no, dpi))
-                    report.readings.append(
-                        Reading(cls, sample.name, engine, source, seconds, score_page(text, sample.expected, seconds))
-                    )
+                        wall_ocr, cpu_ocr = _ocr_cost(cache, doc, sample.page_no, dpi)
+                        seconds, cpu = max(seconds, wall_ocr), max(cpu, cpu_ocr)
+                    score = score_page(text, sample.expected, seconds, cpu)
+                    report.readings.append(Reading(cls, sample.name, engine, source, seconds, score, cpu))
                     if progress is not None:
-                        progress(f"{cls:22} {engine:11} {source:8} {seconds:6.2f} s  {sample.name}")
+                        progress(f"{cls:22} {engine:11} {source:9} {seconds:6.2f} s {cpu:6.2f} CPU s  {sample.name}")
         report.decisions[cls] = dict(decisions)
-    report.ocr_reads = cache.reads if cache is not None else 0
+    report.ocr_reads = sum(cache.reads for cache in caches.values())
     report.wall_s = time.perf_counter() - started
     return report
 
 
-def _ocr_seconds(cache: CachedEngine, doc: PdfDocument, page_no: int, dpi: int) -> float:
+def _maker(engine: Engine, threads: int) -> Callable[[], OcrEngine]:
+    return lambda: make_engine(engine, threads=threads)
+
+
+def _ocr_cost(cache: CachedEngine, doc: PdfDocument, page_no: int, dpi: int) -> tuple[float, float]:
     image = doc.render(page_no, dpi=dpi, max_megapixels=MAX_MEGAPIXELS)
-    return cache.seconds(image)
+    return cache.cost(image)
 
 
 # --------------------------------------------------------------------------- summary and goals
@@ -521,6 +543,7 @@ def to_json(report: Report) -> dict[str, Any]:
                 "order_free_cer": row.score.order_free_cer,
                 "word_recall": row.score.word_recall,
                 "seconds_per_page": row.score.seconds / row.score.pages if row.score.pages else 0.0,
+                "cpu_seconds_per_page": row.score.cpu_seconds / row.score.pages if row.score.pages else 0.0,
                 "sources": row.sources,
             }
             for row in summarise(report)
@@ -538,6 +561,7 @@ def to_json(report: Report) -> dict[str, Any]:
                 "engine": r.engine,
                 "source": r.source,
                 "seconds": r.seconds,
+                "cpu_seconds": r.cpu_seconds,
                 "cer": r.score.cer if r.score else None,
                 "order_free_cer": r.score.order_free_cer if r.score else None,
                 "word_recall": r.score.word_recall if r.score else None,
@@ -573,6 +597,7 @@ def render_report(report: Report, console: Any) -> None:
         ("order-free CER", "right"),
         ("word recall", "right"),
         ("s/page", "right"),
+        ("CPU s/page", "right"),
         ("read by", "left"),
     ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
@@ -590,6 +615,7 @@ def render_report(report: Report, console: Any) -> None:
             f"{s.order_free_cer:.4f}",
             f"{s.word_recall:.4f}",
             f"{s.seconds / s.pages:.2f}" if s.pages else "",
+            f"{s.cpu_seconds / s.pages:.2f}" if s.pages else "",
             ", ".join(f"{k} {v}" for k, v in sorted(row.sources.items())),
         )
     console.print(table)
