@@ -151,5 +151,5 @@ def test_command_prints_json(corpus: Path, capsys: pytest.CaptureFixture[str]) -
 def test_command_refuses_unknown_engines_and_classes(corpus: Path) -> None:
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
-    assert run(parser.parse_args(["eval", "--corpus", str(corpus), "--engines", "tesseract"])) == 2
+    assert run(parser.parse_args(["eval", "--corpus", str(corpus), "--engines", "abbyy"])) == 2
     assert run(parser.parse_args(["eval", "--corpus", str(corpus), "--classes", "nope", "--quiet"])) == 2
