@@ -199,7 +199,8 @@ class RapidOcrEngine:
         *,
         spinning: bool = False,
         backend: str = "auto",
-        precision: str = "bf16",
+        det_precision: str = "bf16",
+        rec_precision: str = "bf16",
     ) -> None:
         """Load the models; ``threads`` is onnxruntime's intra-op thread count (0: the cores this process may use).
 
@@ -215,7 +216,7 @@ class RapidOcrEngine:
         self.threads = min(threads or cores, os.cpu_count() or cores)
         params = rapidocr_params(self.threads) | (options or {})
         self.backend = _backend(backend)
-        self.precision = precision
+        self.precisions = (det_precision, rec_precision)
         started = time.perf_counter()
         try:
             self._ocr = RapidOCR(params=params)
@@ -237,11 +238,11 @@ class RapidOcrEngine:
         import onnxruntime as ort  # type: ignore[import-untyped]
 
         stages: list[Any] = [self._ocr.text_det, self._ocr.text_rec]
-        for stage in stages:
+        for stage, precision in zip(stages, self.precisions, strict=True):
             holder = stage.session
             model_path = holder.session._model_path
             if self.backend == "openvino":
-                stage.session = _OpenVinoModel(model_path, self.threads, self.precision)
+                stage.session = _OpenVinoModel(model_path, self.threads, precision)
                 continue
             options = ort.SessionOptions()
             options.log_severity_level = 4
