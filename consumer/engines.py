@@ -170,8 +170,8 @@ class _OpenVinoModel:
         properties = {
             "INFERENCE_NUM_THREADS": threads,
             "PERFORMANCE_HINT": "LATENCY",
-            # bf16 runs on the matrix units of CPUs that have them (AMX, AVX-512 BF16) and falls
-            # back to f32 elsewhere.
+            # bf16 runs on the matrix units of CPUs that have them (AMX, AVX-512 BF16); OpenVINO
+            # falls back to f32 on others.
             "INFERENCE_PRECISION_HINT": precision,
         }
         self._request = core.compile_model(core.read_model(model_path), "CPU", properties).create_infer_request()
@@ -188,6 +188,13 @@ class RapidOcrEngine:
     loads lazily on the first call otherwise, and the first page of a task
     should not pay for it. The angle classifier is off: it turns some upright
     lines upside down (order-free error 0.040 with it, 0.0018 without).
+
+    Where the ``openvino`` package is installed the same two models run on
+    OpenVINO (``backend="auto"``): detection in f32 at about a third of
+    onnxruntime's CPU time, recognition (most of a page's cost) in bf16 at
+    about half. Detection stays f32 because its boxes in bf16 shift enough to
+    change a few characters a page; recognition in bf16 reads the corpus's
+    scans as well as f32 does (docs/benchmarks.md).
     """
 
     name: Engine = Engine.RAPIDOCR
@@ -199,13 +206,15 @@ class RapidOcrEngine:
         *,
         spinning: bool = False,
         backend: str = "auto",
-        det_precision: str = "bf16",
+        det_precision: str = "f32",
         rec_precision: str = "bf16",
     ) -> None:
-        """Load the models; ``threads`` is onnxruntime's intra-op thread count (0: the cores this process may use).
+        """Load the models; ``threads`` is the inference thread count (0: the cores this process may use).
 
         ``options`` overrides rapidocr's own (dotted keys, ``"Rec.rec_batch_num": 6``) over
-        :func:`rapidocr_params`: for measuring variants, not for production.
+        :func:`rapidocr_params`; ``spinning`` lets idle onnxruntime threads spin; ``backend`` is
+        ``onnxruntime``, ``openvino`` or ``auto``; the precisions are OpenVINO's (``f32``, ``bf16``).
+        All of these are for measuring variants (``scripts/profile_ocr.py``); the worker keeps the defaults.
         """
         try:
             from rapidocr import RapidOCR

@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: the cores)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a rapidocr option")
     parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino"])
-    parser.add_argument("--det-precision", default="bf16", help="OpenVINO's precision for detection (bf16, f32)")
+    parser.add_argument("--det-precision", default="f32", help="OpenVINO's precision for detection (bf16, f32)")
     parser.add_argument("--rec-precision", default="bf16", help="OpenVINO's precision for recognition (bf16, f32)")
     parser.add_argument("--spinning", action="store_true", help="let onnxruntime threads spin while waiting")
     parser.add_argument("--tesseract", action="store_true", help="read with tesseract too")
