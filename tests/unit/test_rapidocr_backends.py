@@ -1,14 +1,18 @@
-"""rapidocr's backends: onnxruntime, or OpenVINO where the package is installed (pure; no model is loaded)."""
+"""rapidocr's backends: onnxruntime, or OpenVINO where the package is installed (one real page, marked ``ocr``)."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+from rapidfuzz.distance import Levenshtein
 
 from consumer import engines
+from consumer.pdf import PdfDocument
 from schemas.errors import ErrorCode, PermanentError
 
 
@@ -47,3 +51,17 @@ def test_openvino_asked_for_but_missing_is_engine_unavailable(monkeypatch: pytes
         engines._OpenVinoModel("det.onnx", 1, "bf16")
     assert info.value.code == ErrorCode.ENGINE_UNAVAILABLE
     assert "openvino" in info.value.message
+
+
+@pytest.mark.ocr
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed here")
+def test_openvino_reads_a_scanned_page_as_onnxruntime_does(corpus: Path) -> None:
+    with PdfDocument(corpus / "scanned/google-doc-document-scan.pdf") as doc:
+        image = doc.render(1, dpi=150, max_megapixels=50)
+    want = json.loads((corpus / "scanned/google-doc-document-scan.pdf.expected.json").read_text())[0]
+    engine = engines.RapidOcrEngine(threads=1, backend="openvino")
+    assert engine.backend == "openvino"
+    page = engine.read(image)
+    # The bound onnxruntime meets on this page (tests/unit/test_engines.py).
+    assert Levenshtein.normalized_distance(" ".join(page.text.split()), " ".join(want.split())) < 0.03
+    assert 0.9 < page.confidence <= 1.0
