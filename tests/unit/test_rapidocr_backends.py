@@ -38,6 +38,14 @@ def test_auto_takes_openvino_only_where_it_is_installed(
     assert engines._backend("auto") == want
 
 
+def test_auto_keeps_onnxruntime_under_a_small_address_space(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: object())
+    monkeypatch.setattr(engines.resource, "getrlimit", lambda which: (3 * 1024**3, 3 * 1024**3))
+    assert engines._backend("auto") == "onnxruntime"
+    monkeypatch.setattr(engines.resource, "getrlimit", lambda which: (8 * 1024**3, 8 * 1024**3))
+    assert engines._backend("auto") == "openvino"
+
+
 def test_openvino_asked_for_but_missing_is_engine_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.import_module
 
