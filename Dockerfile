@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# pagewire, CPU image: every role (planner, worker with rapidocr, recorder, migrate, submit...)
+# pagewire, CPU image: every role (planner, worker with rapidocr or tesseract, recorder, migrate, submit...)
 # through the `pagewire` command. Build: docker build -t pagewire .
 #
 # Two stages: the builder resolves the runtime dependencies from pyproject.toml into a
@@ -32,6 +32,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     XDG_CACHE_HOME=/var/cache \
     PAGEWIRE_LOG_FORMAT=json \
     PAGEWIRE_METRICS_PORT=9100
+# The tesseract engine (`--engine tesseract`) runs Debian's tesseract binary with English data.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tesseract-ocr tesseract-ocr-eng \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 pagewire \
     && useradd --system --uid 10001 --gid pagewire --home-dir /home/pagewire --create-home --shell /usr/sbin/nologin pagewire \
     && mkdir -p /var/cache/pagewire \

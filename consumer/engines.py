@@ -22,8 +22,12 @@ cannot be made here raises :class:`~schemas.errors.PermanentError`
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
+import resource
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Sequence
@@ -46,6 +50,7 @@ __all__ = [
     "PageText",
     "RapidOcrEngine",
     "SimEngine",
+    "TesseractEngine",
     "UprightEngine",
     "make_engine",
     "page_text_from_blocks",
@@ -138,7 +143,7 @@ def available_cores() -> int:
 def _check_cuda_provider() -> None:
     """Raise ``ENGINE_UNAVAILABLE`` unless onnxruntime can run on CUDA here: rapidocr would fall back to the
     CPU without a word, and a GPU worker reading on its CPU is far slower than it is sized for."""
-    import onnxruntime  # type: ignore[import-untyped]
+    import onnxruntime
 
     providers = onnxruntime.get_available_providers()
     if "CUDAExecutionProvider" not in providers:
@@ -149,6 +154,77 @@ def _check_cuda_provider() -> None:
         )
 
 
+def rapidocr_params(threads: int) -> dict[str, Any]:
+    """rapidocr's options as pagewire runs it, for ``threads`` intra-op threads."""
+    from rapidocr import EngineType, LangDet, LangRec, ModelType, OCRVersion
+
+    # Fixed-choice options take rapidocr's enums (strings are not accepted). Every
+    # model choice is pinned to what the wheel carries: any other makes rapidocr
+    # try a download.
+    return {
+        "Global.use_cls": False,
+        "Global.log_level": "warning",
+        "EngineConfig.onnxruntime.intra_op_num_threads": threads,
+        "EngineConfig.onnxruntime.inter_op_num_threads": 1,
+        "Det.engine_type": EngineType.ONNXRUNTIME,
+        "Det.lang_type": LangDet.CH,
+        "Det.model_type": ModelType.SMALL,
+        "Det.ocr_version": OCRVersion.PPOCRV6,
+        "Rec.engine_type": EngineType.ONNXRUNTIME,
+        "Rec.lang_type": LangRec.CH,
+        "Rec.model_type": ModelType.SMALL,
+        "Rec.ocr_version": OCRVersion.PPOCRV6,
+    }
+
+
+# OpenVINO reserves much more address space than onnxruntime: a peak of 4.1 to 5.6 GB over dense
+# pages against 2.9 GB (2.2 GB resident against 1.5). Under a smaller RLIMIT_AS it fails mid-page
+# ("can't alloc"), so there rapidocr stays on onnxruntime.
+OPENVINO_ADDRESS_SPACE = 8 * 1024**3
+
+
+def _backend(wanted: str) -> str:
+    """``onnxruntime`` or ``openvino``; ``auto`` is OpenVINO where the package is installed and the
+    process may map :data:`OPENVINO_ADDRESS_SPACE`."""
+    if wanted not in ("auto", "onnxruntime", "openvino"):
+        raise ValueError(f"unknown rapidocr backend {wanted!r}")
+    if wanted != "auto":
+        return wanted
+    if importlib.util.find_spec("openvino") is None:
+        return "onnxruntime"
+    limit, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if limit != resource.RLIM_INFINITY and limit < OPENVINO_ADDRESS_SPACE:
+        log.info("rapidocr on onnxruntime: an address space of %d MB is too small for OpenVINO", limit // 2**20)
+        return "onnxruntime"
+    return "openvino"
+
+
+class _OpenVinoModel:
+    """One of rapidocr's ONNX models compiled by OpenVINO for this CPU; called as rapidocr calls its sessions."""
+
+    def __init__(self, model_path: str, threads: int, precision: str) -> None:
+        try:
+            ov = importlib.import_module("openvino")
+        except ImportError as exc:
+            raise PermanentError(ErrorCode.ENGINE_UNAVAILABLE, f"openvino is not installed: {exc}") from exc
+        core = ov.Core()
+        properties = {
+            "INFERENCE_NUM_THREADS": threads,
+            "PERFORMANCE_HINT": "LATENCY",
+            # Kernels are kept per input shape, and recognition's widths vary with every batch: the
+            # default of 5,000 lets a long-running worker's address space grow page after page.
+            "CPU_RUNTIME_CACHE_CAPACITY": 200,
+            # bf16 runs on the matrix units of CPUs that have them (AMX, AVX-512 BF16); OpenVINO
+            # falls back to f32 on others.
+            "INFERENCE_PRECISION_HINT": precision,
+        }
+        self._request = core.compile_model(core.read_model(model_path), "CPU", properties).create_infer_request()
+
+    def __call__(self, batch: npt.NDArray[np.float32]) -> Any:
+        self._request.infer([batch])
+        return self._request.get_output_tensor().data.copy()
+
+
 class RapidOcrEngine:
     """rapidocr 3.x on CPU with the PP-OCRv6 small models packed in its wheel (no download).
 
@@ -156,18 +232,39 @@ class RapidOcrEngine:
     loads lazily on the first call otherwise, and the first page of a task
     should not pay for it. The angle classifier is off: it turns some upright
     lines upside down (order-free error 0.040 with it, 0.0018 without).
+
+    Where the ``openvino`` package is installed the same two models run on
+    OpenVINO (``backend="auto"``): detection in f32 at about a third of
+    onnxruntime's CPU time, recognition (most of a page's cost) in bf16 at
+    about half. Detection stays f32 because its boxes in bf16 shift enough to
+    change a few characters a page; recognition in bf16 reads the corpus's
+    scans as well as f32 does (docs/benchmarks.md).
     """
 
     name: Engine = Engine.RAPIDOCR
 
-    def __init__(self, threads: int = 0, *, cuda: bool = False) -> None:
-        """Load the models; ``threads`` is onnxruntime's intra-op thread count (0: the cores this process may use).
+    def __init__(
+        self,
+        threads: int = 0,
+        options: dict[str, Any] | None = None,
+        *,
+        spinning: bool = False,
+        backend: str = "auto",
+        det_precision: str = "f32",
+        rec_precision: str = "bf16",
+        cuda: bool = False,
+    ) -> None:
+        """Load the models; ``threads`` is the inference thread count (0: the cores this process may use).
 
+        ``options`` overrides rapidocr's own (dotted keys, ``"Rec.rec_batch_num": 6``) over
+        :func:`rapidocr_params`; ``spinning`` lets idle onnxruntime threads spin; ``backend`` is
+        ``onnxruntime``, ``openvino`` or ``auto``; the precisions are OpenVINO's (``f32``, ``bf16``).
+        All of these are for measuring variants (``scripts/profile_ocr.py``); the worker keeps the defaults.
         ``cuda``: run them on onnxruntime's CUDA provider (``onnxruntime-gpu``, the ``gpu`` extra), the
         same models and so the same text as on the CPU, with no download.
         """
         try:
-            from rapidocr import EngineType, LangDet, LangRec, ModelType, OCRVersion, RapidOCR
+            from rapidocr import RapidOCR
         except ImportError as exc:
             raise PermanentError(ErrorCode.ENGINE_UNAVAILABLE, f"rapidocr is not installed: {exc}") from exc
         if cuda:
@@ -176,33 +273,46 @@ class RapidOcrEngine:
         cores = available_cores()
         # rapidocr ignores a count above os.cpu_count(), silently; keep it in range.
         self.threads = min(threads or cores, os.cpu_count() or cores)
-        # Fixed-choice options take rapidocr's enums (strings are not accepted). Every
-        # model choice is pinned to what the wheel carries: any other makes rapidocr
-        # try a download.
-        params: dict[str, Any] = {
-            "Global.use_cls": False,
-            "Global.log_level": "warning",
-            "EngineConfig.onnxruntime.intra_op_num_threads": self.threads,
-            "EngineConfig.onnxruntime.inter_op_num_threads": 1,
-            "Det.engine_type": EngineType.ONNXRUNTIME,
-            "Det.lang_type": LangDet.CH,
-            "Det.model_type": ModelType.SMALL,
-            "Det.ocr_version": OCRVersion.PPOCRV6,
-            "Rec.engine_type": EngineType.ONNXRUNTIME,
-            "Rec.lang_type": LangRec.CH,
-            "Rec.model_type": ModelType.SMALL,
-            "Rec.ocr_version": OCRVersion.PPOCRV6,
-            "EngineConfig.onnxruntime.use_cuda": cuda,
-        }
+        params = rapidocr_params(self.threads) | {"EngineConfig.onnxruntime.use_cuda": cuda} | (options or {})
+        self.cuda = cuda
+        self.backend = "onnxruntime" if cuda else _backend(backend)
+        self.precisions = (det_precision, rec_precision)
         started = time.perf_counter()
         try:
             self._ocr = RapidOCR(params=params)
             self._warm_up()
+            self._renew_sessions(spinning)
         except PermanentError:
             raise
         except Exception as exc:
             raise PermanentError(ErrorCode.ENGINE_UNAVAILABLE, f"rapidocr failed to load its models: {exc}") from exc
         log.info("rapidocr ready in %.2f s with %d threads", time.perf_counter() - started, self.threads)
+
+    def _renew_sessions(self, spinning: bool) -> None:
+        """Remake the detection and recognition sessions with what rapidocr's own options cannot say.
+
+        onnxruntime's intra-op threads spin while they wait for work by default:
+        on a worker whose cores are shared that burns CPU time for nothing.
+        With OpenVINO, the same ONNX files are compiled for this CPU instead.
+        """
+        import onnxruntime as ort
+
+        stages: list[Any] = [self._ocr.text_det, self._ocr.text_rec]
+        for stage, precision in zip(stages, self.precisions, strict=True):
+            holder = stage.session
+            model_path = holder.session._model_path
+            if self.backend == "openvino":
+                stage.session = _OpenVinoModel(model_path, self.threads, precision)
+                continue
+            options = ort.SessionOptions()
+            options.log_severity_level = 4
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.cuda else ["CPUExecutionProvider"]
+            holder.session = ort.InferenceSession(model_path, sess_options=options, providers=providers)
+        self._warm_up()
 
     def _warm_up(self) -> None:
         """Read a small image with a word on it, so detection and recognition both load now."""
@@ -236,6 +346,136 @@ class RapidOcrEngine:
     def read_batch(self, images: Sequence[Image]) -> list[PageText]:
         """Page after page: rapidocr takes one image a call, and already batches the line crops of a page."""
         return read_each(self, images)
+
+
+# --- tesseract -------------------------------------------------------------------
+
+# Columns of tesseract's TSV output, one row per page, block, paragraph, line and word.
+TSV_COLUMNS = (
+    "level",
+    "page_num",
+    "block_num",
+    "par_num",
+    "line_num",
+    "word_num",
+    "left",
+    "top",
+    "width",
+    "height",
+    "conf",
+    "text",
+)
+TSV_WORD_LEVEL = 5
+
+
+def tsv_to_blocks(tsv: str, width: int, height: int) -> list[Block]:
+    """tesseract's TSV as one block per text line, in page fractions of a ``width`` x ``height`` image.
+
+    Words (level 5) are gathered by their block, paragraph and line numbers;
+    a line's box is the union of its words' boxes (tighter than tesseract's
+    line row, which spans leading space) and its confidence the mean of its
+    words' (tesseract gives 0..100). Rows without text are skipped.
+    """
+    lines: dict[tuple[int, int, int, int], list[tuple[str, int, int, int, int, float]]] = {}
+    rows = tsv.splitlines()
+    for row in rows[1:] if rows and rows[0].startswith("level") else rows:
+        cells = row.split("\t")
+        if len(cells) < len(TSV_COLUMNS):
+            continue
+        try:
+            level, page, block, par, line = (int(c) for c in cells[:5])
+            left, top, w, h = (int(c) for c in cells[6:10])
+            conf = float(cells[10])
+        except ValueError:
+            continue
+        # The text is the last column; a tab inside it (never seen) would stay in the word.
+        text = "\t".join(cells[11:]).strip()
+        if level != TSV_WORD_LEVEL or not text:
+            continue
+        lines.setdefault((page, block, par, line), []).append((text, left, top, left + w, top + h, conf))
+    blocks = []
+    for words in lines.values():
+        confidences = [conf for *_, conf in words if conf >= 0]
+        confidence = sum(confidences) / len(confidences) / 100 if confidences else 0.0
+        xs = [float(v) for _, x0, _, x1, _, _ in words for v in (x0, x1)]
+        ys = [float(v) for _, _, y0, _, y1, _ in words for v in (y0, y1)]
+        blocks.append(_box_to_block(" ".join(w[0] for w in words), xs, ys, confidence, width, height))
+    return blocks
+
+
+class TesseractEngine:
+    """tesseract 4 or 5 on CPU through its command-line binary (Debian's ``tesseract-ocr``), one thread a page.
+
+    The page goes in as a PNG on stdin and comes back as TSV on stdout
+    (``--psm 3``: tesseract's own page segmentation), read as one block per
+    line (:func:`tsv_to_blocks`) and put in pagewire's reading order like every
+    engine. Its CPU time is the child process's: count it with
+    ``resource.getrusage(RUSAGE_CHILDREN)``. A binary rather than tesserocr:
+    nothing to build or pin, and the same tesseract OCRmyPDF users run.
+    """
+
+    name: Engine = Engine.TESSERACT
+
+    def __init__(
+        self, *, binary: str = "tesseract", language: str = "eng", psm: int = 3, timeout_s: float = 300.0
+    ) -> None:
+        """Find the binary and its language data; ``ENGINE_UNAVAILABLE`` where either is missing."""
+        path = shutil.which(binary)
+        if path is None:
+            raise PermanentError(
+                ErrorCode.ENGINE_UNAVAILABLE,
+                f"no {binary!r} binary on PATH: install tesseract (Debian: apt-get install tesseract-ocr)",
+            )
+        self.binary = path
+        self.language = language
+        self.psm = psm
+        self.timeout_s = timeout_s
+        # tesseract's OpenMP threads compete with the worker's other work for the same cores
+        # and buy little on one page: one thread a page, as OCRmyPDF runs it by default.
+        self._env = os.environ | {"OMP_THREAD_LIMIT": "1"}
+        try:
+            listed = subprocess.run(
+                [path, "--list-langs"], capture_output=True, text=True, timeout=30, env=self._env, check=False
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise PermanentError(ErrorCode.ENGINE_UNAVAILABLE, f"{path} does not run: {exc}") from exc
+        languages = {line.strip() for line in listed.stdout.splitlines()[1:]}
+        if listed.returncode != 0 or language not in languages:
+            raise PermanentError(
+                ErrorCode.ENGINE_UNAVAILABLE,
+                f"tesseract has no {language!r} language data (it has: {', '.join(sorted(languages)) or 'none'});"
+                f" Debian: apt-get install tesseract-ocr-{language}",
+            )
+
+    def read_batch(self, images: Sequence[Image]) -> list[PageText]:
+        """Page after page: tesseract reads one image a run."""
+        return read_each(self, images)
+
+    def read(self, image: Image) -> PageText:
+        """Read an RGB page image in a tesseract process (blocking, seconds per page)."""
+        import cv2
+
+        height, width = _check_image(image)
+        # Grey, as tesseract reads it anyway: a third of the bytes to encode and pipe.
+        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
+        ok, png = cv2.imencode(".png", grey, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        if not ok:
+            raise RetryableError(ErrorCode.OCR_FAILED, "tesseract: the page image could not be encoded")
+        command = [self.binary, "stdin", "stdout", "-l", self.language, "--psm", str(self.psm), "tsv"]
+        try:
+            done = subprocess.run(
+                command, input=png.tobytes(), capture_output=True, timeout=self.timeout_s, env=self._env, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise RetryableError(ErrorCode.OCR_FAILED, f"tesseract took more than {self.timeout_s:g} s") from exc
+        except OSError as exc:
+            raise RetryableError(ErrorCode.OCR_FAILED, f"tesseract failed to start: {exc}") from exc
+        if done.returncode != 0:
+            message = done.stderr.decode(errors="replace").strip().splitlines()
+            raise RetryableError(
+                ErrorCode.OCR_FAILED, f"tesseract exited {done.returncode}: {message[-1] if message else ''}"
+            )
+        return page_text_from_blocks(tsv_to_blocks(done.stdout.decode(errors="replace"), width, height))
 
 
 # --- nemotron-ocr ----------------------------------------------------------------
@@ -541,4 +781,6 @@ def make_engine(
         return SimEngine(*sim_ms)  # nothing is read, so nothing is turned
     if engine == Engine.NEMOTRON:
         return UprightEngine(NemotronEngine(model_dir))
+    if engine == Engine.TESSERACT:
+        return UprightEngine(TesseractEngine())
     raise ValueError(f"{engine} is not an OCR engine")

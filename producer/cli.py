@@ -193,7 +193,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="PDF or image files to read")
     p.add_argument(
         "--engine",
-        choices=["auto", "text", "rapidocr", "nemotron"],
+        choices=["auto", "text", "rapidocr", "tesseract", "nemotron"],
         default="auto",
         help="auto: the text layer where a page has real text, OCR otherwise (default)",
     )

@@ -49,6 +49,7 @@ class Engine(StrEnum):
     RAPIDOCR_GPU = "rapidocr-gpu"
     """rapidocr's models on onnxruntime's CUDA provider: the CPU engine's text, on a GPU."""
     NEMOTRON = "nemotron"
+    TESSERACT = "tesseract"
     SIM = "sim"
     """A simulated device: no text, a GPU's timing (tests and benchmarks of the batched pipeline)."""
 

@@ -103,7 +103,8 @@ class WorkerSettings(Settings):
     )
     text_budget_s: float = Field(default=5.0, gt=0, description="a page's text layer; past it: pdf_too_complex")
     ocr_budget_s: float = Field(default=180.0, gt=0, description="render and OCR of a page; past it: pdf_too_complex")
-    page_memory_mb: int = Field(default=3072, ge=0, description="address space of the page process; 0: no cap")
+    # rapidocr on OpenVINO maps up to about 5.6 GB (2.2 GB resident); under 8 GB it stays on onnxruntime.
+    page_memory_mb: int = Field(default=8192, ge=0, description="address space of the page process; 0: no cap")
     nemotron_ocr_model_dir: Path | None = Field(
         default=None, validation_alias="NEMOTRON_OCR_MODEL_DIR", description="nemotron-ocr weights"
     )

@@ -67,7 +67,7 @@ from schemas.messages import (
 from schemas.names import HEADER_JOB_ID
 from schemas.settings import ClientSettings, PlannerSettings, RecorderSettings, WorkerSettings
 from tools.engine_loop import read_page
-from tools.samples import long_text_pdf
+from tools.samples import long_text_pdf, single_page
 
 if TYPE_CHECKING:
     from producer.api import Subscription
@@ -248,7 +248,7 @@ class BareStats:
     wall_s: float
     pages_per_s: float
     cpu_s: float
-    """CPU time of this process over the loop (all its threads)."""
+    """CPU time of this process over the loop (all its threads) and of the children it waited for (tesseract)."""
     engines: dict[str, int]
     stages: list[Stage]
 
@@ -292,7 +292,7 @@ class _Timings:
 def _read_ranges(ranges: Sequence[PageRange], options: JobOptions, engines: Engines, max_megapixels: float) -> _Timings:
     """Read every page of ``ranges`` here, one at a time, opening each range's document as a task does."""
     timings = _Timings()
-    cpu0 = time.process_time()
+    cpu0 = process_and_children_cpu_s()
     for r in ranges:
         t0 = time.perf_counter()
         with PdfDocument(r.path) as doc:
@@ -307,8 +307,17 @@ def _read_ranges(ranges: Sequence[PageRange], options: JobOptions, engines: Engi
                 else:
                     timings.render_ms.append(render)
                     timings.ocr_ms.append(total - render)
-    timings.cpu_s = time.process_time() - cpu0
+    timings.cpu_s = process_and_children_cpu_s() - cpu0
     return timings
+
+
+def process_and_children_cpu_s() -> float:
+    """CPU seconds of this process (all threads) and of its ended children: an engine that runs a
+    process a page (tesseract) is charged for it."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def bare_loop(
@@ -531,16 +540,17 @@ async def _page_rows(client: Any, job_ids: Sequence[str]) -> dict[str, int]:
 
 
 def process_cpu_s(pid: int | None) -> float | None:
-    """User plus system CPU seconds of ``pid`` from ``/proc`` (None when unknown)."""
+    """User plus system CPU seconds of ``pid`` and of its children it has waited for, from ``/proc``
+    (None when unknown): a worker's tesseract processes are its own cost."""
     if pid is None:
         return None
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    # Fields after the parenthesised command name; utime and stime are the 12th and 13th of them.
+    # Fields after the parenthesised command name; utime, stime, cutime and cstime are the 12th to 15th.
     fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_busy_s() -> float | None:
@@ -1284,7 +1294,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="*", metavar="FILE", help=f"PDFs to read (default: a mix from {DEFAULT_CORPUS})")
     p.add_argument(
         "--engine",
-        choices=["auto", "text", "rapidocr", "sim"],
+        choices=["auto", "text", "rapidocr", "tesseract", "sim"],
         default="auto",
         help="the jobs' engine (auto); sim: the batched GPU pipeline on a simulated device, through the stack"
         " (its roles restarted with it, and back) and bare, printed as the 'sim' object",
@@ -1299,7 +1309,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         "--long-pages",
         type=int,
         default=1000,
-        help="pages of one generated born-digital document, a job of its own (1000; 0: none; not with rapidocr)",
+        help="pages of one generated born-digital document, a job of its own (1000; 0: none; not with an OCR engine)",
     )
     p.add_argument("--recorder-events", type=int, default=10_000, help="synthetic events for the recorder (10000)")
     p.add_argument("--latency-runs", type=int, default=5, help="submit-to-first-event probes (5)")
@@ -1363,27 +1373,6 @@ def _worker_settings(env: dict[str, str], workers: int = 1) -> WorkerSettings:
     if workers > 1 and "PAGEWIRE_OCR_THREADS" not in os.environ:
         overrides["ocr_threads"] = ocr_threads_each(workers)
     return WorkerSettings(**overrides)
-
-
-def single_page(path: Path, page_no: int) -> bytes:
-    """One page of ``path`` as a PDF of its own."""
-    import io
-
-    import pypdfium2 as pdfium
-
-    from consumer.pdf import PDFIUM_LOCK
-
-    with PDFIUM_LOCK:
-        src = pdfium.PdfDocument(path)
-        doc = pdfium.PdfDocument.new()
-        try:
-            doc.import_pages(src, [page_no - 1])
-            out = io.BytesIO()
-            doc.save(out)
-        finally:
-            doc.close()
-            src.close()
-    return out.getvalue()
 
 
 def _latency_pdf(workload: Workload) -> bytes:
@@ -1476,7 +1465,7 @@ async def run(args: argparse.Namespace) -> int:
     one_page = _latency_pdf(workload)
     with tempfile.TemporaryDirectory(prefix="pagewire-bench-") as scratch:
         phases: list[tuple[str, list[PageRange]]] = [("text", workload.text)]
-        if args.long_pages > 0 and args.engine != "rapidocr":
+        if args.long_pages > 0 and args.engine not in ("rapidocr", "tesseract"):
             long_pdf = Path(scratch) / f"long-{args.long_pages}-pages.pdf"
             long_pdf.write_bytes(long_text_pdf(args.long_pages))
             phases.append(("long", [PageRange(long_pdf, 1, args.long_pages)]))

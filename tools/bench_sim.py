@@ -27,6 +27,7 @@ from consumer.planner import cut
 from consumer.sandbox import Sandbox
 from schemas.messages import Engine, JobOptions
 from schemas.settings import WorkerSettings
+from tools.samples import concat, single_page
 
 SIM_BATCH_PAGES = 16
 SIM_RENDER_PROCESSES = 2
@@ -74,8 +75,6 @@ class SimStats:
 
 def documents(pages: Sequence[tuple[str, int]], per_document: int, folder: str) -> list[tuple[str, int, int]]:
     """``pages`` (a file and a page number each) put together into PDFs of ``per_document`` pages in ``folder``."""
-    from tools.bench import single_page
-    from tools.samples import concat
 
     out = []
     for n, start in enumerate(range(0, len(pages), per_document)):

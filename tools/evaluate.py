@@ -17,20 +17,24 @@ fly: ``rotated`` (scans whose page is turned 90 and 180 degrees with
 ``/Rotate``), ``born-digital-rotated`` and ``low-contrast`` (a born-digital
 page rendered, lightened to grey on white and placed as an image-only page).
 
-Engines: ``text`` (the text layer), ``rapidocr`` and ``auto`` (the judged text
-layer of :attr:`consumer.pdf.TextLayer.source`: text, OCR, or both merged), all
-read by :func:`tools.engine_loop.read_page` exactly as the worker reads them;
-``auto-worker`` is kept as another name for ``auto``. OCR results are cached by image, so engines that OCR the same
-page pay for it once. ``tesseract`` (``--psm 3``, its own layout analysis) reads
-the same rendered page as a reference where its binary is installed; without
-it, its pages are left out and the reference is the per-scan table of the
-corpus's ``LAYOUT.md``.
+Engines: ``text`` (the text layer), ``rapidocr``, ``tesseract`` (tesseract's
+lines through pagewire's reading order, as the worker's engine) and ``auto``
+(the judged text layer of :attr:`consumer.pdf.TextLayer.source`: text, OCR
+with rapidocr, or both merged), all read by :func:`tools.engine_loop.read_page`
+exactly as the worker reads them; ``auto-worker`` is kept as another name for
+``auto``. OCR results are cached by image, so engines that OCR the same page
+pay for it once, and each page is charged what its reading first cost: wall
+seconds and CPU seconds (this process's threads and its children, where
+tesseract runs), so engines compare side by side on the same pages.
 
-The ``layout/`` classes (``born-digital-layout-a`` to ``-d``,
-``scanned-layout-a`` to ``-d``) have goals of their own: born-digital pages
-within 0.01 of the expected reading order, two-column scans within 0.03, each
-scanned class no worse than tesseract, and no scan worse than tesseract by
-more than 0.03.
+``tesseract-psm3`` is the reference: the tesseract binary's own text (``--psm
+3``, its own layout analysis) of the same rendered page, where the binary is
+installed; without it, its pages are left out and the reference is the
+per-scan table of the corpus's ``LAYOUT.md``. The ``layout/`` classes
+(``born-digital-layout-a`` to ``-d``, ``scanned-layout-a`` to ``-d``) have
+goals of their own: born-digital pages within 0.01 of the expected reading
+order, two-column scans within 0.03, each scanned class no worse than the
+reference, and no scan worse than it by more than 0.03.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import io
 import json
 import math
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -81,14 +86,16 @@ __all__ = [
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 """``../shared/corpus`` next to the repository."""
 
-ENGINES = ("text", "rapidocr", "auto", "auto-worker", "tesseract")
+ENGINES = ("text", "rapidocr", "tesseract", "auto", "auto-worker", "tesseract-psm3")
+OCR_ENGINES = {"rapidocr": Engine.RAPIDOCR, "tesseract": Engine.TESSERACT}
+REFERENCE = "tesseract-psm3"
+"""The reference engine: tesseract with its own page layout analysis, on the page image."""
 DEFAULT_ENGINES = ("text", "rapidocr", "auto")
 MAX_MEGAPIXELS = 50.0
 # Low contrast: ink is lightened to this grey (0 black, 255 white) on a white page.
 LOW_CONTRAST_INK = 180
 # Turns of the rotated classes (clockwise, as /Rotate).
 ROTATIONS = (90, 180)
-# The reference engine: tesseract with its own page layout analysis, on the page image.
 TESSERACT_ARGS = ("--psm", "3")
 # How much worse than tesseract one scan of the layout classes may be.
 LAYOUT_SCAN_SLACK = 0.03
@@ -113,6 +120,7 @@ class Score:
     words: int = 0
     words_found: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
     def add(self, other: Score) -> None:
         """Add another page's (or class's) sums."""
@@ -123,6 +131,7 @@ class Score:
         self.words += other.words
         self.words_found += other.words_found
         self.seconds += other.seconds
+        self.cpu_seconds += other.cpu_seconds
 
     @property
     def cer(self) -> float:
@@ -140,7 +149,7 @@ class Score:
         return self.words_found / self.words if self.words else 1.0
 
 
-def score_page(got: str, want: str, seconds: float = 0.0) -> Score:
+def score_page(got: str, want: str, seconds: float = 0.0, cpu_seconds: float = 0.0) -> Score:
     """Score one page's text against its expected text."""
     got_n, want_n = normalise(got), normalise(want)
     got_words, want_words = got_n.split(), want_n.split()
@@ -153,6 +162,7 @@ def score_page(got: str, want: str, seconds: float = 0.0) -> Score:
         words=len(want_words),
         words_found=found,
         seconds=seconds,
+        cpu_seconds=cpu_seconds,
     )
 
 
@@ -295,29 +305,41 @@ class CachedEngine:
         self._make = make
         self.inner: OcrEngine | None = None
         self.name: Engine = name
-        self.cache: dict[str, tuple[PageText, float]] = {}
+        self.cache: dict[str, tuple[PageText, float, float]] = {}
         self.reads = 0
+
+    def load(self) -> OcrEngine:
+        """The engine, made now if it was not yet (so that a page's cost leaves out model loading)."""
+        if self.inner is None:
+            self.inner = self._make()
+        return self.inner
 
     def read(self, image: Image) -> PageText:
         """The cached reading of an identical image, else a new one."""
         key = hashlib.sha1(image.tobytes() + repr(image.shape).encode()).hexdigest()
         if key not in self.cache:
-            if self.inner is None:
-                self.inner = self._make()
-            started = time.perf_counter()
-            result = self.inner.read(image)
+            inner = self.load()
+            started, cpu = time.perf_counter(), cpu_seconds()
+            result = inner.read(image)
             self.reads += 1
-            self.cache[key] = (result, time.perf_counter() - started)
+            self.cache[key] = (result, time.perf_counter() - started, cpu_seconds() - cpu)
         return self.cache[key][0]
 
     def read_batch(self, images: Sequence[Image]) -> list[PageText]:
         """Each image as :meth:`read` reads it."""
         return read_each(self, images)
 
-    def seconds(self, image: Image) -> float:
-        """What reading ``image`` cost the first time (0 if never read)."""
+    def cost(self, image: Image) -> tuple[float, float]:
+        """What reading ``image`` cost the first time, wall and CPU seconds ((0, 0) if never read)."""
         key = hashlib.sha1(image.tobytes() + repr(image.shape).encode()).hexdigest()
-        return self.cache.get(key, (None, 0.0))[1]
+        _, wall, cpu = self.cache.get(key, (None, 0.0, 0.0))
+        return wall, cpu
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (all its threads) and of its children that have ended (tesseract's)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 @dataclass
@@ -331,13 +353,14 @@ class Reading:
     """What actually read it: ``text``, or the OCR engine (``hybrid`` for auto's merged pages)."""
     seconds: float
     score: Score | None
+    cpu_seconds: float = 0.0
 
 
 def _needs_ocr(doc: PdfDocument, page_no: int, engine: str) -> tuple[bool, str]:
     """Whether ``engine`` would OCR the page, decided as it decides, before any OCR; and the judged source."""
     if engine == "text":
         return False, "text"
-    if engine in ("rapidocr", "tesseract"):
+    if engine in (*OCR_ENGINES, REFERENCE):
         return True, engine
     layer = doc.text_layer(page_no)
     return not takes_text_layer(JobOptions(engine=Engine.AUTO), layer), str(layer.source)
@@ -345,9 +368,9 @@ def _needs_ocr(doc: PdfDocument, page_no: int, engine: str) -> tuple[bool, str]:
 
 def _read(doc: PdfDocument, page_no: int, engine: str, engines: Engines, dpi: int) -> tuple[str, str]:
     """Read one page as ``engine`` does; its text and what read it."""
-    if engine == "tesseract":
-        return tesseract_text(doc.render(page_no, dpi=dpi, max_megapixels=MAX_MEGAPIXELS), dpi), "tesseract"
-    wanted = {"text": Engine.TEXT, "rapidocr": Engine.RAPIDOCR, "auto": Engine.AUTO, "auto-worker": Engine.AUTO}[engine]
+    if engine == REFERENCE:
+        return tesseract_text(doc.render(page_no, dpi=dpi, max_megapixels=MAX_MEGAPIXELS), dpi), REFERENCE
+    wanted = {"text": Engine.TEXT, "auto": Engine.AUTO, "auto-worker": Engine.AUTO, **OCR_ENGINES}[engine]
     text, _, _, used, _ = read_page(doc, page_no, JobOptions(engine=wanted, dpi=dpi), engines, MAX_MEGAPIXELS)
     if wanted == Engine.AUTO and doc.text_layer(page_no).source == PageSource.HYBRID:
         return text, "hybrid"
@@ -406,10 +429,11 @@ def evaluate(
     report = Report(engines=list(engines_wanted))
     started = time.perf_counter()
     engines = Engines(threads=threads, default=Engine.RAPIDOCR)
-    cache: CachedEngine | None = None
-    if any(e != "text" for e in engines_wanted):
-        cache = CachedEngine(lambda: make_engine(Engine.RAPIDOCR, threads=threads), Engine.RAPIDOCR)
-        engines.loaded[Engine.RAPIDOCR] = cache
+    caches: dict[Engine, CachedEngine] = {}
+    for name, ocr in OCR_ENGINES.items():
+        if name in engines_wanted or (ocr == engines.default and any(e.startswith("auto") for e in engines_wanted)):
+            caches[ocr] = CachedEngine(_maker(ocr, threads), ocr)
+            engines.loaded[ocr] = caches[ocr]
     by_class: dict[str, list[Sample]] = {}
     for sample in samples:
         by_class.setdefault(sample.cls, []).append(sample)
@@ -424,7 +448,7 @@ def evaluate(
                 if sample.expected is None:
                     continue  # nothing to score: the decision is all this page tells
                 for engine in engines_wanted:
-                    if engine == "tesseract" and shutil.which("tesseract") is None:
+                    if engine in ("tesseract", REFERENCE) and shutil.which("tesseract") is None:
                         report.skipped[f"{cls}/{engine}"] = report.skipped.get(f"{cls}/{engine}", 0) + 1
                         continue
                     needs, _ = _needs_ocr(doc, sample.page_no, engine)
@@ -432,26 +456,33 @@ def evaluate(
                         report.skipped[f"{cls}/{engine}"] = report.skipped.get(f"{cls}/{engine}", 0) + 1
                         continue
                     ocr_used[engine] += needs
-                    t1 = time.perf_counter()
+                    cache = caches.get(OCR_ENGINES.get(engine, engines.default))
+                    if needs and cache is not None:
+                        cache.load()  # a worker loads its models before it takes work: not a page's cost
+                    t1, c1 = time.perf_counter(), cpu_seconds()
                     text, source = _read(doc, sample.page_no, engine, engines, dpi)
-                    seconds = time.perf_counter() - t1
+                    seconds, cpu = time.perf_counter() - t1, cpu_seconds() - c1
                     if needs and cache is not None:
                         # A cached page was paid for by the first engine that read it: charge its real cost.
-                        seconds = max(seconds, _ocr_seconds(cache, doc, sample.page_no, dpi))
-                    report.readings.append(
-                        Reading(cls, sample.name, engine, source, seconds, score_page(text, sample.expected, seconds))
-                    )
+                        wall_ocr, cpu_ocr = _ocr_cost(cache, doc, sample.page_no, dpi)
+                        seconds, cpu = max(seconds, wall_ocr), max(cpu, cpu_ocr)
+                    score = score_page(text, sample.expected, seconds, cpu)
+                    report.readings.append(Reading(cls, sample.name, engine, source, seconds, score, cpu))
                     if progress is not None:
-                        progress(f"{cls:22} {engine:11} {source:8} {seconds:6.2f} s  {sample.name}")
+                        progress(f"{cls:22} {engine:11} {source:9} {seconds:6.2f} s {cpu:6.2f} CPU s  {sample.name}")
         report.decisions[cls] = dict(decisions)
-    report.ocr_reads = cache.reads if cache is not None else 0
+    report.ocr_reads = sum(cache.reads for cache in caches.values())
     report.wall_s = time.perf_counter() - started
     return report
 
 
-def _ocr_seconds(cache: CachedEngine, doc: PdfDocument, page_no: int, dpi: int) -> float:
+def _maker(engine: Engine, threads: int) -> Callable[[], OcrEngine]:
+    return lambda: make_engine(engine, threads=threads)
+
+
+def _ocr_cost(cache: CachedEngine, doc: PdfDocument, page_no: int, dpi: int) -> tuple[float, float]:
     image = doc.render(page_no, dpi=dpi, max_megapixels=MAX_MEGAPIXELS)
-    return cache.seconds(image)
+    return cache.cost(image)
 
 
 # --------------------------------------------------------------------------- summary and goals
@@ -575,7 +606,7 @@ def _layout_checks(report: Report) -> list[GoalCheck]:
         for cls in sorted({r.cls for r in layout if r.engine == engine}):
             ours = [r for r in layout if r.cls == cls and r.engine == engine]
             names = {r.name for r in ours}
-            theirs = [r for r in layout if r.cls == cls and r.engine == "tesseract" and r.name in names]
+            theirs = [r for r in layout if r.cls == cls and r.engine == REFERENCE and r.name in names]
             docs: dict[str, list[Reading]] = {}
             for r in ours:
                 docs.setdefault(r.name.rsplit(":", 1)[0], []).append(r)
@@ -625,6 +656,7 @@ def to_json(report: Report) -> dict[str, Any]:
                 "order_free_cer": row.score.order_free_cer,
                 "word_recall": row.score.word_recall,
                 "seconds_per_page": row.score.seconds / row.score.pages if row.score.pages else 0.0,
+                "cpu_seconds_per_page": row.score.cpu_seconds / row.score.pages if row.score.pages else 0.0,
                 "sources": row.sources,
             }
             for row in summarise(report)
@@ -643,6 +675,7 @@ def to_json(report: Report) -> dict[str, Any]:
                 "engine": r.engine,
                 "source": r.source,
                 "seconds": r.seconds,
+                "cpu_seconds": r.cpu_seconds,
                 "cer": r.score.cer if r.score else None,
                 "order_free_cer": r.score.order_free_cer if r.score else None,
                 "word_recall": r.score.word_recall if r.score else None,
@@ -678,6 +711,7 @@ def render_report(report: Report, console: Any) -> None:
         ("order-free CER", "right"),
         ("word recall", "right"),
         ("s/page", "right"),
+        ("CPU s/page", "right"),
         ("read by", "left"),
     ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
@@ -695,6 +729,7 @@ def render_report(report: Report, console: Any) -> None:
             f"{s.order_free_cer:.4f}",
             f"{s.word_recall:.4f}",
             f"{s.seconds / s.pages:.2f}" if s.pages else "",
+            f"{s.cpu_seconds / s.pages:.2f}" if s.pages else "",
             ", ".join(f"{k} {v}" for k, v in sorted(row.sources.items())),
         )
     console.print(table)

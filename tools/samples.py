@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import io
+from pathlib import Path
 
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
@@ -222,3 +223,18 @@ def encrypted_pdf(user_password: bytes = b"secret", owner_password: bytes = b"ow
     ]
     trailer = b"/Encrypt 4 0 R /ID [<%s> <%s>]" % (file_id.hex().encode(), file_id.hex().encode())
     return write_pdf(objects, trailer)
+
+
+def single_page(path: Path, page_no: int) -> bytes:
+    """One page of ``path`` as a PDF of its own."""
+    with PDFIUM_LOCK:
+        src = pdfium.PdfDocument(path)
+        doc = pdfium.PdfDocument.new()
+        try:
+            doc.import_pages(src, [page_no - 1])
+            out = io.BytesIO()
+            doc.save(out)
+        finally:
+            doc.close()
+            src.close()
+    return out.getvalue()

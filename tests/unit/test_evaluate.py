@@ -176,11 +176,11 @@ def test_layout_goals_against_tesseract() -> None:
 
 
 def test_tesseract_readings_replace_the_table() -> None:
-    report = Report(engines=["rapidocr", "tesseract"])
+    report = Report(engines=["rapidocr", "tesseract-psm3"])
     report.reference = {"layout/x-scan.pdf": 0.5}
     report.readings = [
         _reading("scanned-layout-a", "layout/x-scan.pdf:1", "rapidocr", "abcdefghiX", "abcdefghij"),
-        _reading("scanned-layout-a", "layout/x-scan.pdf:1", "tesseract", "abcdefghij", "abcdefghij"),
+        _reading("scanned-layout-a", "layout/x-scan.pdf:1", "tesseract-psm3", "abcdefghij", "abcdefghij"),
     ]
     checks = {(c.goal, c.cls, c.engine): c for c in check_goals(report)}
     assert checks[("class <= tesseract", "scanned-layout-a", "rapidocr")].met is False

@@ -1,0 +1,75 @@
+"""rapidocr's backends: onnxruntime, or OpenVINO where the package is installed (one real page, marked ``ocr``)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rapidfuzz.distance import Levenshtein
+
+from consumer import engines
+from consumer.pdf import PdfDocument
+from schemas.errors import ErrorCode, PermanentError
+
+
+def test_an_explicit_backend_is_kept_and_an_unknown_one_refused() -> None:
+    assert engines._backend("onnxruntime") == "onnxruntime"
+    assert engines._backend("openvino") == "openvino"
+    with pytest.raises(ValueError):
+        engines._backend("tensorrt")
+
+
+@pytest.mark.parametrize(("installed", "want"), [(True, "openvino"), (False, "onnxruntime")])
+def test_auto_takes_openvino_only_where_it_is_installed(
+    monkeypatch: pytest.MonkeyPatch, installed: bool, want: str
+) -> None:
+    real = importlib.util.find_spec
+
+    def find_spec(name: str, *args: Any) -> Any:
+        if name == "openvino":
+            return object() if installed else None
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    assert engines._backend("auto") == want
+
+
+def test_auto_keeps_onnxruntime_under_a_small_address_space(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: object())
+    monkeypatch.setattr(engines.resource, "getrlimit", lambda which: (3 * 1024**3, 3 * 1024**3))
+    assert engines._backend("auto") == "onnxruntime"
+    monkeypatch.setattr(engines.resource, "getrlimit", lambda which: (8 * 1024**3, 8 * 1024**3))
+    assert engines._backend("auto") == "openvino"
+
+
+def test_openvino_asked_for_but_missing_is_engine_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.import_module
+
+    def import_module(name: str, *args: Any) -> Any:
+        if name == "openvino":
+            raise ImportError("No module named 'openvino'")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", import_module)
+    with pytest.raises(PermanentError) as info:
+        engines._OpenVinoModel("det.onnx", 1, "bf16")
+    assert info.value.code == ErrorCode.ENGINE_UNAVAILABLE
+    assert "openvino" in info.value.message
+
+
+@pytest.mark.ocr
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed here")
+def test_openvino_reads_a_scanned_page_as_onnxruntime_does(corpus: Path) -> None:
+    with PdfDocument(corpus / "scanned/google-doc-document-scan.pdf") as doc:
+        image = doc.render(1, dpi=150, max_megapixels=50)
+    want = json.loads((corpus / "scanned/google-doc-document-scan.pdf.expected.json").read_text())[0]
+    engine = engines.RapidOcrEngine(threads=1, backend="openvino")
+    assert engine.backend == "openvino"
+    page = engine.read(image)
+    # The bound onnxruntime meets on this page (tests/unit/test_engines.py).
+    assert Levenshtein.normalized_distance(" ".join(page.text.split()), " ".join(want.split())) < 0.03
+    assert 0.9 < page.confidence <= 1.0
