@@ -32,9 +32,10 @@ through :func:`clean_text` before it builds blocks and events.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Annotated
 
-from pydantic import Field, JsonValue
+from pydantic import AfterValidator, Field, JsonValue
 
 NAME_MAX_CHARS = 256
 """Identifiers and labels: worker names, ``submitted_by``, idempotency keys, metadata keys."""
@@ -95,6 +96,20 @@ JobId = Annotated[
         json_schema_extra=_refuses(f"^{_JOB_ID_CHARS}"),
     ),
 ]
+
+
+def _with_offset(value: datetime) -> datetime:
+    # pydantic takes "2030-01-01T00:00:00" as a naive datetime, which RFC 3339 (the schema's
+    # "date-time") does not allow, and which no aware one can be compared with: the recorder
+    # sorting a batch's events by time died on one, and the batch came back to it for ever.
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("a date-time needs a UTC offset (Z or +HH:MM)")
+    return value
+
+
+Instant = Annotated[datetime, AfterValidator(_with_offset)]
+"""A point in time, with its UTC offset (the messages' ``occurred_at``, ``submitted_at``, ``deadline``)."""
+
 REPLACEMENT = "\ufffd"
 """What :func:`clean_text` puts in place of a refused character: one for one, so offsets into the text hold."""
 _NOT_TEXT = re.compile(rf"[{_CONTROLS_BUT_TAB_LF_CR}\ud800-\udfff]")

@@ -25,6 +25,7 @@ from schemas.fields import (
     JOB_ID_MAX_CHARS,
     JOB_ID_PATTERN,
     Bucket,
+    Instant,
     JobId,
     Key,
     MetaValue,
@@ -131,9 +132,9 @@ class JobRequest(_Model):
     idempotency_key: Name | None = Field(
         default=None, description="the same key gives the same job (its id is derived from it)"
     )
-    deadline: datetime | None = Field(default=None, description="work still to do after it is dropped")
+    deadline: Instant | None = Field(default=None, description="work still to do after it is dropped")
     submitted_by: Name | None = None
-    submitted_at: datetime = Field(default_factory=_now)
+    submitted_at: Instant = Field(default_factory=_now)
     metadata: Metadata = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -157,7 +158,7 @@ class PageTask(_Model):
     last_page: int = Field(ge=1)
     options: JobOptions
     priority: int = Field(default=0, ge=0, le=9)
-    deadline: datetime | None = None
+    deadline: Instant | None = None
 
 
 # --- events (fanout exchange ``{prefix}.events``) ---------------------------
@@ -167,7 +168,7 @@ class _Event(_Model):
     schema_version: int = SCHEMA_VERSION
     event_id: Name = Field(default_factory=_new_id)
     job_id: JobId
-    occurred_at: datetime = Field(default_factory=_now)
+    occurred_at: Instant = Field(default_factory=_now)
 
 
 class JobQueued(_Event):
@@ -200,7 +201,7 @@ class JobStarted(_Event):
     cached_pages: int = Field(default=0, ge=0, description="pages answered from the page cache")
     priority: int = Field(default=0, ge=0, le=9)
     idempotency_key: Name | None = None
-    deadline: datetime | None = None
+    deadline: Instant | None = None
 
 
 class TextSource(StrEnum):
