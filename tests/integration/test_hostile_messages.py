@@ -5,7 +5,8 @@ exchange, every event to the events exchange) is built valid, then one string
 field at a time is replaced *in the JSON text* by something hostile: NUL and
 other control characters (escaped, and raw inside the string), lone surrogates
 written as ``\\udXXX`` escapes, very long strings, dots-only ids, bytes that are
-not UTF-8; and some bodies that are not JSON at all. They are published raw, as
+not UTF-8; date-times without an offset or out of Python's range once in UTC;
+and some bodies that are not JSON at all. They are published raw, as
 a producer in another language could, past any client-side validation.
 
 The hostile values are drawn by hypothesis once per run (derandomized, so a
@@ -17,6 +18,10 @@ example would cost ~10 s each. Then, what a user relies on:
   in the recorder's batches with them), still complete that job;
 - a normal job submitted afterwards completes;
 - nothing but the hostile bodies was dead-lettered.
+
+It found one bug: a date-time without an offset (``"2030-01-01T00:00:00"``) passed the
+contract as a naive datetime, and the recorder, sorting a batch's job events by
+``occurred_at``, died comparing it with an aware one (``tests/unit/test_message_datetimes.py``).
 """
 
 from __future__ import annotations
@@ -98,6 +103,17 @@ FIXED: list[bytes] = [
     b'""',
 ]
 """Hostile JSON string literals, written as bytes so some are not valid JSON or UTF-8 at all."""
+
+DATETIME_FIELDS = {"occurred_at", "submitted_at", "deadline"}
+DATETIMES: list[bytes] = [
+    b'"0001-01-01T00:00:00+14:00"',  # valid, but before year 1 in UTC: Python cannot convert it
+    b'"9999-12-31T23:59:59-14:00"',  # after year 9999 in UTC
+    b'"2030-01-01T00:00:00"',  # no offset: a naive datetime, which an aware one cannot be compared with
+    b'"0001-01-01T00:00:00"',
+    b'"-1"',
+    b'"2026-02-30T00:00:00Z"',
+]
+"""Strings in datetime fields: some pass the contract and still are no instant Python can place in UTC."""
 
 _controls = st.characters(codec=None, categories=["Cc"])
 _surrogates = st.characters(categories=["Cs"])
@@ -237,18 +253,21 @@ def hostile_bodies(bucket: str, literals: list[bytes]) -> list[tuple[str, bytes]
     """
     bodies: list[tuple[str, bytes]] = []
     turn = 0
-    for n in range(len(base_messages("probe", bucket))):
-        job_id = f"hostile-{secrets.token_hex(4)}-{n}"
-        message = base_messages(job_id, bucket)[n]
+
+    def one(n: int, path: Path, literal: bytes) -> tuple[str, bytes]:
+        message = base_messages(f"hostile-{secrets.token_hex(6)}", bucket)[n]  # a job and event id of its own
         kind = {"JobRequest": "jobs", "PageTask": "tasks"}.get(type(message).__name__, "events")
-        data = json.loads(to_body(message))
-        for path in string_paths(data):
+        text = json.dumps(with_placeholder(json.loads(to_body(message)), path)).encode()
+        assert text.count(f'"{PLACEHOLDER}"'.encode()) == 1, path
+        return kind, text.replace(f'"{PLACEHOLDER}"'.encode(), literal)
+
+    for n, model in enumerate(base_messages("probe", bucket)):
+        for path in string_paths(json.loads(to_body(model))):
             for _ in range(2):  # two hostile values per field
-                literal = literals[turn % len(literals)]
+                bodies.append(one(n, path, literals[turn % len(literals)]))
                 turn += 1
-                text = json.dumps(with_placeholder(data, path)).encode()
-                assert text.count(f'"{PLACEHOLDER}"'.encode()) == 1, path
-                bodies.append((kind, text.replace(f'"{PLACEHOLDER}"'.encode(), literal)))
+            if path[-1] in DATETIME_FIELDS:
+                bodies.extend(one(n, path, literal) for literal in DATETIMES)
     for body in NOT_JSON:
         bodies.extend((kind, body) for kind in ("jobs", "tasks", "events"))
     return bodies
@@ -281,10 +300,17 @@ async def wait_until_quiet(stack: Stack, within_s: float = 60.0) -> None:
     """Until the role queues hold nothing ready and the dead-letter queue has stopped growing for 2 s."""
     url = stack.env["PAGEWIRE_AMQP_URL"]
     topology = stack.topology
-    work = [topology.jobs_queue, topology.tasks_queue, topology.tasks_high_queue, topology.recorder_queue]
+    work = [
+        topology.jobs_queue,
+        topology.tasks_queue,
+        topology.tasks_high_queue,
+        topology.recorder_queue,
+        topology.recorder_dead_queue,
+    ]
     deadline = time.monotonic() + within_s
     last, steady_since = -1, time.monotonic()
     while True:
+        assert_roles_up(stack)
         ready = [(await queue_depth(url, q))[0] for q in work]
         dead = (await queue_depth(url, topology.dead_queue))[0]
         if dead != last or any(ready):
@@ -295,14 +321,15 @@ async def wait_until_quiet(stack: Stack, within_s: float = 60.0) -> None:
         await asyncio.sleep(0.3)
 
 
-def assert_roles_up_and_consuming(stack: Stack) -> None:
+def assert_roles_up(stack: Stack) -> None:
     for name, proc in stack.processes.items():
         assert proc.poll() is None, f"{name} exited with {proc.returncode}:\n{stack.log(name)[-3000:]}"
 
 
 async def assert_consuming(stack: Stack) -> None:
     url = stack.env["PAGEWIRE_AMQP_URL"]
-    for role, queue in devstack.role_queues(stack.topology).items():
+    queues = [*devstack.role_queues(stack.topology).items(), ("recorder", stack.topology.recorder_dead_queue)]
+    for role, queue in queues:
         _, consumers = await queue_depth(url, queue)
         assert consumers >= 1, f"{role} no longer consumes {queue}:\n{stack.log(role)[-3000:]}"
 
@@ -330,7 +357,7 @@ async def test_hostile_strings_in_every_field_leave_every_role_up_and_only_thems
     await wait_until_quiet(stack)
 
     # Then every role is still up and consuming
-    assert_roles_up_and_consuming(stack)
+    assert_roles_up(stack)
     await assert_consuming(stack)
     async with Client(stack.settings) as client:
         # And the innocent job, whose events shared batches with the hostile ones, completed
@@ -347,5 +374,5 @@ async def test_hostile_strings_in_every_field_leave_every_role_up_and_only_thems
     innocent_dead = [m.body[:300] for m in dead if m.body not in sent]
     assert not innocent_dead, f"{len(innocent_dead)} innocent message(s) dead-lettered: {innocent_dead}"
     assert b"not json at all" in {m.body for m in dead}
-    assert_roles_up_and_consuming(stack)
+    assert_roles_up(stack)
     await assert_consuming(stack)
