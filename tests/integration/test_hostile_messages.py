@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -61,7 +62,7 @@ from schemas.messages import (
     Source,
     to_body,
 )
-from schemas.names import JOB_ROUTING_KEY, TASK_ROUTING_KEY
+from schemas.names import HEADER_ERROR_CODE, JOB_ROUTING_KEY, TASK_ROUTING_KEY
 from tests.integration.stack import MakeStack, Stack, run_job
 from tests.integration.test_dead_letters import drain
 from tests.integration.test_recorder_apply import job_events
@@ -376,3 +377,59 @@ async def test_hostile_strings_in_every_field_leave_every_role_up_and_only_thems
     assert b"not json at all" in {m.body for m in dead}
     assert_roles_up(stack)
     await assert_consuming(stack)
+
+
+def one_hostile_event(model: BaseModel, field: str, literal: bytes) -> bytes:
+    """``model``'s body with ``field`` set to the JSON literal ``literal``."""
+    text = json.dumps({**json.loads(to_body(model)), field: PLACEHOLDER}).encode()
+    return text.replace(f'"{PLACEHOLDER}"'.encode(), literal)
+
+
+async def test_a_hostile_event_in_a_batch_of_innocent_events_costs_only_itself(
+    make_stack: MakeStack, channel: AbstractChannel
+) -> None:
+    # Given the three roles, the recorder gathering what comes within a second into one batch
+    stack = make_stack(PAGEWIRE_BATCH_WAIT_MS="1000", PAGEWIRE_BATCH_MAX_WAIT_MS="5000")
+    bucket = stack.settings.s3_bucket
+
+    def hostile_of(_: int) -> list[BaseModel]:  # a fresh hostile job for each
+        return base_messages(f"hostile-{secrets.token_hex(6)}", bucket)[2:]  # the events only
+
+    # ... and hostile events of every kind: refused by the contract, or passed by it and refused by PostgreSQL
+    queued_, started_, completed_, failed_, _, job_failed_, cancelled_ = range(7)
+    hostile = [
+        b"\xff\xfe\x00{",
+        one_hostile_event(hostile_of(0)[cancelled_], "reason", _json_str("stop\x00now")),
+        one_hostile_event(hostile_of(1)[completed_], "text", b'"lone \\ud800 high"'),
+        one_hostile_event(hostile_of(2)[job_failed_], "message", _json_str("x" * LONG)),
+        one_hostile_event(hostile_of(3)[queued_], "job_id", b'".."'),
+        one_hostile_event(hostile_of(4)[failed_], "worker", b'"not \xff utf-8"'),
+        one_hostile_event(hostile_of(5)[started_], "occurred_at", b'"2030-01-01T00:00:00"'),  # no offset
+        one_hostile_event(hostile_of(6)[queued_], "occurred_at", b'"0001-01-01T00:00:00+14:00"'),  # PG refuses
+    ]
+    # ... each in the middle of the events of an innocent job of its own
+    burst: list[bytes] = []
+    innocents = [f"innocent-{n}-{secrets.token_hex(4)}" for n in range(len(hostile))]
+    for job_id, bad in zip(innocents, hostile, strict=True):
+        queued, started, pages = job_events(job_id, 2)
+        burst += [to_body(queued), to_body(started), bad, *[to_body(p) for p in pages]]
+
+    # When they are all published in one go (one batch of the recorder's)
+    await publish(channel, stack, [("events", body) for body in burst])
+    await wait_until_quiet(stack)
+
+    # Then every innocent job completed, every role is up and consuming
+    async with Client(stack.settings) as client:
+        rows = {job_id: await client.final_status(job_id, wait_s=60) for job_id in innocents}
+    assert {j: (r["status"], r["pages_ok"]) for j, r in rows.items()} == {j: ("completed", 2) for j in innocents}
+    assert_roles_up(stack)
+    await assert_consuming(stack)
+    # And the batch PostgreSQL refused was split, so the innocent events in it were recorded
+    refused = re.search(r"a batch of (\d+) events was refused", stack.log("recorder"))
+    assert refused is not None and int(refused.group(1)) > 1, stack.log("recorder")[-3000:]
+    # And exactly the hostile events were dead-lettered
+    dead = await drain(channel, stack.topology.dead_queue)
+    assert sorted(m.body for m in dead) == sorted(hostile)
+    codes = {m.body: (m.headers or {}).get(HEADER_ERROR_CODE) for m in dead}
+    assert codes[hostile[-1]] == ErrorCode.EVENT_UNRECORDABLE
+    assert set(codes.values()) == {ErrorCode.MALFORMED_MESSAGE, ErrorCode.EVENT_UNRECORDABLE}
