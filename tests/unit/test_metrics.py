@@ -216,3 +216,13 @@ def test_the_command_says_so_in_one_line_and_exits_with_the_usage_code() -> None
         f"pagewire: the metrics port 127.0.0.1:{port} is in use by another process: give this planner its"
         " own with PAGEWIRE_METRICS_PORT (0 turns metrics off)"
     ]
+
+
+def test_a_plain_log_line_cannot_be_forged_by_a_message(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.configure_logging("INFO", "text")
+    try:
+        logging.getLogger("pagewire.test").warning("refused %s", "name\r\nFAKE ERROR line")
+    finally:
+        logging.basicConfig(force=True)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "name\\r\\nFAKE ERROR line" in err
