@@ -73,29 +73,15 @@ class BatchReader:
         """The pages' readings, a batch at a time, each batch in page order."""
         pending = collections.deque(page_nos)
         rendered: asyncio.Queue[_Rendered] = asyncio.Queue(maxsize=2 * self.batch_pages)
+        stopping = False
 
         async def render_with(sandbox: Sandbox) -> None:
-            while pending:
-                page_no = pending.popleft()
-                try:
-                    image, render_ms = await sandbox.call(
-                        child_render, path, page_no, options.dpi, self.max_megapixels, budget_s=self.render_budget_s
-                    )
-                    await rendered.put((page_no, image, render_ms))
-                except PermanentError as exc:
-                    await rendered.put((page_no, exc, 0.0))
-                except PagewireError as exc:
-                    # A render child that died: the page is tried once more in a fresh child before it fails.
-                    log.warning("page %s: render process died (%s); rendering it once more", page_no, exc)
-                    try:
-                        image, render_ms = await sandbox.call(
-                            child_render, path, page_no, options.dpi, self.max_megapixels, budget_s=self.render_budget_s
-                        )
-                        await rendered.put((page_no, image, render_ms))
-                    except PagewireError as again:
-                        await rendered.put((page_no, PermanentError(again.code, again.message), 0.0))
-                except Exception as exc:  # raised by pdfium or the renderer in the child: this page's fault
-                    await rendered.put((page_no, PermanentError(ErrorCode.RENDER_FAILED, f"render failed: {exc}"), 0.0))
+            while pending and not stopping:
+                item = await self._render(sandbox, path, pending.popleft(), options)
+                if stopping:
+                    _drop(item)
+                    return
+                await rendered.put(item)
 
         rendering = [asyncio.create_task(render_with(sandbox), name=sandbox.name) for sandbox in self.renderers]
         remaining = len(page_nos)
@@ -110,14 +96,39 @@ class BatchReader:
                 remaining -= len(batch)
                 yield sorted(await self._read(batch, options), key=lambda page: page.page_no)
         finally:
-            for task in rendering:
-                task.cancel()
-            await asyncio.gather(*rendering, return_exceptions=True)
-            # Pages rendered for a read that ended early (cancelled, or failed): their memory is freed.
-            while not rendered.empty():
-                _, image, _ = rendered.get_nowait()
-                if isinstance(image, SharedImage):
-                    free([image])
+            # A read that ended early (cancelled, or failed): no new render starts, the ones under
+            # way end (within their budget) and every page rendered for it has its memory freed.
+            # Cancelling a render instead would leave its image in shared memory for good.
+            stopping = True
+            pending.clear()
+            while True:
+                while not rendered.empty():
+                    _drop(rendered.get_nowait())
+                if all(task.done() for task in rendering):
+                    break
+                await asyncio.wait(rendering, timeout=0.05)
+
+    async def _render(self, sandbox: Sandbox, path: str, page_no: int, options: JobOptions) -> _Rendered:
+        """One page rendered in a render child, or why it could not be."""
+        try:
+            image, render_ms = await sandbox.call(
+                child_render, path, page_no, options.dpi, self.max_megapixels, budget_s=self.render_budget_s
+            )
+            return page_no, image, render_ms
+        except PermanentError as exc:
+            return page_no, exc, 0.0
+        except PagewireError as exc:
+            # A render child that died: the page is tried once more in a fresh child before it fails.
+            log.warning("page %s: render process died (%s); rendering it once more", page_no, exc)
+            try:
+                image, render_ms = await sandbox.call(
+                    child_render, path, page_no, options.dpi, self.max_megapixels, budget_s=self.render_budget_s
+                )
+                return page_no, image, render_ms
+            except PagewireError as again:
+                return page_no, PermanentError(again.code, again.message), 0.0
+        except Exception as exc:  # raised by pdfium or the renderer in the child: this page's fault
+            return page_no, PermanentError(ErrorCode.RENDER_FAILED, f"render failed: {exc}"), 0.0
 
     async def _read(self, batch: list[_Rendered], options: JobOptions) -> list[BatchedPage]:
         out = [BatchedPage(p, image, options.engine, 0.0) for p, image, _ in batch if isinstance(image, PermanentError)]
@@ -156,6 +167,12 @@ class BatchReader:
             BatchedPage(page_no, text, engine, render_ms)
             for (page_no, _, render_ms), text in zip(pages, texts, strict=True)
         ]
+
+
+def _drop(item: _Rendered) -> None:
+    """Free the memory of a rendered page no batch will take."""
+    if isinstance(item[1], SharedImage):
+        free([item[1]])
 
 
 def render_pool(size: int, memory_mb: int, name: str = "render") -> list[Sandbox]:

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from consumer.recorder import PreparedBatch, Recorder
 from consumer.recorder import apply as applying
 from schemas.errors import ErrorCode, PermanentError
-from schemas.messages import Event, JobCancelled, JobFailed, parse_event
+from schemas.messages import Event, JobFailed, parse_event
 from schemas.settings import RecorderSettings
 from schemas.tables import applied_events
 from tests.integration.conftest import Services
@@ -197,25 +197,26 @@ async def test_a_database_error_that_is_not_transient_ends_the_batches(
     assert [m.processed for m in messages] == [True, True, False, False]
 
 
-def with_nul(event: Event, field: str) -> bytes:
-    """The event's body with a NUL in ``field``, written by hand (as a producer past any validation may)."""
+def out_of_range(event: Event) -> bytes:
+    """The page event's body with a page number the contract lets through and PostgreSQL's integer cannot hold."""
     data = json.loads(body(event))
-    data[field] = "stop\x00now"
+    data["page_no"] = 3_000_000_000
+    data["event_id"] = str(uuid.uuid4())  # a new event, not one already applied
     return json.dumps(data).encode()
 
 
 async def test_events_the_database_refuses_are_set_aside_and_the_rest_of_their_batch_applied(
     services: Services, db: AsyncEngine
 ) -> None:
-    # Given one batch holding: a refused cancel of a job that already completed, a refused page of
+    # Given one batch holding: a refused page of a job that already completed, a refused page of
     # a running job, that job's other pages, and a third job's events
     finished_job, running_job, other_job = (str(uuid.uuid4()) for _ in range(3))
     queued, started, done = job_events(finished_job, 1)
     await apply(db, [queued, started, *done])
     running_queued, running_started, running_pages = job_events(running_job, 3)
     other_queued, other_started, other_pages = job_events(other_job, 2)
-    bad_page = with_nul(running_pages[0], "text")
-    bad_cancel = with_nul(JobCancelled(job_id=finished_job, reason="x"), "reason")
+    bad_page = out_of_range(running_pages[0])
+    bad_cancel = out_of_range(done[0])
     good = [running_queued, running_started, *running_pages[1:], other_queued, other_started, *other_pages]
     messages = [Message(body(e)) for e in good]
     messages.insert(1, Message(bad_page))
@@ -228,7 +229,7 @@ async def test_events_the_database_refuses_are_set_aside_and_the_rest_of_their_b
     # Then every message is settled, the two refused ones dead-lettered with the reason
     assert sorted(b for b, _ in publisher.dead) == sorted([bad_page, bad_cancel])
     assert {e.code for _, e in publisher.dead} == {ErrorCode.EVENT_UNRECORDABLE}
-    assert all("0x00" in e.message for _, e in publisher.dead)
+    assert all("out of int32 range" in e.message for _, e in publisher.dead)
     # and the rest applied: the other job completed, the running job has its two good pages
     assert (await job_row(db, other_job))["status"] == "completed"
     assert (await job_row(db, running_job))["pages_ok"] == 2
