@@ -583,7 +583,9 @@ class _Cutter:
                     (core_lo, min(run_hi, core_lo + MIN_GUTTER)),
                     (max(run_lo, middle - MIN_GUTTER / 2), min(run_hi, middle + MIN_GUTTER / 2)),
                 ]
-                lo, hi = min(windows, key=lambda w: sum(1 for i in items if lefts[i] < w[1] and rights[i] > w[0]))
+                # The boxes across a window: all but those wholly right of it and wholly left of it
+                # (no box is both: a box's narrowed left edge is never right of its right edge).
+                lo, hi = min(windows, key=lambda w: bisect_left(starts, w[1]) - bisect_right(ends, w[0]))
             # Boxes wholly left of the gutter, and wholly right of it.
             if bisect_right(ends, lo) < side or len(starts) - bisect_left(starts, hi) < side:
                 continue
@@ -832,34 +834,41 @@ def _sparse_strips(edges: list[tuple[float, float]], allowed: int) -> list[tuple
     the ragged ends of the column's lines, and those lines must stay on their side.
     """
     events = sorted([(x0, 1) for x0, _ in edges] + [(x1, -1) for _, x1 in edges])
-    # Elementary segments between consecutive box edges, with how many boxes cover each.
-    segments: list[tuple[float, float, int]] = []
-    depth = 0
+    # One pass over the elementary segments between consecutive box edges (depth: how many boxes
+    # cover one), keeping the current run's longest stretch at its least depth so far: a page's
+    # strips are looked for on every region, and a list of segments walked twice costs more.
+    cores: list[tuple[float, float, float, float]] = []
+    depth = least = 0
+    start = end = lo = best_lo = best_hi = 0.0
+    in_run = at_least = False  # in a run of sparse segments; in a stretch of it at its least depth
     for (x, step), (next_x, _) in pairwise(events):
         depth += step
-        if next_x > x:
-            segments.append((x, next_x, depth))
-    cores: list[tuple[float, float, float, float]] = []
-    run: list[tuple[float, float, int]] = []
-    for segment in [*segments, (1.0, 1.0, allowed + 1)]:  # a sentinel closes the last run
-        if segment[2] <= allowed:
-            run.append(segment)
+        if next_x <= x:
             continue
-        if run:
-            least = min(d for _, _, d in run)
-            best: tuple[float, float] | None = None
-            lo: float | None = None
-            end = run[-1][1]
-            for x0, _, d in [*run, (end, end, least + 1)]:
-                if d == least and lo is None:
-                    lo = x0
-                elif d != least and lo is not None:
-                    if best is None or x0 - lo > best[1] - best[0]:
-                        best = (lo, x0)
-                    lo = None
-            if best is not None:
-                cores.append((run[0][0], end, best[0], best[1]))
-            run = []
+        if depth <= allowed:
+            if not in_run or depth < least:
+                if not in_run:
+                    in_run, start = True, x
+                least, lo, at_least = depth, x, True
+                best_lo = best_hi = x  # no stretch yet: any is longer
+            elif depth == least:
+                if not at_least:
+                    lo, at_least = x, True
+            elif at_least:
+                if x - lo > best_hi - best_lo:
+                    best_lo, best_hi = lo, x
+                at_least = False
+            end = next_x
+            continue
+        if in_run:
+            if at_least and end - lo > best_hi - best_lo:
+                best_lo, best_hi = lo, end
+            cores.append((start, end, best_lo, best_hi))
+            in_run = False
+    if in_run:
+        if at_least and end - lo > best_hi - best_lo:
+            best_lo, best_hi = lo, end
+        cores.append((start, end, best_lo, best_hi))
     return cores
 
 
@@ -903,12 +912,21 @@ def _keeps_gutters(
     heading over one column leaves a wider gap than the gutter, and the column's lines under it
     narrow the gap back to the gutter, which stays open.
     """
-    return all(_open(joined, lo, hi) or not any(_open(part, lo, hi) for part in parts) for lo, hi in gutters)
+    for lo, hi in gutters:
+        if not _open(joined, lo, hi):
+            for part in parts:
+                if _open(part, lo, hi):
+                    return False
+    return True
 
 
 def _open(cover: list[tuple[float, float]], lo: float, hi: float) -> bool:
     """Whether a gap between the intervals of ``cover`` overlaps the strip from ``lo`` to ``hi``."""
-    return any(a < hi and b > lo for (_, a), (b, _) in pairwise(cover))
+    # A plain loop, not any() over a generator: joining bands asks this of every gutter for every band.
+    for k in range(1, len(cover)):  # noqa: SIM110
+        if cover[k - 1][1] < hi and cover[k][0] > lo:
+            return True
+    return False
 
 
 def _insert(cover: list[tuple[float, float]], span: tuple[float, float]) -> list[tuple[float, float]]:
