@@ -833,7 +833,13 @@ def _sparse_strips(edges: list[tuple[float, float]], allowed: int) -> list[tuple
     locates the gutter: around a gutter that a title crosses, the interval also takes in
     the ragged ends of the column's lines, and those lines must stay on their side.
     """
-    events = sorted([(x0, 1) for x0, _ in edges] + [(x1, -1) for _, x1 in edges])
+    # The box edges in x order, as indices: starts below len(edges), ends above (sorting floats
+    # by key is quicker than sorting pairs). Edges at one x may come in any order: a segment's
+    # depth is taken after the last of them.
+    xs = [x0 for x0, _ in edges]
+    n = len(xs)
+    xs += [x1 for _, x1 in edges]
+    order = sorted(range(2 * n), key=xs.__getitem__)
     # One pass over the elementary segments between consecutive box edges (depth: how many boxes
     # cover one), keeping the current run's longest stretch at its least depth so far: a page's
     # strips are looked for on every region, and a list of segments walked twice costs more.
@@ -841,8 +847,9 @@ def _sparse_strips(edges: list[tuple[float, float]], allowed: int) -> list[tuple
     depth = least = 0
     start = end = lo = best_lo = best_hi = 0.0
     in_run = at_least = False  # in a run of sparse segments; in a stretch of it at its least depth
-    for (x, step), (next_x, _) in pairwise(events):
-        depth += step
+    for k, k_next in pairwise(order):
+        depth += 1 if k < n else -1
+        x, next_x = xs[k], xs[k_next]
         if next_x <= x:
             continue
         if depth <= allowed:
