@@ -230,7 +230,8 @@ def layer_order(boxes: Sequence[tuple[str, Rect, float]]) -> list[int] | None:
     order: list[int] | None = None
     if cut.columns_of_text:
         order = [i for region in found for i in sorted(region)]
-        if _displaced(order, [len(t) for t in texts]) < MIN_DISPLACED:
+        # Nothing displaced where the layer is in that order already (most papers' layers).
+        if all(a < b for a, b in pairwise(order)) or _displaced(order, [len(t) for t in texts]) < MIN_DISPLACED:
             order = None
     if order is None:
         order = _foot_last(rects, cut.footnotes | cut.feet)
@@ -521,7 +522,7 @@ class _Cutter:
                 cover = band_cover
                 continue
             if groups and k not in alone and k - 1 not in alone:
-                joined = _close(sorted(cover + band_cover)) if len(band_cover) > 1 else _insert(cover, band_cover[0])
+                joined = _close(cover + band_cover) if len(band_cover) > 1 else _insert(cover, band_cover[0])
                 # A band may close gutters the one or the other has only by chance (a line of
                 # one column reaching a little further, a gap in one line), not all of them.
                 if (
