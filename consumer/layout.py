@@ -396,6 +396,7 @@ class _Cutter:
     def __init__(self, texts: Sequence[str], *, coarse: bool = False) -> None:
         self.coarse = coarse
         self.texts = texts
+        self.is_label = [len(t) < LABEL_LENGTH for t in texts]
         self.footnotes: set[int] = set()
         self.heads: set[int] = set()
         self.feet: set[int] = set()
@@ -413,6 +414,13 @@ class _Cutter:
         self.bottoms: list[float] = []
         self.lefts: list[float] = []
         self.rights: list[float] = []
+        # The boxes' sides and heights as lists, read by index over a region's boxes (map over
+        # a list's __getitem__ is quicker than a generator over the boxes).
+        self.x0s = [r[0] for r in rects]
+        self.y0s = [r[1] for r in rects]
+        self.x1s = [r[2] for r in rects]
+        self.y1s = [r[3] for r in rects]
+        self.heights = [r[3] - r[1] for r in rects]
         for x0, y0, x1, y1 in rects:
             dy = shrink if shrink < 0.4 * (y1 - y0) else 0.4 * (y1 - y0)
             self.tops.append(y0 + dy)
@@ -562,8 +570,7 @@ class _Cutter:
         if len(items) < 2 * (PROSE_LINES if self.coarse else MIN_COLUMN_BOXES):
             return set(), []
         lefts, rights = self.lefts, self.rights
-        x0 = min(self.rects[i][0] for i in items)
-        x1 = max(self.rects[i][2] for i in items)
+        x0, x1 = self._extent(items)
         allowed = max(1, int(STRADDLING_SHARE * len(items)))
         found: set[int] = set()
         gutters: list[tuple[float, float]] = []
@@ -646,7 +653,7 @@ class _Cutter:
         out: list[list[int]] = []
         run: list[int] = []
         for group in groups:
-            if all(len(self.texts[i]) < LABEL_LENGTH for i in group):
+            if all(map(self.is_label.__getitem__, group)):
                 if run:
                     out.append(run)
                     run = []
@@ -658,11 +665,11 @@ class _Cutter:
         return out
 
     def _gap(self, upper: list[int], lower: list[int]) -> float:
-        return min(self.rects[i][1] for i in lower) - max(self.rects[i][3] for i in upper)
+        return min(map(self.y0s.__getitem__, lower)) - max(map(self.y1s.__getitem__, upper))
 
     def _height(self, items: list[int]) -> float:
         """The median height of the boxes: their type size."""
-        heights = sorted(self.rects[i][3] - self.rects[i][1] for i in items)
+        heights = sorted(map(self.heights.__getitem__, items))
         return heights[len(heights) // 2]
 
     def _is_prose(self, column: list[int], region_width: float) -> bool:
@@ -683,8 +690,9 @@ class _Cutter:
         page number under the left column is not read with that column.
         """
         found: set[int] = set()
-        tops = [min(self.rects[i][1] for i in band) for band in bands]
-        bottoms = [max(self.rects[i][3] for i in band) for band in bands]
+        y0s, y1s = self.y0s.__getitem__, self.y1s.__getitem__
+        tops = [min(map(y0s, band)) for band in bands]
+        bottoms = [max(map(y1s, band)) for band in bands]
         # Set off: by more than lines are from each other (a text layer's lines have gaps between
         # them, padded OCR boxes touch).
         gaps = sorted(top - bottom for bottom, top in zip(bottoms, tops[1:], strict=False))
@@ -774,7 +782,7 @@ class _Cutter:
         return out
 
     def _extent(self, items: list[int]) -> tuple[float, float]:
-        return min(self.rects[i][0] for i in items), max(self.rects[i][2] for i in items)
+        return min(map(self.x0s.__getitem__, items)), max(map(self.x1s.__getitem__, items))
 
     def _is_text(self, column: list[int], region_width: float) -> bool:
         if len(column) < MIN_COLUMN_BOXES:
