@@ -256,11 +256,10 @@ def _may_have_columns(rects: list[Rect]) -> bool:
     """Whether a strip of the page that few boxes cross has PROSE_LINES boxes wholly on each side."""
     if len(rects) < 2 * PROSE_LINES:
         return False
-    edges = [(x0 + SHRINK, x1 - SHRINK) for x0, _, x1, _ in rects]
     allowed = max(1, int(STRADDLING_SHARE * len(rects)))
-    ends = sorted(x1 for _, x1 in edges)
-    starts = sorted(x0 for x0, _ in edges)
-    for run_lo, run_hi, core_lo, core_hi in _sparse_strips(edges, allowed):
+    ends = sorted([x1 - SHRINK for _, _, x1, _ in rects])
+    starts = sorted([x0 + SHRINK for x0, _, _, _ in rects])
+    for run_lo, run_hi, core_lo, core_hi in _sparse_strips(starts, ends, allowed):
         if run_hi - run_lo < MIN_GUTTER:
             continue
         if bisect_right(ends, core_hi) >= PROSE_LINES and len(starts) - bisect_left(starts, core_lo) >= PROSE_LINES:
@@ -575,9 +574,9 @@ class _Cutter:
         found: set[int] = set()
         gutters: list[tuple[float, float]] = []
         side = PROSE_LINES if self.coarse else MIN_COLUMN_BOXES
-        ends = sorted(rights[i] for i in items)
-        starts = sorted(lefts[i] for i in items)
-        for run_lo, run_hi, core_lo, core_hi in _sparse_strips([(lefts[i], rights[i]) for i in items], allowed):
+        ends = sorted(map(rights.__getitem__, items))
+        starts = sorted(map(lefts.__getitem__, items))
+        for run_lo, run_hi, core_lo, core_hi in _sparse_strips(starts, ends, allowed):
             if run_hi - run_lo < MIN_GUTTER or run_lo <= x0 or run_hi >= x1:
                 continue
             # The gutter: MIN_GUTTER wide at least, inside the sparse strip and over its least
@@ -835,19 +834,21 @@ class _Cutter:
         return body + ([columns[0]] if first else []) + ([columns[-1]] if last else [])
 
 
-def _sparse_strips(edges: list[tuple[float, float]], allowed: int) -> list[tuple[float, float, float, float]]:
+def _sparse_strips(starts: list[float], ends: list[float], allowed: int) -> list[tuple[float, float, float, float]]:
     """Candidate gutters: each x-interval covered by at most ``allowed`` boxes, with its least covered part.
+
+    ``starts`` and ``ends`` are the boxes' left and right edges, each list sorted (how many
+    boxes cover a point needs only how many start and how many end before it).
 
     As (interval start, end, least covered part's start, end). The least covered part
     locates the gutter: around a gutter that a title crosses, the interval also takes in
     the ragged ends of the column's lines, and those lines must stay on their side.
     """
-    # The box edges in x order, as indices: starts below len(edges), ends above (sorting floats
-    # by key is quicker than sorting pairs). Edges at one x may come in any order: a segment's
-    # depth is taken after the last of them.
-    xs = [x0 for x0, _ in edges]
-    n = len(xs)
-    xs += [x1 for _, x1 in edges]
+    # The box edges in x order, as indices: starts below len(starts), ends above (sorting floats
+    # by key is quicker than sorting pairs, and two sorted runs merge in one pass). Edges at one
+    # x may come in any order: a segment's depth is taken after the last of them.
+    n = len(starts)
+    xs = starts + ends
     order = sorted(range(2 * n), key=xs.__getitem__)
     # One pass over the elementary segments between consecutive box edges (depth: how many boxes
     # cover one), keeping the current run's longest stretch at its least depth so far: a page's
