@@ -44,7 +44,8 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
-from itertools import pairwise
+from itertools import islice, pairwise
+from operator import sub
 from statistics import median
 from typing import NamedTuple, Protocol, TypeVar
 
@@ -415,11 +416,8 @@ class _Cutter:
         self.rights: list[float] = []
         # The boxes' sides and heights as lists, read by index over a region's boxes (map over
         # a list's __getitem__ is quicker than a generator over the boxes).
-        self.x0s = [r[0] for r in rects]
-        self.y0s = [r[1] for r in rects]
-        self.x1s = [r[2] for r in rects]
-        self.y1s = [r[3] for r in rects]
-        self.heights = [r[3] - r[1] for r in rects]
+        self.x0s, self.y0s, self.x1s, self.y1s = ([r[k] for r in rects] for k in range(4))
+        self.heights: list[float] = list(map(sub, self.y1s, self.y0s))
         for x0, y0, x1, y1 in rects:
             dy = shrink if shrink < 0.4 * (y1 - y0) else 0.4 * (y1 - y0)
             self.tops.append(y0 + dy)
@@ -964,12 +962,17 @@ def _close(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """Intervals merged where they overlap or leave less than MIN_GUTTER between them, left to right."""
     spans.sort()
     out: list[tuple[float, float]] = []
-    for lo, hi in spans:
-        if out and lo - out[-1][1] < MIN_GUTTER:
-            if hi > out[-1][1]:
-                out[-1] = (out[-1][0], hi)
+    if not spans:
+        return out
+    lo, hi = spans[0]
+    for a, b in islice(spans, 1, None):
+        if a - hi < MIN_GUTTER:
+            if b > hi:
+                hi = b
             continue
         out.append((lo, hi))
+        lo, hi = a, b
+    out.append((lo, hi))
     return out
 
 
