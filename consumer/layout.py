@@ -44,7 +44,8 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
-from itertools import pairwise
+from itertools import islice, pairwise
+from operator import sub
 from statistics import median
 from typing import NamedTuple, Protocol, TypeVar
 
@@ -230,7 +231,8 @@ def layer_order(boxes: Sequence[tuple[str, Rect, float]]) -> list[int] | None:
     order: list[int] | None = None
     if cut.columns_of_text:
         order = [i for region in found for i in sorted(region)]
-        if _displaced(order, [len(t) for t in texts]) < MIN_DISPLACED:
+        # Nothing displaced where the layer is in that order already (most papers' layers).
+        if all(a < b for a, b in pairwise(order)) or _displaced(order, [len(t) for t in texts]) < MIN_DISPLACED:
             order = None
     if order is None:
         order = _foot_last(rects, cut.footnotes | cut.feet)
@@ -255,11 +257,10 @@ def _may_have_columns(rects: list[Rect]) -> bool:
     """Whether a strip of the page that few boxes cross has PROSE_LINES boxes wholly on each side."""
     if len(rects) < 2 * PROSE_LINES:
         return False
-    edges = [(x0 + SHRINK, x1 - SHRINK) for x0, _, x1, _ in rects]
     allowed = max(1, int(STRADDLING_SHARE * len(rects)))
-    ends = sorted(x1 for _, x1 in edges)
-    starts = sorted(x0 for x0, _ in edges)
-    for run_lo, run_hi, core_lo, core_hi in _sparse_strips(edges, allowed):
+    ends = sorted([x1 - SHRINK for _, _, x1, _ in rects])
+    starts = sorted([x0 + SHRINK for x0, _, _, _ in rects])
+    for run_lo, run_hi, core_lo, core_hi in _sparse_strips(starts, ends, allowed):
         if run_hi - run_lo < MIN_GUTTER:
             continue
         if bisect_right(ends, core_hi) >= PROSE_LINES and len(starts) - bisect_left(starts, core_lo) >= PROSE_LINES:
@@ -395,6 +396,7 @@ class _Cutter:
     def __init__(self, texts: Sequence[str], *, coarse: bool = False) -> None:
         self.coarse = coarse
         self.texts = texts
+        self.is_label = [len(t) < LABEL_LENGTH for t in texts]
         self.footnotes: set[int] = set()
         self.heads: set[int] = set()
         self.feet: set[int] = set()
@@ -412,6 +414,10 @@ class _Cutter:
         self.bottoms: list[float] = []
         self.lefts: list[float] = []
         self.rights: list[float] = []
+        # The boxes' sides and heights as lists, read by index over a region's boxes (map over
+        # a list's __getitem__ is quicker than a generator over the boxes).
+        self.x0s, self.y0s, self.x1s, self.y1s = ([r[k] for r in rects] for k in range(4))
+        self.heights: list[float] = list(map(sub, self.y1s, self.y0s))
         for x0, y0, x1, y1 in rects:
             dy = shrink if shrink < 0.4 * (y1 - y0) else 0.4 * (y1 - y0)
             self.tops.append(y0 + dy)
@@ -521,7 +527,7 @@ class _Cutter:
                 cover = band_cover
                 continue
             if groups and k not in alone and k - 1 not in alone:
-                joined = _close(sorted(cover + band_cover)) if len(band_cover) > 1 else _insert(cover, band_cover[0])
+                joined = _close(cover + band_cover) if len(band_cover) > 1 else _insert(cover, band_cover[0])
                 # A band may close gutters the one or the other has only by chance (a line of
                 # one column reaching a little further, a gap in one line), not all of them.
                 if (
@@ -561,15 +567,14 @@ class _Cutter:
         if len(items) < 2 * (PROSE_LINES if self.coarse else MIN_COLUMN_BOXES):
             return set(), []
         lefts, rights = self.lefts, self.rights
-        x0 = min(self.rects[i][0] for i in items)
-        x1 = max(self.rects[i][2] for i in items)
+        x0, x1 = self._extent(items)
         allowed = max(1, int(STRADDLING_SHARE * len(items)))
         found: set[int] = set()
         gutters: list[tuple[float, float]] = []
         side = PROSE_LINES if self.coarse else MIN_COLUMN_BOXES
-        ends = sorted(rights[i] for i in items)
-        starts = sorted(lefts[i] for i in items)
-        for run_lo, run_hi, core_lo, core_hi in _sparse_strips([(lefts[i], rights[i]) for i in items], allowed):
+        ends = sorted(map(rights.__getitem__, items))
+        starts = sorted(map(lefts.__getitem__, items))
+        for run_lo, run_hi, core_lo, core_hi in _sparse_strips(starts, ends, allowed):
             if run_hi - run_lo < MIN_GUTTER or run_lo <= x0 or run_hi >= x1:
                 continue
             # The gutter: MIN_GUTTER wide at least, inside the sparse strip and over its least
@@ -583,7 +588,9 @@ class _Cutter:
                     (core_lo, min(run_hi, core_lo + MIN_GUTTER)),
                     (max(run_lo, middle - MIN_GUTTER / 2), min(run_hi, middle + MIN_GUTTER / 2)),
                 ]
-                lo, hi = min(windows, key=lambda w: sum(1 for i in items if lefts[i] < w[1] and rights[i] > w[0]))
+                # The boxes across a window: all but those wholly right of it and wholly left of it
+                # (no box is both: a box's narrowed left edge is never right of its right edge).
+                lo, hi = min(windows, key=lambda w: bisect_left(starts, w[1]) - bisect_right(ends, w[0]))
             # Boxes wholly left of the gutter, and wholly right of it.
             if bisect_right(ends, lo) < side or len(starts) - bisect_left(starts, hi) < side:
                 continue
@@ -643,7 +650,7 @@ class _Cutter:
         out: list[list[int]] = []
         run: list[int] = []
         for group in groups:
-            if all(len(self.texts[i]) < LABEL_LENGTH for i in group):
+            if all(map(self.is_label.__getitem__, group)):
                 if run:
                     out.append(run)
                     run = []
@@ -655,11 +662,11 @@ class _Cutter:
         return out
 
     def _gap(self, upper: list[int], lower: list[int]) -> float:
-        return min(self.rects[i][1] for i in lower) - max(self.rects[i][3] for i in upper)
+        return min(map(self.y0s.__getitem__, lower)) - max(map(self.y1s.__getitem__, upper))
 
     def _height(self, items: list[int]) -> float:
         """The median height of the boxes: their type size."""
-        heights = sorted(self.rects[i][3] - self.rects[i][1] for i in items)
+        heights = sorted(map(self.heights.__getitem__, items))
         return heights[len(heights) // 2]
 
     def _is_prose(self, column: list[int], region_width: float) -> bool:
@@ -680,8 +687,9 @@ class _Cutter:
         page number under the left column is not read with that column.
         """
         found: set[int] = set()
-        tops = [min(self.rects[i][1] for i in band) for band in bands]
-        bottoms = [max(self.rects[i][3] for i in band) for band in bands]
+        y0s, y1s = self.y0s.__getitem__, self.y1s.__getitem__
+        tops = [min(map(y0s, band)) for band in bands]
+        bottoms = [max(map(y1s, band)) for band in bands]
         # Set off: by more than lines are from each other (a text layer's lines have gaps between
         # them, padded OCR boxes touch).
         gaps = sorted(top - bottom for bottom, top in zip(bottoms, tops[1:], strict=False))
@@ -771,7 +779,7 @@ class _Cutter:
         return out
 
     def _extent(self, items: list[int]) -> tuple[float, float]:
-        return min(self.rects[i][0] for i in items), max(self.rects[i][2] for i in items)
+        return min(map(self.x0s.__getitem__, items)), max(map(self.x1s.__getitem__, items))
 
     def _is_text(self, column: list[int], region_width: float) -> bool:
         if len(column) < MIN_COLUMN_BOXES:
@@ -824,42 +832,58 @@ class _Cutter:
         return body + ([columns[0]] if first else []) + ([columns[-1]] if last else [])
 
 
-def _sparse_strips(edges: list[tuple[float, float]], allowed: int) -> list[tuple[float, float, float, float]]:
+def _sparse_strips(starts: list[float], ends: list[float], allowed: int) -> list[tuple[float, float, float, float]]:
     """Candidate gutters: each x-interval covered by at most ``allowed`` boxes, with its least covered part.
+
+    ``starts`` and ``ends`` are the boxes' left and right edges, each list sorted (how many
+    boxes cover a point needs only how many start and how many end before it).
 
     As (interval start, end, least covered part's start, end). The least covered part
     locates the gutter: around a gutter that a title crosses, the interval also takes in
     the ragged ends of the column's lines, and those lines must stay on their side.
     """
-    events = sorted([(x0, 1) for x0, _ in edges] + [(x1, -1) for _, x1 in edges])
-    # Elementary segments between consecutive box edges, with how many boxes cover each.
-    segments: list[tuple[float, float, int]] = []
-    depth = 0
-    for (x, step), (next_x, _) in pairwise(events):
-        depth += step
-        if next_x > x:
-            segments.append((x, next_x, depth))
+    # The box edges in x order, as indices: starts below len(starts), ends above (sorting floats
+    # by key is quicker than sorting pairs, and two sorted runs merge in one pass). Edges at one
+    # x may come in any order: a segment's depth is taken after the last of them.
+    n = len(starts)
+    xs = starts + ends
+    order = sorted(range(2 * n), key=xs.__getitem__)
+    # One pass over the elementary segments between consecutive box edges (depth: how many boxes
+    # cover one), keeping the current run's longest stretch at its least depth so far: a page's
+    # strips are looked for on every region, and a list of segments walked twice costs more.
     cores: list[tuple[float, float, float, float]] = []
-    run: list[tuple[float, float, int]] = []
-    for segment in [*segments, (1.0, 1.0, allowed + 1)]:  # a sentinel closes the last run
-        if segment[2] <= allowed:
-            run.append(segment)
+    depth = least = 0
+    start = end = lo = best_lo = best_hi = 0.0
+    in_run = at_least = False  # in a run of sparse segments; in a stretch of it at its least depth
+    for k, k_next in pairwise(order):
+        depth += 1 if k < n else -1
+        x, next_x = xs[k], xs[k_next]
+        if next_x <= x:
             continue
-        if run:
-            least = min(d for _, _, d in run)
-            best: tuple[float, float] | None = None
-            lo: float | None = None
-            end = run[-1][1]
-            for x0, _, d in [*run, (end, end, least + 1)]:
-                if d == least and lo is None:
-                    lo = x0
-                elif d != least and lo is not None:
-                    if best is None or x0 - lo > best[1] - best[0]:
-                        best = (lo, x0)
-                    lo = None
-            if best is not None:
-                cores.append((run[0][0], end, best[0], best[1]))
-            run = []
+        if depth <= allowed:
+            if not in_run or depth < least:
+                if not in_run:
+                    in_run, start = True, x
+                least, lo, at_least = depth, x, True
+                best_lo = best_hi = x  # no stretch yet: any is longer
+            elif depth == least:
+                if not at_least:
+                    lo, at_least = x, True
+            elif at_least:
+                if x - lo > best_hi - best_lo:
+                    best_lo, best_hi = lo, x
+                at_least = False
+            end = next_x
+            continue
+        if in_run:
+            if at_least and end - lo > best_hi - best_lo:
+                best_lo, best_hi = lo, end
+            cores.append((start, end, best_lo, best_hi))
+            in_run = False
+    if in_run:
+        if at_least and end - lo > best_hi - best_lo:
+            best_lo, best_hi = lo, end
+        cores.append((start, end, best_lo, best_hi))
     return cores
 
 
@@ -903,12 +927,21 @@ def _keeps_gutters(
     heading over one column leaves a wider gap than the gutter, and the column's lines under it
     narrow the gap back to the gutter, which stays open.
     """
-    return all(_open(joined, lo, hi) or not any(_open(part, lo, hi) for part in parts) for lo, hi in gutters)
+    for lo, hi in gutters:
+        if not _open(joined, lo, hi):
+            for part in parts:
+                if _open(part, lo, hi):
+                    return False
+    return True
 
 
 def _open(cover: list[tuple[float, float]], lo: float, hi: float) -> bool:
     """Whether a gap between the intervals of ``cover`` overlaps the strip from ``lo`` to ``hi``."""
-    return any(a < hi and b > lo for (_, a), (b, _) in pairwise(cover))
+    # A plain loop, not any() over a generator: joining bands asks this of every gutter for every band.
+    for k in range(1, len(cover)):  # noqa: SIM110
+        if cover[k - 1][1] < hi and cover[k][0] > lo:
+            return True
+    return False
 
 
 def _insert(cover: list[tuple[float, float]], span: tuple[float, float]) -> list[tuple[float, float]]:
@@ -929,12 +962,17 @@ def _close(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """Intervals merged where they overlap or leave less than MIN_GUTTER between them, left to right."""
     spans.sort()
     out: list[tuple[float, float]] = []
-    for lo, hi in spans:
-        if out and lo - out[-1][1] < MIN_GUTTER:
-            if hi > out[-1][1]:
-                out[-1] = (out[-1][0], hi)
+    if not spans:
+        return out
+    lo, hi = spans[0]
+    for a, b in islice(spans, 1, None):
+        if a - hi < MIN_GUTTER:
+            if b > hi:
+                hi = b
             continue
         out.append((lo, hi))
+        lo, hi = a, b
+    out.append((lo, hi))
     return out
 
 

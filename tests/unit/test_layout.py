@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import random
+from itertools import pairwise
 
 import pytest
 
-from consumer.layout import blocks_to_text, detect_rotation, layer_order, merge_blocks, order_blocks, rotate_box
+from consumer.layout import (
+    _sparse_strips,
+    blocks_to_text,
+    detect_rotation,
+    layer_order,
+    merge_blocks,
+    order_blocks,
+    rotate_box,
+)
 from schemas.messages import Block
 
 LINE = 0.02  # line height as a page fraction
@@ -364,3 +373,49 @@ def test_layer_that_starts_with_its_footnote_reads_it_at_the_foot() -> None:
     assert order is not None
     got = [(note + body + footer)[i].text.split()[0] for i in order]
     assert got == [*names("B", 20), *names("N", 2), "Page"]
+
+
+def _strips_by_hand(edges: list[tuple[float, float]], allowed: int) -> list[tuple[float, float, float, float]]:
+    """The gutter search's candidates found the slow way: each segment between consecutive edges,
+    how many boxes cover its middle; runs of segments covered at most ``allowed`` times; in each,
+    the first longest stretch at the run's least cover."""
+    xs = sorted({x for edge in edges for x in edge})
+    starts = [x0 for x0, _ in edges]
+    ends = [x1 for _, x1 in edges]
+    segments = [(a, b, sum(s <= a for s in starts) - sum(e <= a for e in ends)) for a, b in pairwise(xs)]
+    out: list[tuple[float, float, float, float]] = []
+    k = 0
+    while k < len(segments):
+        if segments[k][2] > allowed:
+            k += 1
+            continue
+        run: list[tuple[float, float, int]] = []
+        while k < len(segments) and segments[k][2] <= allowed:
+            run.append(segments[k])
+            k += 1
+        least = min(d for _, _, d in run)
+        stretches: list[tuple[float, float]] = []
+        for a, b, d in run:
+            if d != least:
+                stretches.append((b, b))  # a break: the next stretch at the least starts anew
+            elif stretches and stretches[-1][1] == a and stretches[-1][0] != stretches[-1][1]:
+                stretches[-1] = (stretches[-1][0], b)
+            else:
+                stretches.append((a, b))
+        best = max(stretches, key=lambda s: s[1] - s[0])
+        out.append((run[0][0], run[-1][1], *best))
+    return out
+
+
+def test_gutter_search_finds_what_counting_cover_by_hand_finds() -> None:
+    rng = random.Random(3)
+    for case in range(2000):
+        grid = rng.choice([10, 40, 1000])  # coarse grids make edges meet and boxes start level
+        edges: list[tuple[float, float]] = []
+        for _ in range(rng.randint(0, 25)):
+            a, b = sorted(rng.randint(0, grid) / grid for _ in range(2))
+            if a < b:
+                edges.append((a, b))
+        allowed = rng.randint(0, 4)
+        got = _sparse_strips(sorted(a for a, _ in edges), sorted(b for _, b in edges), allowed)
+        assert got == _strips_by_hand(edges, allowed), (case, edges, allowed)
