@@ -33,6 +33,7 @@ from typing import Any, cast
 import httpx
 
 from producer.api import STATUS_FIELDS
+from producer.output import LIST_FIELDS, job_bars
 from schemas.errors import ErrorCode, PermanentError
 from schemas.fields import clean_name
 from schemas.messages import JobOptions, JobRequest, Source, idempotent_job_id
@@ -42,21 +43,6 @@ from schemas.tables import TERMINAL_JOB_STATUSES
 
 log = logging.getLogger(__name__)
 
-LIST_FIELDS = (
-    "job_id",
-    "status",
-    "total_pages",
-    "pages_done",
-    "percent",
-    "pages_per_second",
-    "error_code",
-    "source_key",
-    "submitted_by",
-    "created_at",
-    "finished_at",
-    "expired_at",
-    "filename",
-)
 _TIMES = frozenset({"created_at", "started_at", "finished_at", "expired_at"})
 _LABELS = {"JobCompleted": "[green]done", "JobFailed": "[red]failed", "JobCancelled": "cancelled"}
 FOLLOW_ATTEMPTS = 30
@@ -251,21 +237,8 @@ class HttpClient:
 
     async def follow(self, names: dict[str, str], *, quiet: bool) -> dict[str, str]:
         """Show a bar per job until each has ended; returns job id -> terminal event type, as ``follow`` does."""
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
         finals: dict[str, str] = {}
-        console = Console(stderr=True)
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("pages"),
-            TimeElapsedColumn(),
-            console=console,
-            disable=quiet,
-            transient=False,
-        ) as progress:
+        with job_bars(quiet=quiet) as progress:
 
             async def one(job_id: str, name: str) -> None:
                 bar = progress.add_task(name, total=None)
@@ -281,7 +254,9 @@ class HttpClient:
                                 finals[job_id] = _FINAL_EVENT.get(str(data.get("status")), "JobFailed")
                                 progress.update(bar, description=f"{name} {_LABELS[finals[job_id]]}")
                                 if finals[job_id] == "JobFailed" and not quiet:
-                                    console.print(f"[red]{name}: {data.get('error_code')}: {data.get('message')}")
+                                    progress.console.print(
+                                        f"[red]{name}: {data.get('error_code')}: {data.get('message')}"
+                                    )
                                 return
                     except GatewayError as exc:
                         # Another gateway behind the same address may not know a job queued a moment ago yet.

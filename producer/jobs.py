@@ -54,7 +54,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from adapters.signals import Stopper
 from adapters.storage import Storage
-from producer.output import EXIT_OK, EXIT_USAGE, jsonable
+from producer.output import EXIT_OK, EXIT_USAGE, LIST_FIELDS, jsonable
 from schemas.messages import OutputFormat
 from schemas.s3keys import source_key
 from schemas.settings import ClientSettings, Settings
@@ -89,22 +89,6 @@ class RetentionSettings(Settings):
 
 
 # --- listing ---------------------------------------------------------------------------
-
-LIST_FIELDS = (
-    "job_id",
-    "status",
-    "total_pages",
-    "pages_done",
-    "percent",
-    "pages_per_second",
-    "error_code",
-    "source_key",
-    "submitted_by",
-    "created_at",
-    "finished_at",
-    "expired_at",
-    "filename",
-)
 
 
 async def list_jobs(

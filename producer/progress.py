@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from producer.api import Subscription
+from producer.output import job_bars
 from schemas.messages import TERMINAL_EVENTS, JobStarted, PageCompleted, PageFailed
 
 
@@ -13,17 +11,7 @@ async def follow(events: Subscription, names: dict[str, str], *, quiet: bool) ->
     """Show a bar per job until every job in ``names`` has ended; returns job id -> terminal event type."""
     finals: dict[str, str] = {}
     seen: dict[str, set[int]] = {job_id: set() for job_id in names}
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("pages"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=quiet,
-        transient=False,
-    ) as progress:
+    with job_bars(quiet=quiet) as progress:
         bars = {job_id: progress.add_task(name, total=None) for job_id, name in names.items()}
         async for event in events.for_jobs(set(names)):
             bar = bars[event.job_id]
@@ -37,7 +25,7 @@ async def follow(events: Subscription, names: dict[str, str], *, quiet: bool) ->
                 label = {"JobCompleted": "[green]done", "JobFailed": "[red]failed", "JobCancelled": "cancelled"}
                 progress.update(bar, description=f"{names[event.job_id]} {label[event.type]}")
                 if event.type == "JobFailed" and not quiet:
-                    console.print(f"[red]{names[event.job_id]}: {event.error_code}: {event.message}")
+                    progress.console.print(f"[red]{names[event.job_id]}: {event.error_code}: {event.message}")
     return finals
 
 
