@@ -19,21 +19,8 @@ from rapidfuzz.distance import Levenshtein
 from consumer import pdf
 from consumer.engines import RapidOcrEngine
 from consumer.pdf import PdfDocument
+from tools.evaluate import layout_reference
 
-# tesseract 5.3 --psm 3 on the 200-dpi scans, from LAYOUT.md.
-TESSERACT_CER = {
-    "dpr-multi-column": 0.030,
-    "tableformer-paper": 0.044,
-    "creativity-ml-paper": 0.049,
-    "ieee-privacy-paper": 0.006,
-    "federal-register": 0.037,
-    "textbook-3col": 0.014,
-    "camry-maintenance-log": 0.065,
-    "aviation-safety-table": 0.014,
-    "margin-notes": 0.029,
-    "faa-handbook-figures": 0.017,
-    "dmca-summary": 0.006,
-}
 # The goals: a born-digital layout page within this of its expected order; a scan no worse than
 # tesseract by more than SCAN_SLACK; a class's mean no worse than tesseract's (rounding aside).
 BORN_DIGITAL_CER = 0.01
@@ -119,8 +106,10 @@ def scan_cer(rapidocr: RapidOcrEngine, corpus: Path, name: str, dpi: int) -> flo
 @pytest.mark.parametrize("cls", sorted(CLASSES))
 def test_scans_read_in_order_as_well_as_tesseract(rapidocr: RapidOcrEngine, corpus: Path, cls: str, dpi: int) -> None:
     # Each scan within SCAN_SLACK of tesseract, the class's mean no worse than tesseract's.
+    # tesseract 5.3 --psm 3 on the 200-dpi scans: the table in the corpus's LAYOUT.md.
+    tesseract = layout_reference(corpus)
     got = {name: scan_cer(rapidocr, corpus, name, dpi) for name in CLASSES[cls]}
-    assert {n: g for n, g in got.items() if g > TESSERACT_CER[n] + SCAN_SLACK} == {}
+    assert {n: g for n, g in got.items() if g > tesseract[f"layout/{n}-scan.pdf"] + SCAN_SLACK} == {}
     mean = sum(got.values()) / len(got)
-    reference = sum(TESSERACT_CER[n] for n in got) / len(got)
+    reference = sum(tesseract[f"layout/{n}-scan.pdf"] for n in got) / len(got)
     assert mean <= reference + CLASS_SLACK, (cls, dpi, got)
