@@ -175,6 +175,27 @@ async def process_pdfs(
     return LegacyResult(pdfs=list(pdfs))
 
 
+async def _submit_listening(
+    gw: Gateway,
+    caller: Caller,
+    data: bytes,
+    *,
+    filename: str,
+    options: JobOptions,
+    metadata: dict[str, str] | None = None,
+) -> tuple[str, live.Inbox]:
+    """Submit a PDF as a new job with an inbox for its events opened first, so not even the first
+    event slips past; the inbox is closed again if the submit fails. Returns the job id and inbox."""
+    job_id = str(uuid.uuid4())
+    inbox = gw.hub.open_inbox(job_id)
+    try:
+        await submit_pdf(gw, caller, data, filename=filename, options=options, job_id=job_id, metadata=metadata)
+    except BaseException:
+        gw.hub.close_inbox(inbox)
+        raise
+    return job_id, inbox
+
+
 @router.post(
     "/process-pdf-stream",
     response_class=StreamingResponse,
@@ -193,13 +214,7 @@ async def process_pdf_stream(
     options = _legacy_options(dpi, dpi_form, engine)
     data = await read_document(file, gw.settings, dpi=options.dpi)
     filename = file.filename or "upload.pdf"
-    job_id = str(uuid.uuid4())
-    inbox = gw.hub.open_inbox(job_id)  # before the submit: not even the first event may slip past
-    try:
-        await submit_pdf(gw, caller, data, filename=filename, options=options, job_id=job_id)
-    except BaseException:
-        gw.hub.close_inbox(inbox)
-        raise
+    job_id, inbox = await _submit_listening(gw, caller, data, filename=filename, options=options)
     # The stream closes the inbox; the task covers a client gone before the stream began.
     return sse_response(_legacy_stream(gw, job_id, filename, inbox), cleanup=BackgroundTask(gw.hub.close_inbox, inbox))
 
@@ -378,20 +393,13 @@ async def process_batch_stream(
     batch = await asyncio.to_thread(_batch_pdf, body, gw.settings, options.dpi)
     if batch.pdf is None:
         return sse_response(_batch_stream(gw, batch, None, None))
-    job_id = str(uuid.uuid4())
-    inbox = gw.hub.open_inbox(job_id)  # before the submit: not even the first event may slip past
-    try:
-        await submit_pdf(
-            gw,
-            caller,
-            batch.pdf,
-            filename=f"batch of {len(batch.page_numbers)} images",
-            options=options,
-            job_id=job_id,
-            metadata={"api": "slimgest-batch"},
-        )
-    except BaseException:
-        gw.hub.close_inbox(inbox)
-        raise
+    job_id, inbox = await _submit_listening(
+        gw,
+        caller,
+        batch.pdf,
+        filename=f"batch of {len(batch.page_numbers)} images",
+        options=options,
+        metadata={"api": "slimgest-batch"},
+    )
     log.info("queued a batch of %d images as job %s", len(batch.page_numbers), job_id)
     return sse_response(_batch_stream(gw, batch, job_id, inbox), cleanup=BackgroundTask(gw.hub.close_inbox, inbox))
