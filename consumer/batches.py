@@ -28,6 +28,7 @@ from consumer.sandbox import Sandbox
 from consumer.shared_images import SharedImage, free
 from schemas.errors import ErrorCode, PagewireError, PermanentError
 from schemas.messages import Engine, JobOptions
+from schemas.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,18 @@ class BatchReader:
         self.max_megapixels = max_megapixels
         self.busy_s = 0.0
         """Seconds the device spent reading, as its own process measured them."""
+
+    @classmethod
+    def for_worker(cls, device: Sandbox, renderers: Sequence[Sandbox], settings: WorkerSettings) -> BatchReader:
+        """The reader a worker with ``settings`` reads with: its batch size, budgets and page-size limit."""
+        return cls(
+            device,
+            renderers,
+            settings.gpu_batch_pages,
+            render_budget_s=settings.ocr_budget_s,
+            read_budget_s=settings.ocr_budget_s,
+            max_megapixels=settings.max_megapixels,
+        )
 
     async def read(self, path: str, page_nos: Sequence[int], options: JobOptions) -> AsyncIterator[list[BatchedPage]]:
         """The pages' readings, a batch at a time, each batch in page order."""

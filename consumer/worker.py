@@ -368,18 +368,7 @@ async def run(settings: WorkerSettings, grace_s: float = 60.0) -> None:
         ),
     )
     renderers = render_pool(settings.render_processes, settings.page_memory_mb) if settings.gpu_batch_pages else []
-    batches = (
-        BatchReader(
-            sandbox,
-            renderers,
-            settings.gpu_batch_pages,
-            render_budget_s=settings.ocr_budget_s,
-            read_budget_s=settings.ocr_budget_s,
-            max_megapixels=settings.max_megapixels,
-        )
-        if renderers
-        else None
-    )
+    batches = BatchReader.for_worker(sandbox, renderers, settings) if renderers else None
 
     async def make_handler(connection: AbstractRobustConnection, publisher: Publisher) -> Handler:
         # Load the default engine before taking work: the first task should not pay for model start-up.

@@ -104,14 +104,7 @@ async def bare_batched(
     renderers = render_pool(worker.render_processes, worker.page_memory_mb, "bench-render")
     try:
         await asyncio.gather(device.start(), *(r.start() for r in renderers))
-        reader = BatchReader(
-            device,
-            renderers,
-            worker.gpu_batch_pages,
-            render_budget_s=worker.ocr_budget_s,
-            read_budget_s=worker.ocr_budget_s,
-            max_megapixels=worker.max_megapixels,
-        )
+        reader = BatchReader.for_worker(device, renderers, worker)
         pages = 0
         started = time.perf_counter()
         for path, page_nos in task_cuts(ranges, task_pages):
