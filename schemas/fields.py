@@ -132,6 +132,14 @@ def refused_in_name(text: str) -> str | None:
     return found.group() if found is not None else None
 
 
+_JOB_ID_RE = re.compile(JOB_ID_PATTERN)
+
+
+def is_job_id(value: object) -> bool:
+    """Whether ``value`` is a job id the messages take (:data:`JobId`): a failure can be recorded for it."""
+    return isinstance(value, str) and len(value) <= JOB_ID_MAX_CHARS and _JOB_ID_RE.fullmatch(value) is not None
+
+
 def clean_text(text: str, max_length: int | None = None) -> str:
     """``text`` as :data:`Text` and :data:`PageText` fields take it.
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -22,8 +21,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 
 from schemas.errors import ErrorCode, PermanentError
 from schemas.fields import (
-    JOB_ID_MAX_CHARS,
-    JOB_ID_PATTERN,
     Bucket,
     Instant,
     JobId,
@@ -32,6 +29,7 @@ from schemas.fields import (
     Name,
     PageText,
     Text,
+    is_job_id,
 )
 
 T = TypeVar("T", bound=BaseModel)
@@ -401,9 +399,6 @@ def parse_as(model: type[T], body: bytes, max_bytes: int = 16 * 1024 * 1024) -> 
     return _parse(model.model_validate_json, body, max_bytes)
 
 
-_JOB_ID = re.compile(JOB_ID_PATTERN)
-
-
 def job_id_of(body: bytes) -> str | None:
     """Best effort: the job id of a body that failed to parse, so its failure can be recorded."""
     try:
@@ -412,9 +407,7 @@ def job_id_of(body: bytes) -> str | None:
         return None
     job_id = data.get("job_id") if isinstance(data, dict) else None
     # The messages' own rule: an id it lets through must make a valid JobFailed.
-    if isinstance(job_id, str) and len(job_id) <= JOB_ID_MAX_CHARS and _JOB_ID.fullmatch(job_id):
-        return job_id
-    return None
+    return job_id if is_job_id(job_id) else None
 
 
 CACHE_WORKER = "page-cache"

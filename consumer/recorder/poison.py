@@ -14,13 +14,13 @@ Pure, so the splitting is tested with a fake commit.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from sqlalchemy.exc import DBAPIError
 
 from schemas.errors import ErrorCode
+from schemas.fields import clean_text, is_job_id
 from schemas.messages import Event, JobFailed, completion_event_id
 
 T = TypeVar("T")
@@ -30,9 +30,6 @@ R = TypeVar("R")
 # statement), 22 data exception (NUL in text, bad encoding, out of range: the driver reports its own
 # encoding errors as 22000 too), 23 integrity constraint, 54 program limit (an index row too large).
 _DATA_CLASSES = frozenset({"21", "22", "23", "54"})
-
-PLAIN_JOB_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-"""What a job id a producer may send looks like (``JobRequest.job_id``): a job named otherwise does not exist."""
 
 
 def sqlstate(exc: BaseException) -> str | None:
@@ -81,18 +78,11 @@ async def isolate(
     return done + more_done, bad + more_bad
 
 
-def sanitised(text: str, limit: int = 500) -> str:
-    """``text`` as something every column and header takes: no NUL or other C0 control, valid UTF-8, short."""
-    clean = text.encode("utf-8", "replace").decode("utf-8")
-    clean = "".join(c if c >= " " or c in "\t\n" else "?" for c in clean)
-    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
-
-
 def describe(exc: BaseException) -> str:
     """The first line of the database's complaint (without the statement and its values), sanitised."""
     reason = str(exc.orig) if isinstance(exc, DBAPIError) and exc.orig is not None else str(exc)
     first = reason.strip().splitlines()[0] if reason.strip() else type(exc).__name__
-    return sanitised(first, 300)
+    return clean_text(first, 300)
 
 
 def unrecordable_failure(event: Event, exc: BaseException) -> JobFailed | None:
@@ -102,7 +92,7 @@ def unrecordable_failure(event: Event, exc: BaseException) -> JobFailed | None:
     the bad data), or when it is this very failure: its fields are sanitised, so it cannot fail
     for the same reason, and sending it again for itself would go round for ever.
     """
-    if not PLAIN_JOB_ID.match(event.job_id):
+    if not is_job_id(event.job_id):
         return None
     event_id = completion_event_id(event.job_id, "event_unrecordable")
     if event.event_id == event_id:
@@ -111,7 +101,8 @@ def unrecordable_failure(event: Event, exc: BaseException) -> JobFailed | None:
         event_id=event_id,
         job_id=event.job_id,
         error_code=ErrorCode.EVENT_UNRECORDABLE,
-        message=sanitised(
-            f"its {event.type} event {event.event_id!r} could not be recorded and was dead-lettered: {describe(exc)}"
+        message=clean_text(
+            f"its {event.type} event {event.event_id!r} could not be recorded and was dead-lettered: {describe(exc)}",
+            500,
         ),
     )

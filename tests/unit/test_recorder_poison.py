@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.exc import DBAPIError
 
 from consumer.recorder.given_up import DEAD_LETTER_WORKER, ending_events, failure_of
-from consumer.recorder.poison import describe, is_data_error, isolate, sanitised, unrecordable_failure
+from consumer.recorder.poison import describe, is_data_error, isolate, unrecordable_failure
 from schemas.errors import ErrorCode
 from schemas.messages import JobCancelled, JobOptions, JobRequest, PageFailed, PageTask, Source, to_body
 from schemas.names import HEADER_DEATH, HEADER_ERROR, HEADER_ERROR_CODE, HEADER_TYPE
@@ -109,7 +109,10 @@ def test_errors_without_a_sqlstate_are_not_data_errors() -> None:
 
 
 def test_what_is_stored_about_a_refused_event_is_storable() -> None:
-    text = sanitised("stop\x00now \ud800 and\x07 more" + "x" * 1000)
+    event = JobCancelled.model_construct(job_id="job-1", reason="x")
+    failure = unrecordable_failure(event, RuntimeError("stop\x00now \ud800 and\x07 more" + "x" * 1000))
+    assert failure is not None  # built, so every field passed the contract
+    text = failure.message
     assert "\x00" not in text and "\x07" not in text
     text.encode("utf-8")  # no surrogate left
     assert len(text) <= 500
