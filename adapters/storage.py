@@ -16,9 +16,10 @@ from collections.abc import Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import boto3
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -30,10 +31,17 @@ from schemas.settings import Settings
 if TYPE_CHECKING:
     from botocore.response import StreamingBody
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
 log = logging.getLogger(__name__)
 
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+
+PART_BYTES = 8 * 1024 * 1024
+"""A multipart upload's part: S3 takes parts of 5 MiB and more (but the last), up to 10,000 of them."""
+
+UPLOAD_CONFIG = TransferConfig(multipart_threshold=PART_BYTES, multipart_chunksize=PART_BYTES, max_concurrency=2)
+"""Files sent by boto3's transfer manager: a part each 8 MiB, two at a time (a few parts in memory)."""
 
 
 @dataclass(frozen=True)
@@ -124,11 +132,107 @@ class Storage:
             raise RetryableError(ErrorCode.STORAGE_UNAVAILABLE, f"cannot write s3://{bucket}/{key}: {exc}") from exc
         return str(response.get("ETag", "")).strip('"')
 
+    def put_file(self, bucket: str, key: str, file: BinaryIO, content_type: str) -> str:
+        """Store what ``file`` holds from its current position, read a part at a time; returns the new
+        object's etag. boto3's transfer manager sends a large file as a multipart upload, so memory
+        holds a few parts, never the file."""
+        try:
+            self.client.upload_fileobj(file, bucket, key, ExtraArgs={"ContentType": content_type}, Config=UPLOAD_CONFIG)
+            return self.head(bucket, key).etag
+        except (ClientError, BotoCoreError) as exc:
+            raise RetryableError(ErrorCode.STORAGE_UNAVAILABLE, f"cannot write s3://{bucket}/{key}: {exc}") from exc
+
+    def writer(self, bucket: str, key: str, content_type: str, part_bytes: int = PART_BYTES) -> ObjectWriter:
+        """An object to write as it is made (:class:`ObjectWriter`)."""
+        return ObjectWriter(self, bucket, key, content_type, part_bytes)
+
     def ensure_bucket(self, bucket: str) -> None:
         try:
             self.client.head_bucket(Bucket=bucket)
         except ClientError:
             self.client.create_bucket(Bucket=bucket)
+
+
+class ObjectWriter:
+    """An S3 object written as it is made, in parts of ``part_bytes`` (a multipart upload).
+
+    Memory holds one part whatever the object's size. An object smaller than a part goes in one
+    PUT at :meth:`close`, as a multipart upload of one part would cost three requests. Nothing is
+    visible under the key until :meth:`close` returns; :meth:`abort` (or leaving a ``with`` block
+    on an exception) drops the parts sent. Blocking, like every call here.
+    """
+
+    def __init__(self, storage: Storage, bucket: str, key: str, content_type: str, part_bytes: int) -> None:
+        self.storage = storage
+        self.bucket = bucket
+        self.key = key
+        self.content_type = content_type
+        self.part_bytes = part_bytes
+        self.buffer = bytearray()
+        self.upload_id: str | None = None
+        self.parts: list[CompletedPartTypeDef] = []
+        self.size = 0
+
+    def __enter__(self) -> ObjectWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None:
+            self.abort()
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        self.size += len(data)
+        while len(self.buffer) >= self.part_bytes:
+            part = bytes(self.buffer[: self.part_bytes])
+            del self.buffer[: self.part_bytes]
+            self._send(part)
+
+    def close(self) -> str:
+        """Finish the object; returns its etag."""
+        if self.upload_id is None:
+            return self.storage.put_bytes(self.bucket, self.key, bytes(self.buffer), self.content_type)
+        if self.buffer:
+            self._send(bytes(self.buffer))
+            self.buffer.clear()
+        try:
+            response = self.storage.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": self.parts}
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._failed(exc) from exc
+        self.upload_id = None
+        return str(response.get("ETag", "")).strip('"')
+
+    def abort(self) -> None:
+        """Drop the parts sent so far (best effort: a bucket lifecycle rule is the net for the rest)."""
+        self.buffer.clear()
+        if self.upload_id is None:
+            return
+        upload_id, self.upload_id = self.upload_id, None
+        try:
+            self.storage.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=upload_id)
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("could not abort the upload of s3://%s/%s: %s", self.bucket, self.key, exc)
+
+    def _send(self, part: bytes) -> None:
+        client = self.storage.client
+        try:
+            if self.upload_id is None:
+                started = client.create_multipart_upload(
+                    Bucket=self.bucket, Key=self.key, ContentType=self.content_type
+                )
+                self.upload_id = started["UploadId"]
+            number = len(self.parts) + 1
+            sent = client.upload_part(
+                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=part
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._failed(exc) from exc
+        self.parts.append({"PartNumber": number, "ETag": sent["ETag"]})
+
+    def _failed(self, exc: Exception) -> RetryableError:
+        return RetryableError(ErrorCode.STORAGE_UNAVAILABLE, f"cannot write s3://{self.bucket}/{self.key}: {exc}")
 
 
 class PdfCache:

@@ -1,4 +1,4 @@
-"""Finishing jobs: the assembled result into S3, then ``JobCompleted``.
+"""Finishing jobs: the assembled result streamed into S3, then ``JobCompleted``.
 
 A job is finished after the commit that gave its last page a final row. Its
 ``JobCompleted`` carries an event id derived from the outcome, so one sent
@@ -11,20 +11,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from adapters import metrics
 from adapters.amqp import Publisher
-from adapters.storage import Storage
-from consumer.results import PageRow, assemble_json, assemble_markdown
+from adapters.storage import ObjectWriter, Storage
+from consumer.results import JsonResult, PageRow, markdown_page
 from schemas.messages import JobCompleted, OutputFormat, completion_event_id
 from schemas.s3keys import result_key
 from schemas.settings import RecorderSettings
 from schemas.tables import jobs, pages
 
 log = logging.getLogger(__name__)
+
+PAGES_AT_ONCE = 64
+"""Pages read from the database and added to the results at a time: a job's results are built in
+memory bounded by this, not by the job's size."""
 
 FINISHING_AT_ONCE = 2
 """Jobs finished at a time. Each holds a database connection while it assembles and stores its
@@ -92,36 +97,22 @@ class Finisher:
         async with self.db.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             job = (await conn.execute(select(jobs).where(jobs.c.job_id == job_id))).mappings().one()
-            rows = (
-                await conn.execute(select(pages).where(pages.c.job_id == job_id).order_by(pages.c.page_no))
-            ).mappings()
-            page_rows = [
-                PageRow(
-                    page_no=r["page_no"],
-                    status=r["status"],
-                    engine=r["engine"],
-                    text=r["text"],
-                    blocks=r["blocks"],
-                    confidence=r["confidence"],
-                    error_code=r["error_code"],
-                    error_message=r["error_message"],
-                )
-                for r in rows
-            ]
             # Each format once: rows stored before the contract deduplicated them may repeat one.
             formats = dict.fromkeys(
                 (job["options"] or {}).get("output_formats") or [OutputFormat.MD, OutputFormat.JSON]
             )
             bucket = self.settings.s3_bucket
-            keys: dict[str, str] = {}
-            for fmt in formats:
-                key = result_key(job_id, str(fmt))
-                if fmt == OutputFormat.MD:
-                    body, content_type = assemble_markdown(page_rows).encode(), "text/markdown; charset=utf-8"
-                else:
-                    body, content_type = assemble_json(dict(job), page_rows).encode(), "application/json"
-                await asyncio.to_thread(self.storage.put_bytes, bucket, key, body, content_type)
-                keys[str(fmt)] = key
+            keys = {str(fmt): result_key(job_id, str(fmt)) for fmt in formats}
+            results = _Results(self.storage, bucket, keys, dict(job))
+            try:
+                last = 0
+                while chunk := await _pages_after(conn, job_id, last):
+                    await asyncio.to_thread(results.add, chunk)
+                    last = chunk[-1].page_no
+                await asyncio.to_thread(results.close)
+            except BaseException:
+                await asyncio.to_thread(results.abort)
+                raise
             # The row names the results before the event announces them: a subscriber
             # that reads the row on JobCompleted finds everything there.
             await conn.execute(
@@ -140,3 +131,50 @@ class Finisher:
         self.announced[job_id] = time.monotonic()
         metrics.observe_job(job["status"], job["created_at"], job["finished_at"])
         log.info("job %s %s: %s ok, %s failed", job_id, job["status"], job["pages_ok"], job["pages_failed"])
+
+
+async def _pages_after(conn: AsyncConnection, job_id: str, after: int) -> list[PageRow]:
+    """The job's next :data:`PAGES_AT_ONCE` pages after page ``after``, in page order."""
+    query = (
+        select(*(pages.c[name] for name in PageRow.__dataclass_fields__))
+        .where(pages.c.job_id == job_id, pages.c.page_no > after)
+        .order_by(pages.c.page_no)
+        .limit(PAGES_AT_ONCE)
+    )
+    return [PageRow(**row) for row in (await conn.execute(query)).mappings()]
+
+
+class _Results:
+    """A job's result files, built and uploaded a chunk of pages at a time (blocking: run in a thread).
+
+    Memory holds one chunk of pages and a part of each file, whatever the job's size.
+    """
+
+    def __init__(self, storage: Storage, bucket: str, keys: dict[str, str], job: dict[str, Any]) -> None:
+        self.json = JsonResult()
+        self.markdown_pages = 0
+        self.writers: dict[str, ObjectWriter] = {}
+        for fmt, key in keys.items():
+            content_type = "text/markdown; charset=utf-8" if fmt == OutputFormat.MD else "application/json"
+            self.writers[fmt] = storage.writer(bucket, key, content_type)
+        if OutputFormat.JSON in self.writers:
+            self.writers[OutputFormat.JSON].write(self.json.head(job).encode())
+
+    def add(self, chunk: list[PageRow]) -> None:
+        for fmt, writer in self.writers.items():
+            if fmt == OutputFormat.MD:
+                parts = [("\n" if self.markdown_pages + n else "") + markdown_page(p) for n, p in enumerate(chunk)]
+            else:
+                parts = [self.json.page(p) for p in chunk]
+            writer.write("".join(parts).encode())
+        self.markdown_pages += len(chunk)
+
+    def close(self) -> None:
+        if OutputFormat.JSON in self.writers:
+            self.writers[OutputFormat.JSON].write(self.json.tail().encode())
+        for writer in self.writers.values():
+            writer.close()
+
+    def abort(self) -> None:
+        for writer in self.writers.values():
+            writer.abort()

@@ -112,3 +112,39 @@ def test_a_line_of_several_boxes_has_their_joint_box_and_mean_confidence() -> No
     assert lines_of(boxes) == [{"text": "Hello world", "bbox": [0.1, 0.1, 0.6, 0.13], "confidence": 0.75}]
     assert lines_of([boxes[0]]) == [{"text": "world", "bbox": [0.4, 0.1, 0.6, 0.13], "confidence": 0.5}]
     assert lines_of(None) == lines_of([]) == []
+
+
+def test_json_written_a_page_at_a_time_is_the_whole_document_encoded_at_once() -> None:
+    import pydantic_core
+
+    from consumer.results import JsonResult, json_page
+
+    job = {"job_id": "j", "status": "completed", "total_pages": 3, "source_bucket": "b", "source_key": "k"}
+    pages = [
+        PageRow(
+            1,
+            "completed",
+            "rapidocr",
+            "héllo\nwörld",
+            [{"text": "a", "bbox": [1, 2, 3, 4], "confidence": 0.5}],
+            0.9,
+            None,
+            None,
+        ),
+        PageRow(2, "failed", None, None, None, None, "render_failed", 'line\nbreak "quoted"'),
+        PageRow(3, "completed", "text", "", [], 1.0, None, None),
+    ]
+    for count in range(4):
+        result = JsonResult()
+        streamed = result.head(job) + "".join(result.page(p) for p in pages[:count]) + result.tail()
+        whole = {
+            "job_id": "j",
+            "status": "completed",
+            "total_pages": 3,
+            "pages_ok": None,
+            "pages_failed": None,
+            "source": {"bucket": "b", "key": "k"},
+            "pages": [json.loads(json_page(p)) for p in pages[:count]],
+        }
+        assert streamed == pydantic_core.to_json(whole, indent=1).decode()
+        assert [p["page_no"] for p in json.loads(streamed)["pages"]] == [1, 2, 3][:count]
