@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -37,11 +37,12 @@ log = logging.getLogger(__name__)
 
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 
-PART_BYTES = 8 * 1024 * 1024
-"""A multipart upload's part: S3 takes parts of 5 MiB and more (but the last), up to 10,000 of them."""
+PART_BYTES = 5 * 1024 * 1024
+"""A part of an object written as it is made: the least S3 takes (but for the last part), so the least
+memory; 10,000 parts, S3's most, make an object of 50 GB."""
 
-UPLOAD_CONFIG = TransferConfig(multipart_threshold=PART_BYTES, multipart_chunksize=PART_BYTES, max_concurrency=2)
-"""Files sent by boto3's transfer manager: a part each 8 MiB, two at a time (a few parts in memory)."""
+UPLOAD_CONFIG = TransferConfig(multipart_threshold=8 * 1024 * 1024, max_concurrency=2)
+"""Files sent by boto3's transfer manager: its parts of 8 MiB, two at a time (a few parts in memory)."""
 
 
 @dataclass(frozen=True)
@@ -124,10 +125,10 @@ class Storage:
         except (ClientError, BotoCoreError) as exc:
             raise _translate(exc, bucket, key) from exc
 
-    def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str) -> str:
+    def put_bytes(self, bucket: str, key: str, data: bytes | bytearray, content_type: str) -> str:
         """Store ``data``; returns the new object's etag."""
         try:
-            response = self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+            response = self.client.put_object(Bucket=bucket, Key=key, Body=cast(bytes, data), ContentType=content_type)
         except (ClientError, BotoCoreError) as exc:
             raise RetryableError(ErrorCode.STORAGE_UNAVAILABLE, f"cannot write s3://{bucket}/{key}: {exc}") from exc
         return str(response.get("ETag", "")).strip('"')
@@ -184,17 +185,17 @@ class ObjectWriter:
         self.buffer += data
         self.size += len(data)
         while len(self.buffer) >= self.part_bytes:
-            part = bytes(self.buffer[: self.part_bytes])
+            part = self.buffer[: self.part_bytes]
             del self.buffer[: self.part_bytes]
             self._send(part)
 
     def close(self) -> str:
         """Finish the object; returns its etag."""
         if self.upload_id is None:
-            return self.storage.put_bytes(self.bucket, self.key, bytes(self.buffer), self.content_type)
+            return self.storage.put_bytes(self.bucket, self.key, self.buffer, self.content_type)
         if self.buffer:
-            self._send(bytes(self.buffer))
-            self.buffer.clear()
+            self._send(self.buffer)
+            self.buffer = bytearray()
         try:
             response = self.storage.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": self.parts}
@@ -215,7 +216,8 @@ class ObjectWriter:
         except (ClientError, BotoCoreError) as exc:
             log.warning("could not abort the upload of s3://%s/%s: %s", self.bucket, self.key, exc)
 
-    def _send(self, part: bytes) -> None:
+    def _send(self, part: bytearray) -> None:
+        # botocore sends a bytearray as it sends bytes; its stubs name only bytes, and a copy costs a part.
         client = self.storage.client
         try:
             if self.upload_id is None:
@@ -225,7 +227,7 @@ class ObjectWriter:
                 self.upload_id = started["UploadId"]
             number = len(self.parts) + 1
             sent = client.upload_part(
-                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=part
+                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=cast(bytes, part)
             )
         except (ClientError, BotoCoreError) as exc:
             raise self._failed(exc) from exc

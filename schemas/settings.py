@@ -123,6 +123,14 @@ class RecorderSettings(Settings):
     """The recorder: applies events to PostgreSQL and assembles results."""
 
     batch_size: int = Field(default=500, ge=1, description="events applied in one transaction at most")
+    batch_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="... and events of this many bytes at most (one may be larger)"
+    )
+    prefetch_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="events the recorder holds unapplied, about: its prefetch count follows their mean size",
+    )
     batch_wait_ms: int = Field(default=20, ge=0, description="a batch closes once no event has come for this long")
     batch_max_wait_ms: int = Field(
         default=100, ge=0, description="... or this long after its first event, whichever comes first"

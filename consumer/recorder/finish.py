@@ -27,7 +27,7 @@ from schemas.tables import jobs, pages
 
 log = logging.getLogger(__name__)
 
-PAGES_AT_ONCE = 64
+PAGES_AT_ONCE = 32
 """Pages read from the database and added to the results at a time: a job's results are built in
 memory bounded by this, not by the job's size."""
 

@@ -21,6 +21,7 @@ from consumer.recorder.apply import is_transient, recorder_engine
 from consumer.recorder.batching import collect_less_often, pipelined
 from consumer.recorder.finish import Finisher
 from consumer.recorder.given_up import GivenUp
+from consumer.recorder.intake import Intake
 from consumer.recorder.poison import describe, is_data_error, isolate, unrecordable_failure
 from consumer.recorder.prepare import PreparedBatch, prepare_bodies
 from consumer.recorder.sql import ACTIVE
@@ -58,6 +59,8 @@ class Recorder:
         self.db = db
         self.publisher = publisher
         self.inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self.intake: Intake | None = None
+        """The subscription feeding :attr:`inbox`, told of every message settled; tests feed it by hand."""
         self.finisher = Finisher(settings, db, publisher, storage)
         self.sweeper = Sweeper(settings, db, publisher, self.finisher)
 
@@ -67,7 +70,7 @@ class Recorder:
 
     async def _gather(self) -> list[AbstractIncomingMessage]:
         """The next batch: events until ``batch_wait_ms`` pass without one, ``batch_max_wait_ms`` after
-        the first, or ``batch_size`` of them.
+        the first, or ``batch_size`` of them, or ``batch_bytes`` of them.
 
         A lone event is applied ``batch_wait_ms`` after it came. A steady stream (a
         worker's pages, a few milliseconds apart) fills a batch for up to
@@ -78,7 +81,8 @@ class Recorder:
         batch = [await self.inbox.get()]
         deadline = loop.time() + self.settings.batch_max_wait_ms / 1000
         gap = self.settings.batch_wait_ms / 1000
-        while len(batch) < self.settings.batch_size:
+        size = len(batch[0].body)
+        while len(batch) < self.settings.batch_size and size < self.settings.batch_bytes:
             timeout = min(gap, deadline - loop.time())
             if timeout <= 0 and self.inbox.empty():
                 break
@@ -86,6 +90,7 @@ class Recorder:
                 batch.append(await asyncio.wait_for(self.inbox.get(), max(timeout, 0)))
             except TimeoutError:
                 break
+            size += len(batch[-1].body)
         return batch
 
     async def process(self, batch: list[AbstractIncomingMessage]) -> None:
@@ -133,6 +138,8 @@ class Recorder:
             await self._set_aside(message, error)
         # One ack for the batch: every earlier delivery was settled by the batches before it.
         await ack_all(ready.messages)
+        if self.intake is not None:
+            await self.intake.settled(ready.messages)
         log.debug("applied %s events", sum(received.values()))
         for applied in ready.prepared.events:
             if isinstance(applied, JobCompleted):
@@ -239,15 +246,19 @@ async def _run(settings: RecorderSettings, grace_s: float, stopper: Stopper, hea
     try:
         publisher = await Publisher.open(connection, settings.topology)
         recorder = Recorder(settings, db, publisher, Storage(settings))
-        channel = await connection.channel()
         # Two batches unacked: the next batch gathers and is prepared while one is in its
         # transaction (batches_forever). With one batch's worth, nothing more would arrive
         # until the batch in PostgreSQL is acked, and the two could not overlap.
-        await channel.set_qos(prefetch_count=2 * settings.batch_size)
-        queue = await get_queue(channel, settings.topology.recorder_queue)
+        recorder.intake = intake = Intake(
+            connection,
+            settings.topology.recorder_queue,
+            recorder.on_message,
+            budget_bytes=settings.prefetch_bytes,
+            most=2 * settings.batch_size,
+        )
         batcher = asyncio.create_task(recorder.batches_forever())
         sweeper = asyncio.create_task(recorder.sweeper.forever())
-        tag = await queue.consume(recorder.on_message)
+        await intake.start()
         # Dead letters on a channel of their own: their prefetch and acks stay apart from the batches'
         # (whose single ``multiple`` ack must not settle them).
         dead_channel = await connection.channel()
@@ -261,7 +272,7 @@ async def _run(settings: RecorderSettings, grace_s: float, stopper: Stopper, hea
         if batcher.done():
             batcher.result()  # a fatal error: raise it
         health.set_ready(False, "draining")
-        await queue.cancel(tag)
+        await intake.stop()
         await dead_queue.cancel(dead_tag)
         # Messages already delivered but not applied go back to the queue when the channel closes.
         batcher.cancel()

@@ -212,15 +212,27 @@ def test_the_recorder_collects_its_oldest_generation_less_often() -> None:
         gc.set_threshold(*before)
 
 
-def _gatherer(batch_size: int, wait_ms: int, max_wait_ms: int) -> recorder.Recorder:
+def _gatherer(batch_size: int, wait_ms: int, max_wait_ms: int, batch_bytes: int = 1 << 20) -> recorder.Recorder:
     """A recorder with nothing behind it: only its inbox and its gathering are used."""
-    settings = RecorderSettings(batch_size=batch_size, batch_wait_ms=wait_ms, batch_max_wait_ms=max_wait_ms)
+    settings = RecorderSettings(
+        batch_size=batch_size, batch_wait_ms=wait_ms, batch_max_wait_ms=max_wait_ms, batch_bytes=batch_bytes
+    )
     return recorder.Recorder(settings, cast(Any, None), cast(Any, None), cast(Any, None))
+
+
+class _Delivery(int):
+    """A delivery numbered ``n``, with a body of ``size`` bytes, as the gathering sees one."""
+
+    size = 10
+
+    @property
+    def body(self) -> bytes:
+        return b"x" * self.size
 
 
 async def test_a_lone_event_is_applied_once_no_other_follows_within_the_wait() -> None:
     rec = _gatherer(batch_size=500, wait_ms=50, max_wait_ms=5_000)
-    rec.inbox.put_nowait(cast(Any, 0))
+    rec.inbox.put_nowait(cast(Any, _Delivery(0)))
     started = asyncio.get_running_loop().time()
 
     batch: list[Any] = await asyncio.wait_for(rec._gather(), 5.0)
@@ -235,7 +247,7 @@ async def test_a_steady_stream_fills_a_batch_until_the_longest_wait_then_the_nex
 
     async def stream() -> None:
         for n in range(75):  # some 1.5 s of events
-            rec.inbox.put_nowait(cast(Any, n))
+            rec.inbox.put_nowait(cast(Any, _Delivery(n)))
             await asyncio.sleep(0.02)
 
     feeding = asyncio.create_task(stream())
@@ -251,11 +263,27 @@ async def test_a_steady_stream_fills_a_batch_until_the_longest_wait_then_the_nex
 async def test_a_batch_closes_at_its_size() -> None:
     rec = _gatherer(batch_size=2, wait_ms=5_000, max_wait_ms=5_000)
     for item in range(3):
-        rec.inbox.put_nowait(cast(Any, item))
+        rec.inbox.put_nowait(cast(Any, _Delivery(item)))
 
     batch: list[Any] = await asyncio.wait_for(rec._gather(), 1.0)
 
     assert batch == [0, 1]
+
+
+async def test_a_batch_closes_at_its_bytes_and_an_event_larger_than_them_still_goes() -> None:
+    rec = _gatherer(batch_size=500, wait_ms=50, max_wait_ms=5_000, batch_bytes=1024)
+    for item in range(3):
+        rec.inbox.put_nowait(cast(Any, _Delivery(item)))  # 10 bytes each
+    large = _Delivery(3)
+    large.size = 5000
+    rec.inbox.put_nowait(cast(Any, large))
+    rec.inbox.put_nowait(cast(Any, _Delivery(4)))
+    rec.inbox.put_nowait(cast(Any, _Delivery(5)))
+
+    first: list[Any] = await asyncio.wait_for(rec._gather(), 1.0)
+    second: list[Any] = await asyncio.wait_for(rec._gather(), 1.0)
+
+    assert (first, second) == ([0, 1, 2, 3], [4, 5])
 
 
 async def test_jobs_that_finish_together_are_finished_a_few_at_a_time_and_each_once() -> None:
