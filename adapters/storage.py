@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import boto3
-from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -40,9 +39,6 @@ _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 PART_BYTES = 5 * 1024 * 1024
 """A part of an object written as it is made: the least S3 takes (but for the last part), so the least
 memory; 10,000 parts, S3's most, make an object of 50 GB."""
-
-UPLOAD_CONFIG = TransferConfig(multipart_threshold=8 * 1024 * 1024, max_concurrency=2)
-"""Files sent by boto3's transfer manager: its parts of 8 MiB, two at a time (a few parts in memory)."""
 
 
 @dataclass(frozen=True)
@@ -134,14 +130,12 @@ class Storage:
         return str(response.get("ETag", "")).strip('"')
 
     def put_file(self, bucket: str, key: str, file: BinaryIO, content_type: str) -> str:
-        """Store what ``file`` holds from its current position, read a part at a time; returns the new
-        object's etag. boto3's transfer manager sends a large file as a multipart upload, so memory
-        holds a few parts, never the file."""
-        try:
-            self.client.upload_fileobj(file, bucket, key, ExtraArgs={"ContentType": content_type}, Config=UPLOAD_CONFIG)
-            return self.head(bucket, key).etag
-        except (ClientError, BotoCoreError) as exc:
-            raise RetryableError(ErrorCode.STORAGE_UNAVAILABLE, f"cannot write s3://{bucket}/{key}: {exc}") from exc
+        """Store what ``file`` holds from where it stands, read a part at a time (:class:`ObjectWriter`);
+        returns the new object's etag. Memory holds a part or two, never the file."""
+        with self.writer(bucket, key, content_type) as out:
+            while chunk := file.read(PART_BYTES):
+                out.write(chunk)
+            return out.close()
 
     def writer(self, bucket: str, key: str, content_type: str, part_bytes: int = PART_BYTES) -> ObjectWriter:
         """An object to write as it is made (:class:`ObjectWriter`)."""

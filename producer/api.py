@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
@@ -160,7 +160,7 @@ class Client:
 
     async def submit(
         self,
-        pdf: Path | bytes,
+        pdf: Path | bytes | BinaryIO,
         *,
         options: JobOptions | None = None,
         job_id: str | None = None,
@@ -172,6 +172,8 @@ class Client:
         filename: str | None = None,
     ) -> JobRequest:
         """Upload a PDF (or a PNG, JPEG or TIFF image, made a PDF first) to ``jobs/{job_id}/source.pdf`` and queue it.
+
+        ``pdf`` is a path, the bytes, or a binary file open for reading (sent from where it stands).
 
         With ``idempotency_key`` the job id is derived from the key: submitting
         twice gives one job, planned once. ``filename`` (a path's own name by
@@ -192,16 +194,29 @@ class Client:
             submitted_by=submitted_by,
             metadata=metadata,
         )
-        data = pdf if isinstance(pdf, bytes) else await asyncio.to_thread(pdf.read_bytes)
-        if image_kind(data[:16]) is not None:
-            # Anything else goes as it is: the planner judges it and the job fails with its code.
-            limits = ImageLimits(self.settings.image_max_megapixels, self.settings.image_max_pages)
-            data = await asyncio.to_thread(image_to_pdf, data, filename or "image", dpi=options.dpi, limits=limits)
-        source = request.source
-        etag = await asyncio.to_thread(self.storage.put_bytes, source.bucket, source.key, data, "application/pdf")
-        request = request.model_copy(update={"source": source.model_copy(update={"etag": etag})})
+        if isinstance(pdf, Path):
+            with await asyncio.to_thread(pdf.open, "rb") as file:
+                etag = await self._store(file, request.source, filename, options.dpi)
+        else:
+            etag = await self._store(pdf, request.source, filename, options.dpi)
+        request = request.model_copy(update={"source": request.source.model_copy(update={"etag": etag})})
         await self.publish(request)
         return request
+
+    async def _store(self, pdf: bytes | BinaryIO, source: Source, filename: str | None, dpi: int) -> str:
+        """Put a document where ``source`` says, an image made a PDF first; returns the object's etag.
+
+        A file is streamed from where it stands, a part at a time; only an image is read whole, to
+        be converted. Anything else goes as it is: the planner judges it and the job fails with its code.
+        """
+        head = pdf[:16] if isinstance(pdf, bytes) else await asyncio.to_thread(_peek, pdf, 16)
+        if image_kind(head) is not None:
+            data = pdf if isinstance(pdf, bytes) else await asyncio.to_thread(pdf.read)
+            limits = ImageLimits(self.settings.image_max_megapixels, self.settings.image_max_pages)
+            pdf = await asyncio.to_thread(image_to_pdf, data, filename or "image", dpi=dpi, limits=limits)
+        if isinstance(pdf, bytes):
+            return await asyncio.to_thread(self.storage.put_bytes, source.bucket, source.key, pdf, "application/pdf")
+        return await asyncio.to_thread(self.storage.put_file, source.bucket, source.key, pdf, "application/pdf")
 
     async def publish(self, request: JobRequest) -> None:
         """Queue a request for a PDF already in S3; ``JobQueued`` follows once the broker confirmed it."""
@@ -309,3 +324,11 @@ class Client:
         if row is None or not row.result_keys or fmt not in row.result_keys:
             raise PermanentError(ErrorCode.RESULT_NOT_READY, f"job {job_id!r} has no {fmt} result (yet)")
         return await asyncio.to_thread(self.storage.get_bytes, row.result_bucket, row.result_keys[fmt])
+
+
+def _peek(file: BinaryIO, size: int) -> bytes:
+    """The first ``size`` bytes from where ``file`` stands, leaving it there."""
+    where = file.tell()
+    head = file.read(size)
+    file.seek(where)
+    return head

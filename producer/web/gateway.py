@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, BinaryIO, Self
 
 import fastapi
 from fastapi import Depends, Request, Security
@@ -26,7 +26,6 @@ from fastapi.security import APIKeyHeader, APIKeyQuery, HTTPAuthorizationCredent
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from starlette.background import BackgroundTask
 from starlette.datastructures import Headers, QueryParams
-from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from producer.api import Client
@@ -337,23 +336,6 @@ class Guard:
                 lease.release()
 
 
-async def read_pdf(upload: StarletteUploadFile, limit: int) -> bytes:
-    """The bytes of an uploaded PDF, after the content-type, size and header checks."""
-    name = upload.filename or "upload"
-    content_type = (upload.content_type or "").split(";")[0].strip().lower()
-    if content_type not in PDF_CONTENT_TYPES:
-        raise ApiError(415, ErrorCode.NOT_A_PDF, f"{name}: content type {content_type or 'none'!r} is not a PDF's")
-    data = await upload.read(limit + 1)
-    if len(data) > limit:
-        raise ApiError(413, ErrorCode.FILE_TOO_LARGE, f"{name}: larger than {limit} bytes")
-    if not data:
-        raise ApiError(422, ErrorCode.EMPTY_FILE, f"{name}: the file is empty")
-    # PDF readers accept junk before the header within the first kilobyte; so do we.
-    if PDF_MAGIC not in data[:1024]:
-        raise ApiError(415, ErrorCode.NOT_A_PDF, f"{name}: no %PDF- header")
-    return data
-
-
 def links(job_id: str) -> dict[str, str]:
     base = f"/jobs/{job_id}"
     return {"self": base, "events": f"{base}/events", "result": f"{base}/result", "cancel": f"{base}/cancel"}
@@ -389,7 +371,7 @@ async def claim(gw: Gateway, caller: Caller, job_id: str) -> None:
 async def submit_pdf(
     gw: Gateway,
     caller: Caller,
-    data: bytes,
+    data: bytes | BinaryIO,
     *,
     filename: str,
     options: JobOptions,
@@ -414,14 +396,14 @@ async def submit_pdf(
         metadata={**(metadata or {}), "filename": clean_name(filename)},
     )
     gw.remember(job_id, caller.owner)
-    log.info("queued upload %s (%d bytes) as job %s for %s", filename, len(data), job_id, caller.slot_key)
+    log.info("queued upload %s as job %s for %s", filename, job_id, caller.slot_key)
     return queued
 
 
 async def submit_upload(
     gw: Gateway,
     caller: Caller,
-    data: bytes,
+    data: bytes | BinaryIO,
     filename: str,
     form: dict[str, Any],
     *,

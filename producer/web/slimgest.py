@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, BinaryIO, Literal
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -73,7 +73,9 @@ def _legacy_options(dpi_query: float | None, dpi_form: float | None, engine: Eng
         raise validation_error(exc) from exc
 
 
-async def _run_to_end(gw: Gateway, caller: Caller, data: bytes, filename: str, options: JobOptions) -> LegacyPdf:
+async def _run_to_end(
+    gw: Gateway, caller: Caller, data: bytes | BinaryIO, filename: str, options: JobOptions
+) -> LegacyPdf:
     """Queue one PDF and wait for its end; the rows are then read back, text and boxes included."""
     job_id = str(uuid.uuid4())
     deadline = time.monotonic() + gw.settings.http_wait_s
@@ -178,7 +180,7 @@ async def process_pdfs(
 async def _submit_listening(
     gw: Gateway,
     caller: Caller,
-    data: bytes,
+    data: bytes | BinaryIO,
     *,
     filename: str,
     options: JobOptions,

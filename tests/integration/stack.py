@@ -108,6 +108,14 @@ class Stack:
                 proc.wait()
 
 
+def peak_rss_mib(pid: int) -> float:
+    """The most resident memory process ``pid`` has held so far (``VmHWM``), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
+
+
 MakeStack = Callable[..., Stack]
 """The ``make_stack`` fixture: ``make_stack(roles=..., role_env=..., **PAGEWIRE_VARS) -> Stack``."""
 

@@ -10,6 +10,7 @@ S3 objects that a DELETE removes.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import shutil
 import subprocess
@@ -22,10 +23,11 @@ import httpx
 import pytest
 
 from tests.integration.http_gateway import Gateway, read_sse, running_gateway, running_stack
-from tests.integration.stack import Stack
+from tests.integration.stack import Stack, peak_rss_mib
 from tools.samples import lines, scanned_pdf, text_pdf
 
 MAX_UPLOAD = 2_000_000
+MIB = 1024 * 1024
 PAGE_TEXT = ["pagewire reads this page.", "Over HTTP, with events."]
 
 
@@ -234,6 +236,24 @@ async def test_uploads_are_checked_before_anything_is_queued(gateway: Gateway) -
     assert error_of(too_big, 413) == "file_too_large"
     assert error_of(bad_option, 422) == "invalid_options"
     assert error_of(same_id, 409) == "job_exists"
+
+
+async def test_a_large_upload_goes_to_s3_in_parts_without_being_held_in_memory(stack: Stack, services: Any) -> None:
+    # Given a gateway that takes uploads of 64 MiB, and an upload of 48 MiB
+    body = b"%PDF-1.4\n" + os.urandom(48 * MIB)
+    with running_gateway(stack, {"PAGEWIRE_HTTP_MAX_UPLOAD_BYTES": str(64 * MIB)}) as large:
+        async with large.client() as http:
+            # (after one small upload: the first request's imports and pools are not the upload's)
+            await upload(http, two_pages("warm"), engine="text", submitted_by="large-upload")
+            before = peak_rss_mib(large.process.pid)
+            job_id = await upload(http, body, engine="text", submitted_by="large-upload")
+        grown = peak_rss_mib(large.process.pid) - before
+
+    # Then S3 holds it whole, sent in parts of 5 MiB, and the gateway never held it
+    source = s3(services).get_object(Bucket=stack.settings.s3_bucket, Key=f"jobs/{job_id}/source.pdf")
+    assert source["Body"].read() == body
+    assert source["ETag"].strip('"').endswith("-10")
+    assert grown < 24, f"the gateway's peak memory grew by {grown:.0f} MiB for a 48 MiB upload"
 
 
 async def test_jobs_are_listed_newest_first_with_filters_and_pages(gateway: Gateway) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 import string
 import uuid
-from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -24,7 +23,7 @@ from adapters.storage import Storage
 from schemas.messages import Block, Engine, PageCompleted, to_body
 from schemas.settings import Settings
 from schemas.tables import jobs
-from tests.integration.stack import MakeStack, Stack
+from tests.integration.stack import MakeStack, Stack, peak_rss_mib
 from tests.integration.test_recorder_apply import job_events
 from tests.integration.test_recorder_survives import publish_events, wait_for
 
@@ -62,13 +61,6 @@ def dense_page(job_id: str, page_no: int, rng: random.Random) -> bytes:
         worker="w",
     )
     return to_body(event)
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM in /proc")
 
 
 async def record_dense_job(stack: Stack, channel: AbstractChannel, db: AsyncEngine, pages: int) -> dict[str, Any]:
