@@ -23,11 +23,15 @@ _child_docs: OrderedDict[str, PdfDocument] = OrderedDict()
 
 
 def child_setup(
-    threads: int, default: Engine, model_dir: Path | None, sim_ms: tuple[float, float] = (50.0, 10.0)
+    threads: int,
+    default: Engine,
+    model_dir: Path | None,
+    sim_ms: tuple[float, float] = (50.0, 10.0),
+    alphabet: str = "latin",
 ) -> None:
     """In the sandbox child: load the default engine before the first page."""
     global _child_engines
-    _child_engines = Engines(threads=threads, default=default, model_dir=model_dir, sim_ms=sim_ms)
+    _child_engines = Engines(threads=threads, default=default, model_dir=model_dir, sim_ms=sim_ms, alphabet=alphabet)
     _child_engines.get(default)
 
 

@@ -33,7 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +42,7 @@ from consumer.layout import UPRIGHT_CONFIDENCE, blocks_to_text, detect_rotation,
 from schemas.errors import ErrorCode, PermanentError, RetryableError
 from schemas.fields import clean_text
 from schemas.messages import Block, Engine, page_fraction
+from schemas.settings import OcrAlphabet
 
 __all__ = [
     "FakeEngine",
@@ -199,10 +200,71 @@ def _backend(wanted: str) -> str:
     return "openvino"
 
 
-class _OpenVinoModel:
-    """One of rapidocr's ONNX models compiled by OpenVINO for this CPU; called as rapidocr calls its sessions."""
+# rapidocr's recognition model reads Chinese and Japanese as well as Latin text: 18,710 classes, of
+# which Latin, Greek, punctuation, symbols and the CTC blank are 1,750. Its last layer scores every
+# class for every 8 pixels of a line; pages in Latin script need only these (docs/benchmarks.md).
+ALPHABETS: tuple[str, ...] = get_args(OcrAlphabet)
 
-    def __init__(self, model_path: str, threads: int, precision: str) -> None:
+
+def latin_classes(characters: Sequence[str]) -> list[int]:
+    """The indices of the classes a ``latin`` reading keeps: the blank (0), and every character
+    before the CJK blocks (U+2E80): Latin, Greek, punctuation, symbols; with the Latin
+    ligatures (U+FB00 to U+FB4F)."""
+    return [
+        index
+        for index, char in enumerate(characters)
+        if index == 0 or (len(char) == 1 and (ord(char) < 0x2E80 or 0xFB00 <= ord(char) <= 0xFB4F))
+    ]
+
+
+class _KeptClasses:
+    """A recognition session whose scores are cut to some classes after the model ran (onnxruntime,
+    where the model cannot be cut): the same text as a cut model, not its saving."""
+
+    def __init__(self, session: Any, classes: list[int]) -> None:
+        self.session = session
+        self.classes = np.asarray(classes)
+
+    def __call__(self, batch: npt.NDArray[np.float32]) -> Any:
+        kept = self.session(batch)[:, :, self.classes]
+        # A softmax over the kept classes, as the cut model computes it.
+        return kept / np.maximum(kept.sum(axis=2, keepdims=True), np.finfo(np.float32).tiny)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.session, name)
+
+
+def _producer(node: Any) -> Any:
+    """The node that feeds ``node``'s first input, past the Identity nodes of the ONNX export."""
+    source = node.input_value(0).get_node()
+    while source.get_type_name() == "Identity":
+        source = source.input_value(0).get_node()
+    return source
+
+
+def _cut_classes(ov: Any, model: Any, classes: list[int]) -> Any:
+    """``model`` with its last layer (MatMul, Add, Softmax) cut to ``classes``: the others are never scored."""
+    softmax = _producer(model.outputs[0].get_node())
+    add = _producer(softmax)
+    matmul = _producer(add)
+    if (softmax.get_type_name(), add.get_type_name(), matmul.get_type_name()) != ("Softmax", "Add", "MatMul"):
+        raise PermanentError(ErrorCode.ENGINE_UNAVAILABLE, "rapidocr's recognition model ends unlike PP-OCR's")
+    opset = importlib.import_module("openvino.opset13")
+    weights = matmul.input_value(1).get_node().get_data()
+    bias = add.input_value(1).get_node().get_data()
+    scores = opset.add(
+        opset.matmul(matmul.input_value(0), opset.constant(np.ascontiguousarray(weights[:, classes])), False, False),
+        opset.constant(np.ascontiguousarray(bias[classes])),
+    )
+    return ov.Model([opset.result(opset.softmax(scores, -1))], model.get_parameters(), "recognition")
+
+
+class _OpenVinoModel:
+    """One of rapidocr's ONNX models compiled by OpenVINO for this CPU; called as rapidocr calls its sessions.
+
+    ``classes``: cut the recognition model's last layer to these classes."""
+
+    def __init__(self, model_path: str, threads: int, precision: str, classes: list[int] | None = None) -> None:
         try:
             ov = importlib.import_module("openvino")
         except ImportError as exc:
@@ -218,7 +280,10 @@ class _OpenVinoModel:
             # falls back to f32 on others.
             "INFERENCE_PRECISION_HINT": precision,
         }
-        self._request = core.compile_model(core.read_model(model_path), "CPU", properties).create_infer_request()
+        model = core.read_model(model_path)
+        if classes is not None:
+            model = _cut_classes(ov, model, classes)
+        self._request = core.compile_model(model, "CPU", properties).create_infer_request()
 
     def __call__(self, batch: npt.NDArray[np.float32]) -> Any:
         self._request.infer([batch])
@@ -239,6 +304,11 @@ class RapidOcrEngine:
     about half. Detection stays f32 because its boxes in bf16 shift enough to
     change a few characters a page; recognition in bf16 reads the corpus's
     scans as well as f32 does (docs/benchmarks.md).
+
+    With ``alphabet="latin"`` (the default) recognition scores only the
+    characters of Latin-script text (:func:`latin_classes`), not the model's
+    Chinese and Japanese ones: on OpenVINO its last layer is cut to them, a
+    fifth less CPU a page; ``"all"`` reads every script the model knows.
     """
 
     name: Engine = Engine.RAPIDOCR
@@ -253,6 +323,7 @@ class RapidOcrEngine:
         det_precision: str = "f32",
         rec_precision: str = "bf16",
         cuda: bool = False,
+        alphabet: str = "latin",
     ) -> None:
         """Load the models; ``threads`` is the inference thread count (0: the cores this process may use).
 
@@ -261,8 +332,11 @@ class RapidOcrEngine:
         ``onnxruntime``, ``openvino`` or ``auto``; the precisions are OpenVINO's (``f32``, ``bf16``).
         All of these are for measuring variants (``scripts/profile_ocr.py``); the worker keeps the defaults.
         ``cuda``: run them on onnxruntime's CUDA provider (``onnxruntime-gpu``, the ``gpu`` extra), the
-        same models and so the same text as on the CPU, with no download.
+        same models and so the same text as on the CPU, with no download. ``alphabet``: ``latin`` or
+        ``all``, the characters recognition may read.
         """
+        if alphabet not in ALPHABETS:
+            raise ValueError(f"unknown alphabet {alphabet!r}: {' or '.join(ALPHABETS)}")
         try:
             from rapidocr import RapidOCR
         except ImportError as exc:
@@ -277,6 +351,7 @@ class RapidOcrEngine:
         self.cuda = cuda
         self.backend = "onnxruntime" if cuda else _backend(backend)
         self.precisions = (det_precision, rec_precision)
+        self.alphabet = alphabet
         started = time.perf_counter()
         try:
             self._ocr = RapidOCR(params=params)
@@ -297,12 +372,18 @@ class RapidOcrEngine:
         """
         import onnxruntime as ort
 
+        classes = None
+        if self.alphabet == "latin":
+            decoder: Any = self._ocr.text_rec.postprocess_op  # type: ignore[attr-defined]
+            classes = latin_classes(decoder.character)
+            decoder.character = [decoder.character[index] for index in classes]
+            decoder.dict = {char: index for index, char in enumerate(decoder.character)}
         stages: list[Any] = [self._ocr.text_det, self._ocr.text_rec]
-        for stage, precision in zip(stages, self.precisions, strict=True):
+        for stage, precision, kept in zip(stages, self.precisions, (None, classes), strict=True):
             holder = stage.session
             model_path = holder.session._model_path
             if self.backend == "openvino":
-                stage.session = _OpenVinoModel(model_path, self.threads, precision)
+                stage.session = _OpenVinoModel(model_path, self.threads, precision, kept)
                 continue
             options = ort.SessionOptions()
             options.log_severity_level = 4
@@ -312,6 +393,8 @@ class RapidOcrEngine:
             options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.cuda else ["CPUExecutionProvider"]
             holder.session = ort.InferenceSession(model_path, sess_options=options, providers=providers)
+            if kept is not None:
+                stage.session = _KeptClasses(holder, kept)
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -765,18 +848,24 @@ class SimEngine:
 
 
 def make_engine(
-    engine: Engine, *, threads: int = 0, model_dir: Path | None = None, sim_ms: tuple[float, float] = (50.0, 10.0)
+    engine: Engine,
+    *,
+    threads: int = 0,
+    model_dir: Path | None = None,
+    sim_ms: tuple[float, float] = (50.0, 10.0),
+    alphabet: str = "latin",
 ) -> OcrEngine:
     """Make the OCR engine for ``engine``; ``text`` and ``auto`` are not OCR engines.
 
-    ``sim_ms``: the simulated device's milliseconds a batch and a page.
+    ``sim_ms``: the simulated device's milliseconds a batch and a page; ``alphabet``: rapidocr's
+    (``latin`` or ``all``, :class:`RapidOcrEngine`).
 
     The engine comes wrapped in :class:`UprightEngine`, so turned pages are read the right way up.
     """
     if engine == Engine.RAPIDOCR:
-        return UprightEngine(RapidOcrEngine(threads=threads))
+        return UprightEngine(RapidOcrEngine(threads=threads, alphabet=alphabet))
     if engine == Engine.RAPIDOCR_GPU:
-        return UprightEngine(RapidOcrEngine(threads=threads, cuda=True))
+        return UprightEngine(RapidOcrEngine(threads=threads, cuda=True, alphabet=alphabet))
     if engine == Engine.SIM:
         return SimEngine(*sim_ms)  # nothing is read, so nothing is turned
     if engine == Engine.NEMOTRON:

@@ -28,6 +28,7 @@ class Engines:
     default: Engine
     model_dir: Path | None = None
     sim_ms: tuple[float, float] = (50.0, 10.0)
+    alphabet: str = "latin"
     loaded: dict[Engine, OcrEngine] = field(default_factory=dict)
 
     def get(self, engine: Engine) -> OcrEngine:
@@ -35,7 +36,7 @@ class Engines:
         wanted = self.default if engine in (Engine.AUTO, Engine.TEXT) else engine
         if wanted not in self.loaded:
             self.loaded[wanted] = make_engine(
-                wanted, threads=self.threads, model_dir=self.model_dir, sim_ms=self.sim_ms
+                wanted, threads=self.threads, model_dir=self.model_dir, sim_ms=self.sim_ms, alphabet=self.alphabet
             )
         return self.loaded[wanted]
 

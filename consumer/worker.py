@@ -365,6 +365,7 @@ async def run(settings: WorkerSettings, grace_s: float = 60.0) -> None:
             settings.engine,
             settings.nemotron_ocr_model_dir,
             (settings.sim_batch_ms, settings.sim_page_ms),
+            settings.ocr_alphabet,
         ),
     )
     renderers = render_pool(settings.render_processes, settings.page_memory_mb) if settings.gpu_batch_pages else []

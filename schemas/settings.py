@@ -11,7 +11,7 @@ import os
 import socket
 from enum import StrEnum
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +22,10 @@ from schemas.names import Topology
 SOURCE_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pagewire" / "sources"
 """Where planners and workers keep source PDFs by default: one directory, so that a worker on the
 planner's host reads the copy the planner fetched (the tasks name its etag) instead of fetching it again."""
+
+
+OcrAlphabet = Literal["latin", "all"]
+"""What rapidocr may read: ``latin`` (Latin, Greek, punctuation, symbols) or ``all`` (Chinese and Japanese too)."""
 
 
 class LogFormat(StrEnum):
@@ -91,6 +95,11 @@ class WorkerSettings(Settings):
     )
     ocr_threads: int = Field(
         default=0, ge=0, description="onnxruntime intra-op threads; 0: the cores this process may use"
+    )
+    ocr_alphabet: OcrAlphabet = Field(
+        default="latin",
+        description="what rapidocr reads: latin (Latin, Greek, punctuation and symbols; a fifth cheaper)"
+        " or all (Chinese and Japanese too)",
     )
     cache_dir: Path = Field(
         default=SOURCE_CACHE_DIR, description="source PDFs on disk, by etag; shared with the planner"

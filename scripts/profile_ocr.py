@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino"])
     parser.add_argument("--det-precision", default="f32", help="OpenVINO's precision for detection (bf16, f32)")
     parser.add_argument("--rec-precision", default="bf16", help="OpenVINO's precision for recognition (bf16, f32)")
+    parser.add_argument("--alphabet", default="latin", help="what recognition reads: latin or all")
     parser.add_argument("--spinning", action="store_true", help="let onnxruntime threads spin while waiting")
     parser.add_argument("--tesseract", action="store_true", help="read with tesseract too")
     parser.add_argument("--no-rapidocr", action="store_true", help="tesseract only")
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             backend=args.backend,
             det_precision=args.det_precision,
             rec_precision=args.rec_precision,
+            alphabet=args.alphabet,
         )
     )
     tess = TesseractEngine() if args.tesseract or args.no_rapidocr else None

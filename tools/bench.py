@@ -255,7 +255,12 @@ class BareStats:
 
 def worker_engines(settings: WorkerSettings) -> Engines:
     """The :class:`Engines` a worker with ``settings`` builds (same threads, default engine, models)."""
-    return Engines(threads=settings.ocr_threads, default=settings.engine, model_dir=settings.nemotron_ocr_model_dir)
+    return Engines(
+        threads=settings.ocr_threads,
+        default=settings.engine,
+        model_dir=settings.nemotron_ocr_model_dir,
+        alphabet=settings.ocr_alphabet,
+    )
 
 
 @dataclass

@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 from rapidfuzz.distance import Levenshtein
 
-from consumer.engines import Image, OcrEngine, PageText, make_engine, read_each
+from consumer.engines import ALPHABETS, Image, OcrEngine, PageText, make_engine, read_each
 from consumer.pdf import PDFIUM_LOCK, PageSource, PdfDocument
 from consumer.reading import Engines, takes_text_layer
 from schemas.messages import Engine, JobOptions
@@ -423,6 +423,7 @@ def evaluate(
     max_ocr_pages: int,
     dpi: int = 150,
     threads: int = 0,
+    alphabet: str = "latin",
     progress: Any = None,
 ) -> Report:
     """Read every sample with every engine (at most ``max_ocr_pages`` OCR pages per class and engine); blocking."""
@@ -432,7 +433,7 @@ def evaluate(
     caches: dict[Engine, CachedEngine] = {}
     for name, ocr in OCR_ENGINES.items():
         if name in engines_wanted or (ocr == engines.default and any(e.startswith("auto") for e in engines_wanted)):
-            caches[ocr] = CachedEngine(_maker(ocr, threads), ocr)
+            caches[ocr] = CachedEngine(_maker(ocr, threads, alphabet), ocr)
             engines.loaded[ocr] = caches[ocr]
     by_class: dict[str, list[Sample]] = {}
     for sample in samples:
@@ -476,8 +477,8 @@ def evaluate(
     return report
 
 
-def _maker(engine: Engine, threads: int) -> Callable[[], OcrEngine]:
-    return lambda: make_engine(engine, threads=threads)
+def _maker(engine: Engine, threads: int, alphabet: str) -> Callable[[], OcrEngine]:
+    return lambda: make_engine(engine, threads=threads, alphabet=alphabet)
 
 
 def _ocr_cost(cache: CachedEngine, doc: PdfDocument, page_no: int, dpi: int) -> tuple[float, float]:
@@ -817,6 +818,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dpi", type=int, default=150, help="render resolution for OCR (150)")
     p.add_argument("--threads", type=int, default=0, help="OCR threads (0: the cores this process may use)")
+    p.add_argument(
+        "--alphabet",
+        choices=ALPHABETS,
+        default="latin",
+        help="what rapidocr reads, as the worker's PAGEWIRE_OCR_ALPHABET (latin)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -849,6 +856,7 @@ def run(args: argparse.Namespace) -> int:
         max_ocr_pages=args.max_ocr_pages,
         dpi=args.dpi,
         threads=args.threads,
+        alphabet=args.alphabet,
         progress=None if args.quiet else errors.log,
     )
     report.reference = layout_reference(args.corpus)

@@ -73,3 +73,39 @@ def test_openvino_reads_a_scanned_page_as_onnxruntime_does(corpus: Path) -> None
     # The bound onnxruntime meets on this page (tests/unit/test_engines.py).
     assert Levenshtein.normalized_distance(" ".join(page.text.split()), " ".join(want.split())) < 0.03
     assert 0.9 < page.confidence <= 1.0
+
+
+def test_a_latin_reading_keeps_the_blank_and_latin_script_and_drops_cjk() -> None:
+    characters = ["blank", "a", "中", "é", "Ω", "→", "ﬁ", "。", "か", "한", "，", " "]
+    kept = engines.latin_classes(characters)
+    assert [characters[i] for i in kept] == ["blank", "a", "é", "Ω", "→", "ﬁ", " "]
+
+
+def test_an_unknown_alphabet_is_refused() -> None:
+    with pytest.raises(ValueError, match="alphabet"):
+        engines.RapidOcrEngine(threads=1, alphabet="klingon")
+
+
+@pytest.mark.ocr
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "onnxruntime",
+        pytest.param(
+            "openvino",
+            marks=pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed"),
+        ),
+    ],
+)
+def test_a_latin_reading_reads_an_english_page_as_the_whole_model_does(corpus: Path, backend: str) -> None:
+    with PdfDocument(corpus / "scanned/google-doc-document-scan.pdf") as doc:
+        image = doc.render(1, dpi=150, max_megapixels=50)
+    whole = engines.RapidOcrEngine(threads=1, backend=backend, alphabet="all")
+    latin = engines.RapidOcrEngine(threads=1, backend=backend, alphabet="latin")
+    characters = latin._ocr.text_rec.postprocess_op.character  # type: ignore[attr-defined]
+    assert len(characters) < len(whole._ocr.text_rec.postprocess_op.character) / 5  # type: ignore[attr-defined]
+    read_whole, read_latin = whole.read(image), latin.read(image)
+    assert read_latin.text == read_whole.text
+    assert len(read_latin.text) > 500
+    # Scores over fewer classes: a line's confidence can only rise.
+    assert read_latin.confidence >= read_whole.confidence - 1e-6
