@@ -307,8 +307,8 @@ class RapidOcrEngine:
 
     With ``alphabet="latin"`` (the default) recognition scores only the
     characters of Latin-script text (:func:`latin_classes`), not the model's
-    Chinese and Japanese ones: on OpenVINO its last layer is cut to them, a
-    fifth less CPU a page; ``"all"`` reads every script the model knows.
+    Chinese and Japanese ones: on OpenVINO its last layer is cut to them, which
+    makes a page cheaper; ``"all"`` reads every script the model knows.
     """
 
     name: Engine = Engine.RAPIDOCR
