@@ -159,6 +159,10 @@ PAGE_ASPECT = 0.75
 LINE_OVERLAP = 0.5
 # Two boxes overlapping horizontally by more than this share of the narrower are on different lines.
 STACKED_OVERLAP = 0.3
+# A mark (a box of at most GLYPH_CHARS characters) in type this much smaller than a box it overlaps
+# is a superscript or footnote mark on that box's line, even inside the box (OCR boxes a line with
+# room around it, and may box its mark apart).
+MARK_SIZE = 0.75
 # A gap between two lines larger than this many median line heights starts a paragraph.
 PARAGRAPH_GAP = 0.75
 # A box this much taller than wide (in pixels) is a sideways text line; a share of
@@ -929,10 +933,24 @@ def _keeps_gutters(
     """
     for lo, hi in gutters:
         if not _open(joined, lo, hi):
+            crossed = 0
             for part in parts:
                 if _open(part, lo, hi):
                     return False
+                crossed += _crosses(part, lo, hi)
+            # A line across the gutter (a centred address) and lines beside it on one side
+            # (a heading over one column): columns start below the line, not above it.
+            if 0 < crossed < len(parts):
+                return False
     return True
+
+
+def _crosses(cover: list[tuple[float, float]], lo: float, hi: float) -> bool:
+    """Whether an interval of ``cover`` reaches across part of the strip from ``lo`` to ``hi``."""
+    for a, b in cover:  # noqa: SIM110
+        if a < hi and b > lo:
+            return True
+    return False
 
 
 def _open(cover: list[tuple[float, float]], lo: float, hi: float) -> bool:
@@ -1024,21 +1042,48 @@ def _centre_y(block: B) -> float:
 
 
 def _group_lines(blocks: list[B]) -> list[list[B]]:
-    """Lines by vertical overlap, top to bottom; each line sorted left to right."""
+    """Lines by vertical overlap, top to bottom; each line sorted left to right.
+
+    A mark (:func:`_is_mark`: a footnote mark, an affiliation's symbol, a reference's superscript
+    that OCR boxed apart from its word) is read in the line it overlaps, at its place from the
+    left, even where it lies inside that line's box.
+    """
     lines: list[list[B]] = []
     line_y0 = line_y1 = 0.0
+    marks_only = False  # the last line holds marks only so far: its span is not yet a line's
     for block in sorted(blocks, key=_centre_y):
         y0, y1 = block.bbox[1], block.bbox[3]
         # Boxes of one line sit side by side: a box above or below one already in the line
         # starts the next line, however much the two overlap vertically (on a skewed scan the
         # box of a full-width line is taller than the line and overlaps the next one).
-        if lines and _overlaps(line_y0, line_y1, y0, y1) and not any(_stacked(block, other) for other in lines[-1]):
+        if (
+            lines
+            and _overlaps(line_y0, line_y1, y0, y1)
+            and not any(_stacked(block, other) and not _mark_of(block, other) for other in lines[-1])
+        ):
             lines[-1].append(block)
-            # Keep the line's own span (its first box) so a slanted line does not swallow the next.
+            # Keep the line's own span (its first box) so a slanted line does not swallow the next;
+            # a mark's span is not a line's (a superscript sits above the baseline).
+            if marks_only and not _is_mark(block):
+                line_y0, line_y1, marks_only = y0, y1, False
             continue
         lines.append([block])
         line_y0, line_y1 = y0, y1
+        marks_only = _is_mark(block)
     return [line if len(line) == 1 else sorted(line, key=_left) for line in lines]
+
+
+def _is_mark(block: B) -> bool:
+    """A box of a character or two (GLYPH_CHARS): a footnote mark, a superscript, a bullet."""
+    return 0 < len(block.text.strip()) <= GLYPH_CHARS
+
+
+def _mark_of(a: B, b: B) -> bool:
+    """Whether one of two boxes that overlap is a mark on the other: smaller type (MARK_SIZE), on its line."""
+    if _is_mark(a) == _is_mark(b):
+        return False
+    mark, word = (a, b) if _is_mark(a) else (b, a)
+    return mark.bbox[3] - mark.bbox[1] < MARK_SIZE * (word.bbox[3] - word.bbox[1])
 
 
 def _left(block: B) -> float:
