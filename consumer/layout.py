@@ -45,7 +45,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from itertools import islice, pairwise
-from operator import sub
+from operator import add, sub
 from statistics import median
 from typing import NamedTuple, Protocol, TypeVar
 
@@ -177,6 +177,8 @@ UPRIGHT_CONFIDENCE = 0.85
 DUPLICATE_OVERLAP = 0.5
 
 Rect = tuple[float, float, float, float]
+# A gutter: the x-interval of a strip between columns.
+Gutter = tuple[float, float]
 
 
 def order_blocks(blocks: list[B]) -> list[list[B]]:
@@ -414,24 +416,30 @@ class _Cutter:
         self.straddlers: set[int] = set()
         self.gutters: list[tuple[float, float]] = []
         shrink = VERTICAL_SHRINK * line_height
-        self.tops: list[float] = []
-        self.bottoms: list[float] = []
-        self.lefts: list[float] = []
-        self.rights: list[float] = []
         # The boxes' sides and heights as lists, read by index over a region's boxes (map over
-        # a list's __getitem__ is quicker than a generator over the boxes).
-        self.x0s, self.y0s, self.x1s, self.y1s = ([r[k] for r in rects] for k in range(4))
-        self.heights: list[float] = list(map(sub, self.y1s, self.y0s))
-        for x0, y0, x1, y1 in rects:
-            dy = shrink if shrink < 0.4 * (y1 - y0) else 0.4 * (y1 - y0)
-            self.tops.append(y0 + dy)
-            self.bottoms.append(y1 - dy)
-            centre = (x0 + x1) / 2
-            left, right = x0 + SHRINK, x1 - SHRINK
-            self.lefts.append(centre if centre < left else left)
-            self.rights.append(centre if centre > right else right)
+        # a list's __getitem__ is quicker than a generator over the boxes), built a list at a time.
+        sides: list[list[float]] = [list(side) for side in zip(*rects, strict=True)] if rects else [[], [], [], []]
+        self.x0s, self.y0s, self.x1s, self.y1s = x0s, y0s, x1s, y1s = sides
+        self.heights: list[float] = list(map(sub, y1s, y0s))
+        self.widths: list[float] = list(map(sub, x1s, x0s))
+        dys = [shrink if shrink < 0.4 * h else 0.4 * h for h in self.heights]
+        self.tops: list[float] = list(map(add, y0s, dys))
+        self.bottoms: list[float] = list(map(sub, y1s, dys))
+        centres = [(x0 + x1) / 2 for x0, x1 in zip(x0s, x1s, strict=True)]
+        self.lefts: list[float] = [c if c < x0 + SHRINK else x0 + SHRINK for x0, c in zip(x0s, centres, strict=True)]
+        self.rights: list[float] = [c if c > x1 - SHRINK else x1 - SHRINK for x1, c in zip(x1s, centres, strict=True)]
+        # Each box's narrowed span, as a band's coverage takes it; bands' coverages met so far.
+        self.spans: list[tuple[float, float]] = list(zip(self.lefts, self.rights, strict=True))
+        self.band_covers: dict[tuple[int, ...], list[tuple[float, float]]] = {}
 
-    def region(self, items: list[int], *, page: bool = False) -> list[list[int]]:
+    def region(
+        self, items: list[int], *, page: bool = False, joined_by: tuple[set[int], list[Gutter]] | None = None
+    ) -> list[list[int]]:
+        """The regions of ``items`` in reading order (:func:`regions`), ``page`` if they are the whole page.
+
+        ``joined_by`` are the straddlers and gutters that joined ``items`` into one block of the
+        region around them: where these boxes have the same, their bands join into one block again.
+        """
         if len(items) < 2:
             return [items]
         self.straddlers, self.gutters = self._find_straddlers(items)
@@ -440,13 +448,23 @@ class _Cutter:
             # piece, but for its heading, its footnotes and a figure's labels (band by band).
             bands = self._bands(items)
             return self._with_footnotes(bands) if len(bands) > 1 else self._labels(items)
-        groups = self._blocks(self._bands(items), page)
+        if (
+            joined_by is not None
+            and self.gutters == joined_by[1]
+            and self.straddlers == joined_by[0].intersection(items)
+        ):
+            # The same bands, joined by the same test: one block (cutting into bands and joining
+            # them again is most of the cost of a dense page's block of columns).
+            groups = [(items, False, False)]
+        else:
+            groups = self._blocks(self._bands(items), page)
         if len(groups) > 1:
             out: list[list[int]] = []
             flat: list[list[int]] = []
+            joined = (self.straddlers, self.gutters)  # the recursion below resets both
             for group, simple, alone in groups:
                 # A band of one piece (a line, or lines without a gutter) needs no more cutting.
-                parts = [group] if simple else self.region(group)
+                parts = [group] if simple else self.region(group, joined_by=joined)
                 if self.coarse and len(parts) == 1 and not alone:
                     # Read in one piece with its neighbours: one column's lines, a formula's parts.
                     flat.append(parts[0])
@@ -491,7 +509,7 @@ class _Cutter:
 
     def _coverage(self, items: list[int]) -> list[tuple[float, float]]:
         """The x-intervals the narrowed boxes cover, gaps under MIN_GUTTER closed, left to right."""
-        return _close([(self.lefts[i], self.rights[i]) for i in items])
+        return _close(list(map(self.spans.__getitem__, items)))
 
     def _column_coverage(self, items: list[int]) -> list[tuple[float, float]]:
         """The coverage of the boxes that make the columns: all but those that straddle a gutter."""
@@ -554,11 +572,16 @@ class _Cutter:
         """A band's coverage without the boxes that straddle a gutter, where it has only a few."""
         if len(band) == 1:  # most bands of a text layer: one line
             (i,) = band
-            return [(self.lefts[i], self.rights[i])]
-        crossing = sum(1 for i in band if i in self.straddlers) if self.straddlers else 0
+            return [self.spans[i]]
+        crossing = len(self.straddlers.intersection(band)) if self.straddlers else 0
         if 0 < crossing <= MAX_STRADDLERS and crossing < len(band):
             return self._coverage([i for i in band if i not in self.straddlers])
-        return self._coverage(band)
+        # A block is cut again inside the block around it, mostly into the same bands.
+        key = tuple(band)
+        cover = self.band_covers.get(key)
+        if cover is None:
+            cover = self.band_covers[key] = self._coverage(band)
+        return cover
 
     def _find_straddlers(self, items: list[int]) -> tuple[set[int], list[tuple[float, float]]]:
         """The region's gutters, and the boxes that straddle one: few cross it, and they do not span the region.
@@ -578,6 +601,7 @@ class _Cutter:
         side = PROSE_LINES if self.coarse else MIN_COLUMN_BOXES
         ends = sorted(map(rights.__getitem__, items))
         starts = sorted(map(lefts.__getitem__, items))
+        widths, span = self.widths, SPAN_SHARE * (x1 - x0)
         for run_lo, run_hi, core_lo, core_hi in _sparse_strips(starts, ends, allowed):
             if run_hi - run_lo < MIN_GUTTER or run_lo <= x0 or run_hi >= x1:
                 continue
@@ -599,7 +623,7 @@ class _Cutter:
             if bisect_right(ends, lo) < side or len(starts) - bisect_left(starts, hi) < side:
                 continue
             for i in items:
-                if lefts[i] < hi and rights[i] > lo and self.rects[i][2] - self.rects[i][0] < SPAN_SHARE * (x1 - x0):
+                if lefts[i] < hi and rights[i] > lo and widths[i] < span:
                     found.add(i)
             gutters.append((lo, hi))
         return found, gutters
@@ -670,6 +694,8 @@ class _Cutter:
 
     def _height(self, items: list[int]) -> float:
         """The median height of the boxes: their type size."""
+        if len(items) == 1:  # most groups of a text layer: a line
+            return self.heights[items[0]]
         heights = sorted(map(self.heights.__getitem__, items))
         return heights[len(heights) // 2]
 
@@ -706,8 +732,9 @@ class _Cutter:
                 # Inside the outermost band, one whose boxes stand apart is a row of columns
                 # (two figure captions side by side), not a footer.
                 outermost = k in (0, len(bands) - 1)
-                whole = outermost or len(self._coverage(bands[k])) == 1
-                if not (small and whole and gap >= (EDGE_GAP if outermost else HEAD_GAP) * self.line and gap > usual):
+                if not (small and gap >= (EDGE_GAP if outermost else HEAD_GAP) * self.line and gap > usual):
+                    break
+                if not outermost and len(self._coverage(bands[k])) > 1:
                     break
                 found.add(k)
                 (self.heads if ends.step > 0 else self.feet).update(bands[k])
@@ -747,7 +774,7 @@ class _Cutter:
         caption reaching into the next column is read after the column)."""
         if not straddling:
             return columns
-        lefts = [min(self.rects[i][0] for i in c) for c in columns]
+        lefts = [min(map(self.x0s.__getitem__, c)) for c in columns]
         after: list[list[int]] = [[] for _ in columns]
         for i in straddling:
             x0 = self.rects[i][0]
@@ -791,7 +818,7 @@ class _Cutter:
         x0, x1 = self._extent(column)
         if x1 - x0 < MIN_COLUMN_SHARE * region_width:
             return False
-        widths = sorted(self.rects[i][2] - self.rects[i][0] for i in column)
+        widths = sorted(map(self.widths.__getitem__, column))
         if widths[len(widths) // 2] >= MIN_COLUMN_FILL * (x1 - x0):
             return True
         lengths = sorted(len(self.texts[i]) for i in column)
@@ -807,16 +834,28 @@ class _Cutter:
             if 2 * len(texts) > len(voters) or any(not self._short(c) for c in texts):
                 return False
         tolerance = LINE_OVERLAP * self.line
-        centres = [sorted((self.rects[i][1] + self.rects[i][3]) / 2 for i in c) for c in columns]
-        level = total = 0
-        for k, column in enumerate(centres):
-            others = sorted(y for j, c in enumerate(centres) if j != k for y in c)
-            for y in column:
-                total += 1
-                at = bisect_left(others, y - tolerance)
-                if at < len(others) and others[at] <= y + tolerance:
-                    level += 1
-        return level >= ROW_ALIGNED * total
+        # Each box's centre, with its column, in one sorted list: a box sits level with a box of
+        # another column where one lies within the tolerance of it (looked for on both sides).
+        y0s, y1s = self.y0s, self.y1s
+        centres = sorted(((y0s[i] + y1s[i]) / 2, k) for k, c in enumerate(columns) for i in c)
+        last = len(centres) - 1
+        level = 0
+        for at, (y, k) in enumerate(centres):
+            j = at - 1
+            while j >= 0 and centres[j][0] >= y - tolerance:
+                if centres[j][1] != k:
+                    break
+                j -= 1
+            else:
+                j = at + 1
+                while j <= last and centres[j][0] <= y + tolerance:
+                    if centres[j][1] != k:
+                        break
+                    j += 1
+                else:
+                    continue
+            level += 1
+        return level >= ROW_ALIGNED * len(centres)
 
     def _margins_last(self, columns: list[list[int]]) -> list[list[int]]:
         """Narrow outer columns beside a much wider one (margin notes) moved after the others."""
