@@ -534,6 +534,8 @@ class _Cutter:
         firsts: list[int] = []  # each group's first band
         simple: list[bool] = []
         cover: list[tuple[float, float]] = []
+        gutters = self.gutters
+        all_open: bool | None = None  # whether every gutter is open in ``cover``; None: not yet known
         for k, band in enumerate(bands):
             band_cover = self._band_coverage(band)
             if (
@@ -546,25 +548,35 @@ class _Cutter:
                 groups.append(list(band))
                 firsts.append(k)
                 simple.append(True)
-                cover = band_cover
+                cover, all_open = band_cover, None
                 continue
             if groups and k not in alone and k - 1 not in alone:
+                if len(cover) > 1 and _within(band_cover, cover):
+                    # Most bands of a block of columns: inside the block's cover, which they leave
+                    # as it is; they join where it leaves every gutter open (nothing to close).
+                    if all_open is None:
+                        all_open = all(_open(cover, lo, hi) for lo, hi in gutters)
+                    if all_open:
+                        groups[-1] += band
+                        simple[-1] = False
+                        continue
                 joined = _close(cover + band_cover) if len(band_cover) > 1 else _insert(cover, band_cover[0])
                 # A band may close gutters the one or the other has only by chance (a line of
                 # one column reaching a little further, a gap in one line), not all of them.
                 if (
                     len(joined) > 1
                     and len(joined) >= min(len(cover), len(band_cover))
-                    and _keeps_gutters(joined, self.gutters, cover, band_cover)
+                    and _keeps_gutters(joined, gutters, cover, band_cover)
                 ):
                     groups[-1] += band
-                    cover = joined
+                    if joined != cover:
+                        cover, all_open = joined, None
                     simple[-1] = False
                     continue
             groups.append(list(band))
             firsts.append(k)
             simple.append(len(band_cover) == 1)
-            cover = band_cover
+            cover, all_open = band_cover, None
         heads = [k in alone for k in firsts]
         return list(zip(groups, simple, heads, strict=True))
 
@@ -933,32 +945,33 @@ def _sparse_strips(starts: list[float], ends: list[float], allowed: int) -> list
 def _displaced(order: list[int], weights: list[int]) -> float:
     """The share of the weight to move to read ``range(n)`` in ``order``: all but a heaviest increasing run.
 
-    A heaviest increasing subsequence of the positions in ``order``, by a Fenwick tree of running
-    maxima over positions: n log n.
+    A heaviest increasing subsequence of the positions in ``order``, taking the boxes in turn and
+    keeping a staircase: positions reached so far, each with the heaviest run ending at or before
+    it (both increasing; a step no heavier than one to its left is dropped). n log n, with the
+    searches and the steps' edits in C (bisect, list slices).
     """
     total = sum(weights)
     if total <= 0:
         return 0.0
-    n = len(order)
-    position = [0] * n
+    position = [0] * len(order)
     for k, i in enumerate(order):
         position[i] = k
-    tree = [0] * (n + 1)
-    best = 0
-    for i in range(n):
+    keys: list[int] = []
+    bests: list[int] = []
+    for p, weight in zip(position, weights, strict=True):
         # The heaviest run ending before this box's position, then this box on it.
-        k, run = position[i], 0
-        while k > 0:
-            run = tree[k] if tree[k] > run else run
-            k -= k & -k
-        run += weights[i]
-        best = run if run > best else best
-        k = position[i] + 1
-        while k <= n:
-            if tree[k] < run:
-                tree[k] = run
-            k += k & -k
-    return 1 - best / total
+        at = bisect_left(keys, p)
+        run = (bests[at - 1] if at else 0) + weight
+        end, n = at, len(bests)
+        while end < n and bests[end] <= run:
+            end += 1
+        if end > at:
+            keys[at:end] = [p]
+            bests[at:end] = [run]
+        else:
+            keys.insert(at, p)
+            bests.insert(at, run)
+    return 1 - bests[-1] / total
 
 
 def _keeps_gutters(
@@ -990,6 +1003,17 @@ def _crosses(cover: list[tuple[float, float]], lo: float, hi: float) -> bool:
         if a < hi and b > lo:
             return True
     return False
+
+
+def _within(inner: list[tuple[float, float]], outer: list[tuple[float, float]]) -> bool:
+    """Whether each interval of ``inner`` lies inside one of ``outer``: ``outer`` closed with them is ``outer``."""
+    for a, b in inner:
+        for c, d in outer:
+            if c <= a and b <= d:
+                break
+        else:
+            return False
+    return True
 
 
 def _open(cover: list[tuple[float, float]], lo: float, hi: float) -> bool:
