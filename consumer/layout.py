@@ -238,7 +238,7 @@ def layer_order(boxes: Sequence[tuple[str, Rect, float]]) -> list[int] | None:
     if cut.columns_of_text:
         order = [i for region in found for i in sorted(region)]
         # Nothing displaced where the layer is in that order already (most papers' layers).
-        if all(a < b for a, b in pairwise(order)) or _displaced(order, [len(t) for t in texts]) < MIN_DISPLACED:
+        if all(a < b for a, b in pairwise(order)) or _displaced(order, cut.lengths) < MIN_DISPLACED:
             order = None
     if order is None:
         order = _foot_last(rects, cut.footnotes | cut.feet)
@@ -317,14 +317,18 @@ def _layout_with(cut: _Cutter, rects: Sequence[Rect], *, straight: bool) -> list
     if not rects:
         return []
     texts = cut.texts
-    upright: list[int] = []
-    rotated: list[int] = []
-    for i, (x0, y0, x1, y1) in enumerate(rects):
-        if y1 - y0 > ROTATED_RATIO * (x1 - x0) and len(texts[i].strip()) >= MIN_LINE_CHARS:
-            rotated.append(i)
-        else:
-            upright.append(i)
-    heights = sorted(rects[i][3] - rects[i][1] for i in upright) or [0.0]
+    rotated = [
+        i
+        for i, (x0, y0, x1, y1) in enumerate(rects)
+        if y1 - y0 > ROTATED_RATIO * (x1 - x0) and len(texts[i].strip()) >= MIN_LINE_CHARS
+    ]
+    if rotated:
+        turned = set(rotated)
+        upright = [i for i in range(len(rects)) if i not in turned]
+        heights = sorted([rects[i][3] - rects[i][1] for i in upright]) or [0.0]
+    else:  # most pages
+        upright = list(range(len(rects)))
+        heights = sorted([y1 - y0 for _, y0, _, y1 in rects])
     line = heights[len(heights) // 2]
     cut.reset(rects if straight else _deskewed(rects, upright, line), line)
     out = cut.region(upright, page=True) if upright else []
@@ -402,7 +406,8 @@ class _Cutter:
     def __init__(self, texts: Sequence[str], *, coarse: bool = False) -> None:
         self.coarse = coarse
         self.texts = texts
-        self.is_label = [len(t) < LABEL_LENGTH for t in texts]
+        self.lengths = list(map(len, texts))
+        self.is_label = [n < LABEL_LENGTH for n in self.lengths]
         self.footnotes: set[int] = set()
         self.heads: set[int] = set()
         self.feet: set[int] = set()
@@ -613,6 +618,13 @@ class _Cutter:
         side = PROSE_LINES if self.coarse else MIN_COLUMN_BOXES
         ends = sorted(map(rights.__getitem__, items))
         starts = sorted(map(lefts.__getitem__, items))
+        # A gutter lies right of `side` boxes' right edges and left of `side` boxes' left edges:
+        # none where those edges cross (a column of text: its short last lines end right of its
+        # indents), or where more than `allowed` boxes cover all between them (the search costs
+        # more than this look on most regions of a text layer, which have none).
+        first, last = ends[side - 1], starts[-side]
+        if first >= last or sum(1 for i in items if lefts[i] <= first and rights[i] >= last) > allowed:
+            return found, gutters
         widths, span = self.widths, SPAN_SHARE * (x1 - x0)
         for run_lo, run_hi, core_lo, core_hi in _sparse_strips(starts, ends, allowed):
             if run_hi - run_lo < MIN_GUTTER or run_lo <= x0 or run_hi >= x1:
@@ -634,9 +646,7 @@ class _Cutter:
             # Boxes wholly left of the gutter, and wholly right of it.
             if bisect_right(ends, lo) < side or len(starts) - bisect_left(starts, hi) < side:
                 continue
-            for i in items:
-                if lefts[i] < hi and rights[i] > lo and widths[i] < span:
-                    found.add(i)
+            found.update([i for i in items if lefts[i] < hi and rights[i] > lo and widths[i] < span])
             gutters.append((lo, hi))
         return found, gutters
 
@@ -673,7 +683,7 @@ class _Cutter:
 
     def _labelled(self, items: list[int]) -> bool:
         """Whether the boxes are mostly labels (shorter than LABEL_LENGTH), not lines of text."""
-        lengths = sorted(len(self.texts[i]) for i in items)
+        lengths = sorted(map(self.lengths.__getitem__, items))
         return lengths[len(lengths) // 2] < LABEL_LENGTH
 
     def _labels(self, items: list[int]) -> list[list[int]]:
@@ -717,7 +727,7 @@ class _Cutter:
 
     def _short(self, items: list[int]) -> bool:
         """Whether the boxes are mostly short (cells of a table, labels), not lines of text."""
-        lengths = sorted(len(self.texts[i]) for i in items)
+        lengths = sorted(map(self.lengths.__getitem__, items))
         return lengths[len(lengths) // 2] < MIN_LINE_LENGTH
 
     def _margin_bands(self, bands: list[list[int]]) -> set[int]:
@@ -833,7 +843,7 @@ class _Cutter:
         widths = sorted(map(self.widths.__getitem__, column))
         if widths[len(widths) // 2] >= MIN_COLUMN_FILL * (x1 - x0):
             return True
-        lengths = sorted(len(self.texts[i]) for i in column)
+        lengths = sorted(map(self.lengths.__getitem__, column))
         return lengths[len(lengths) // 2] >= MIN_LINE_LENGTH
 
     def _is_table(self, columns: list[list[int]]) -> bool:
