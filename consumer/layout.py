@@ -481,12 +481,16 @@ class _Cutter:
         columns = self._columns(items)
         if len(columns) < 2:
             return self._labels(items)
-        if self._is_table(columns):
+        # Which columns are text, and which of those prose (mostly long lines): asked by the table
+        # test and, on a text layer, by the test for columns of text.
+        x0, x1 = self._extent(items)
+        text = [self._is_text(c, x1 - x0) for c in columns]
+        prose = [t and not self._short(c) for c, t in zip(columns, text, strict=True)]
+        if self._is_table(columns, text, prose):
             # Row by row: for a text layer, each band (a row) in the layer's order.
             return self._bands(items) if self.coarse else [items]
         if self.coarse:
-            x0, x1 = self._extent(items)
-            if sum(1 for c in columns if len(c) >= PROSE_LINES and self._is_prose(c, x1 - x0)) < 2:
+            if sum(1 for c, p in zip(columns, prose, strict=True) if p and len(c) >= PROSE_LINES) < 2:
                 # Side by side but not columns of text (a form, subfigures with captions): the
                 # layer's own order is as good as any, but for a figure's labels.
                 return self._labels(items)
@@ -611,7 +615,6 @@ class _Cutter:
         if len(items) < 2 * (PROSE_LINES if self.coarse else MIN_COLUMN_BOXES):
             return set(), []
         lefts, rights = self.lefts, self.rights
-        x0, x1 = self._extent(items)
         allowed = max(1, int(STRADDLING_SHARE * len(items)))
         found: set[int] = set()
         gutters: list[tuple[float, float]] = []
@@ -625,6 +628,7 @@ class _Cutter:
         first, last = ends[side - 1], starts[-side]
         if first >= last or sum(1 for i in items if lefts[i] <= first and rights[i] >= last) > allowed:
             return found, gutters
+        x0, x1 = self._extent(items)
         widths, span = self.widths, SPAN_SHARE * (x1 - x0)
         for run_lo, run_hi, core_lo, core_hi in _sparse_strips(starts, ends, allowed):
             if run_hi - run_lo < MIN_GUTTER or run_lo <= x0 or run_hi >= x1:
@@ -720,10 +724,6 @@ class _Cutter:
             return self.heights[items[0]]
         heights = sorted(map(self.heights.__getitem__, items))
         return heights[len(heights) // 2]
-
-    def _is_prose(self, column: list[int], region_width: float) -> bool:
-        """A column of text lines: a text column (:meth:`_is_text`) whose boxes are mostly long."""
-        return self._is_text(column, region_width) and not self._short(column)
 
     def _short(self, items: list[int]) -> bool:
         """Whether the boxes are mostly short (cells of a table, labels), not lines of text."""
@@ -846,14 +846,14 @@ class _Cutter:
         lengths = sorted(map(self.lengths.__getitem__, column))
         return lengths[len(lengths) // 2] >= MIN_LINE_LENGTH
 
-    def _is_table(self, columns: list[list[int]]) -> bool:
+    def _is_table(self, columns: list[list[int]], text: list[bool], prose: list[bool]) -> bool:
+        """Whether the columns (each a text column or not, and prose or not) are a table's, read row by row."""
         # Columns of a box or two (a stamp's letters, a stray mark) do not vote where others can.
-        voters = [c for c in columns if len(c) >= MIN_COLUMN_BOXES] or columns
-        width = self._extent([i for c in columns for i in c])
+        voters = [k for k, c in enumerate(columns) if len(c) >= MIN_COLUMN_BOXES] or list(range(len(columns)))
         if len(voters) < TABLE_COLUMNS:
-            texts = [c for c in voters if self._is_text(c, width[1] - width[0])]
+            texts = [k for k in voters if text[k]]
             # Most columns of text, or one of long lines (a title block beside a figure's labels).
-            if 2 * len(texts) > len(voters) or any(not self._short(c) for c in texts):
+            if 2 * len(texts) > len(voters) or any(prose[k] for k in texts):
                 return False
         tolerance = LINE_OVERLAP * self.line
         # Each box's centre, with its column, in one sorted list: a box sits level with a box of
