@@ -45,7 +45,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from itertools import islice, pairwise
-from operator import add, sub
+from operator import add, lt, sub
 from statistics import median
 from typing import NamedTuple, Protocol, TypeVar
 
@@ -238,15 +238,16 @@ def layer_order(boxes: Sequence[tuple[str, Rect, float]]) -> list[int] | None:
     if cut.columns_of_text:
         order = [i for region in found for i in sorted(region)]
         # Nothing displaced where the layer is in that order already (most papers' layers).
-        if all(a < b for a, b in pairwise(order)) or _displaced(order, cut.lengths) < MIN_DISPLACED:
+        if _increasing(order) or _displaced(order, cut.lengths) < MIN_DISPLACED:
             order = None
     if order is None:
         order = _foot_last(rects, cut.footnotes | cut.feet)
     if order is None:
         return None
     # Back to the indices of all boxes, the unplaced ones after their predecessor in the layer.
-    full = [placed[k] for k in order]
+    full = order
     if len(placed) < len(boxes):
+        full = [placed[k] for k in order]
         after: dict[int, list[int]] = {}
         last = -1
         kept = set(placed)
@@ -256,7 +257,12 @@ def layer_order(boxes: Sequence[tuple[str, Rect, float]]) -> list[int] | None:
             else:
                 after.setdefault(last, []).append(i)
         full = after.get(-1, []) + [j for i in full for j in (i, *after.get(i, []))]
-    return None if all(a < b for a, b in pairwise(full)) else full
+    return None if _increasing(full) else full
+
+
+def _increasing(order: list[int]) -> bool:
+    """Whether ``order`` is strictly increasing (compared pairwise in C: a dense page's order is long)."""
+    return all(map(lt, order, islice(order, 1, None)))
 
 
 def _may_have_columns(rects: list[Rect]) -> bool:
