@@ -45,7 +45,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from itertools import islice, pairwise
-from operator import sub
+from operator import add, lt, sub
 from statistics import median
 from typing import NamedTuple, Protocol, TypeVar
 
@@ -159,6 +159,10 @@ PAGE_ASPECT = 0.75
 LINE_OVERLAP = 0.5
 # Two boxes overlapping horizontally by more than this share of the narrower are on different lines.
 STACKED_OVERLAP = 0.3
+# A mark (a box of at most GLYPH_CHARS characters) in type this much smaller than a box it overlaps
+# is a superscript or footnote mark on that box's line, even inside the box (OCR boxes a line with
+# room around it, and may box its mark apart).
+MARK_SIZE = 0.75
 # A gap between two lines larger than this many median line heights starts a paragraph.
 PARAGRAPH_GAP = 0.75
 # A box this much taller than wide (in pixels) is a sideways text line; a share of
@@ -173,6 +177,8 @@ UPRIGHT_CONFIDENCE = 0.85
 DUPLICATE_OVERLAP = 0.5
 
 Rect = tuple[float, float, float, float]
+# A gutter: the x-interval of a strip between columns.
+Gutter = tuple[float, float]
 
 
 def order_blocks(blocks: list[B]) -> list[list[B]]:
@@ -232,15 +238,16 @@ def layer_order(boxes: Sequence[tuple[str, Rect, float]]) -> list[int] | None:
     if cut.columns_of_text:
         order = [i for region in found for i in sorted(region)]
         # Nothing displaced where the layer is in that order already (most papers' layers).
-        if all(a < b for a, b in pairwise(order)) or _displaced(order, [len(t) for t in texts]) < MIN_DISPLACED:
+        if _increasing(order) or _displaced(order, cut.lengths) < MIN_DISPLACED:
             order = None
     if order is None:
         order = _foot_last(rects, cut.footnotes | cut.feet)
     if order is None:
         return None
     # Back to the indices of all boxes, the unplaced ones after their predecessor in the layer.
-    full = [placed[k] for k in order]
+    full = order
     if len(placed) < len(boxes):
+        full = [placed[k] for k in order]
         after: dict[int, list[int]] = {}
         last = -1
         kept = set(placed)
@@ -250,7 +257,12 @@ def layer_order(boxes: Sequence[tuple[str, Rect, float]]) -> list[int] | None:
             else:
                 after.setdefault(last, []).append(i)
         full = after.get(-1, []) + [j for i in full for j in (i, *after.get(i, []))]
-    return None if all(a < b for a, b in pairwise(full)) else full
+    return None if _increasing(full) else full
+
+
+def _increasing(order: list[int]) -> bool:
+    """Whether ``order`` is strictly increasing (compared pairwise in C: a dense page's order is long)."""
+    return all(map(lt, order, islice(order, 1, None)))
 
 
 def _may_have_columns(rects: list[Rect]) -> bool:
@@ -311,14 +323,18 @@ def _layout_with(cut: _Cutter, rects: Sequence[Rect], *, straight: bool) -> list
     if not rects:
         return []
     texts = cut.texts
-    upright: list[int] = []
-    rotated: list[int] = []
-    for i, (x0, y0, x1, y1) in enumerate(rects):
-        if y1 - y0 > ROTATED_RATIO * (x1 - x0) and len(texts[i].strip()) >= MIN_LINE_CHARS:
-            rotated.append(i)
-        else:
-            upright.append(i)
-    heights = sorted(rects[i][3] - rects[i][1] for i in upright) or [0.0]
+    rotated = [
+        i
+        for i, (x0, y0, x1, y1) in enumerate(rects)
+        if y1 - y0 > ROTATED_RATIO * (x1 - x0) and len(texts[i].strip()) >= MIN_LINE_CHARS
+    ]
+    if rotated:
+        turned = set(rotated)
+        upright = [i for i in range(len(rects)) if i not in turned]
+        heights = sorted([rects[i][3] - rects[i][1] for i in upright]) or [0.0]
+    else:  # most pages
+        upright = list(range(len(rects)))
+        heights = sorted([y1 - y0 for _, y0, _, y1 in rects])
     line = heights[len(heights) // 2]
     cut.reset(rects if straight else _deskewed(rects, upright, line), line)
     out = cut.region(upright, page=True) if upright else []
@@ -396,7 +412,8 @@ class _Cutter:
     def __init__(self, texts: Sequence[str], *, coarse: bool = False) -> None:
         self.coarse = coarse
         self.texts = texts
-        self.is_label = [len(t) < LABEL_LENGTH for t in texts]
+        self.lengths = list(map(len, texts))
+        self.is_label = [n < LABEL_LENGTH for n in self.lengths]
         self.footnotes: set[int] = set()
         self.heads: set[int] = set()
         self.feet: set[int] = set()
@@ -410,24 +427,30 @@ class _Cutter:
         self.straddlers: set[int] = set()
         self.gutters: list[tuple[float, float]] = []
         shrink = VERTICAL_SHRINK * line_height
-        self.tops: list[float] = []
-        self.bottoms: list[float] = []
-        self.lefts: list[float] = []
-        self.rights: list[float] = []
         # The boxes' sides and heights as lists, read by index over a region's boxes (map over
-        # a list's __getitem__ is quicker than a generator over the boxes).
-        self.x0s, self.y0s, self.x1s, self.y1s = ([r[k] for r in rects] for k in range(4))
-        self.heights: list[float] = list(map(sub, self.y1s, self.y0s))
-        for x0, y0, x1, y1 in rects:
-            dy = shrink if shrink < 0.4 * (y1 - y0) else 0.4 * (y1 - y0)
-            self.tops.append(y0 + dy)
-            self.bottoms.append(y1 - dy)
-            centre = (x0 + x1) / 2
-            left, right = x0 + SHRINK, x1 - SHRINK
-            self.lefts.append(centre if centre < left else left)
-            self.rights.append(centre if centre > right else right)
+        # a list's __getitem__ is quicker than a generator over the boxes), built a list at a time.
+        sides: list[list[float]] = [list(side) for side in zip(*rects, strict=True)] if rects else [[], [], [], []]
+        self.x0s, self.y0s, self.x1s, self.y1s = x0s, y0s, x1s, y1s = sides
+        self.heights: list[float] = list(map(sub, y1s, y0s))
+        self.widths: list[float] = list(map(sub, x1s, x0s))
+        dys = [shrink if shrink < 0.4 * h else 0.4 * h for h in self.heights]
+        self.tops: list[float] = list(map(add, y0s, dys))
+        self.bottoms: list[float] = list(map(sub, y1s, dys))
+        centres = [(x0 + x1) / 2 for x0, x1 in zip(x0s, x1s, strict=True)]
+        self.lefts: list[float] = [c if c < x0 + SHRINK else x0 + SHRINK for x0, c in zip(x0s, centres, strict=True)]
+        self.rights: list[float] = [c if c > x1 - SHRINK else x1 - SHRINK for x1, c in zip(x1s, centres, strict=True)]
+        # Each box's narrowed span, as a band's coverage takes it; bands' coverages met so far.
+        self.spans: list[tuple[float, float]] = list(zip(self.lefts, self.rights, strict=True))
+        self.band_covers: dict[tuple[int, ...], list[tuple[float, float]]] = {}
 
-    def region(self, items: list[int], *, page: bool = False) -> list[list[int]]:
+    def region(
+        self, items: list[int], *, page: bool = False, joined_by: tuple[set[int], list[Gutter]] | None = None
+    ) -> list[list[int]]:
+        """The regions of ``items`` in reading order (:func:`regions`), ``page`` if they are the whole page.
+
+        ``joined_by`` are the straddlers and gutters that joined ``items`` into one block of the
+        region around them: where these boxes have the same, their bands join into one block again.
+        """
         if len(items) < 2:
             return [items]
         self.straddlers, self.gutters = self._find_straddlers(items)
@@ -436,13 +459,23 @@ class _Cutter:
             # piece, but for its heading, its footnotes and a figure's labels (band by band).
             bands = self._bands(items)
             return self._with_footnotes(bands) if len(bands) > 1 else self._labels(items)
-        groups = self._blocks(self._bands(items), page)
+        if (
+            joined_by is not None
+            and self.gutters == joined_by[1]
+            and self.straddlers == joined_by[0].intersection(items)
+        ):
+            # The same bands, joined by the same test: one block (cutting into bands and joining
+            # them again is most of the cost of a dense page's block of columns).
+            groups = [(items, False, False)]
+        else:
+            groups = self._blocks(self._bands(items), page)
         if len(groups) > 1:
             out: list[list[int]] = []
             flat: list[list[int]] = []
+            joined = (self.straddlers, self.gutters)  # the recursion below resets both
             for group, simple, alone in groups:
                 # A band of one piece (a line, or lines without a gutter) needs no more cutting.
-                parts = [group] if simple else self.region(group)
+                parts = [group] if simple else self.region(group, joined_by=joined)
                 if self.coarse and len(parts) == 1 and not alone:
                     # Read in one piece with its neighbours: one column's lines, a formula's parts.
                     flat.append(parts[0])
@@ -454,12 +487,16 @@ class _Cutter:
         columns = self._columns(items)
         if len(columns) < 2:
             return self._labels(items)
-        if self._is_table(columns):
+        # Which columns are text, and which of those prose (mostly long lines): asked by the table
+        # test and, on a text layer, by the test for columns of text.
+        x0, x1 = self._extent(items)
+        text = [self._is_text(c, x1 - x0) for c in columns]
+        prose = [t and not self._short(c) for c, t in zip(columns, text, strict=True)]
+        if self._is_table(columns, text, prose):
             # Row by row: for a text layer, each band (a row) in the layer's order.
             return self._bands(items) if self.coarse else [items]
         if self.coarse:
-            x0, x1 = self._extent(items)
-            if sum(1 for c in columns if len(c) >= PROSE_LINES and self._is_prose(c, x1 - x0)) < 2:
+            if sum(1 for c, p in zip(columns, prose, strict=True) if p and len(c) >= PROSE_LINES) < 2:
                 # Side by side but not columns of text (a form, subfigures with captions): the
                 # layer's own order is as good as any, but for a figure's labels.
                 return self._labels(items)
@@ -487,7 +524,7 @@ class _Cutter:
 
     def _coverage(self, items: list[int]) -> list[tuple[float, float]]:
         """The x-intervals the narrowed boxes cover, gaps under MIN_GUTTER closed, left to right."""
-        return _close([(self.lefts[i], self.rights[i]) for i in items])
+        return _close(list(map(self.spans.__getitem__, items)))
 
     def _column_coverage(self, items: list[int]) -> list[tuple[float, float]]:
         """The coverage of the boxes that make the columns: all but those that straddle a gutter."""
@@ -512,6 +549,8 @@ class _Cutter:
         firsts: list[int] = []  # each group's first band
         simple: list[bool] = []
         cover: list[tuple[float, float]] = []
+        gutters = self.gutters
+        all_open: bool | None = None  # whether every gutter is open in ``cover``; None: not yet known
         for k, band in enumerate(bands):
             band_cover = self._band_coverage(band)
             if (
@@ -524,25 +563,35 @@ class _Cutter:
                 groups.append(list(band))
                 firsts.append(k)
                 simple.append(True)
-                cover = band_cover
+                cover, all_open = band_cover, None
                 continue
             if groups and k not in alone and k - 1 not in alone:
+                if len(cover) > 1 and _within(band_cover, cover):
+                    # Most bands of a block of columns: inside the block's cover, which they leave
+                    # as it is; they join where it leaves every gutter open (nothing to close).
+                    if all_open is None:
+                        all_open = all(_open(cover, lo, hi) for lo, hi in gutters)
+                    if all_open:
+                        groups[-1] += band
+                        simple[-1] = False
+                        continue
                 joined = _close(cover + band_cover) if len(band_cover) > 1 else _insert(cover, band_cover[0])
                 # A band may close gutters the one or the other has only by chance (a line of
                 # one column reaching a little further, a gap in one line), not all of them.
                 if (
                     len(joined) > 1
                     and len(joined) >= min(len(cover), len(band_cover))
-                    and _keeps_gutters(joined, self.gutters, cover, band_cover)
+                    and _keeps_gutters(joined, gutters, cover, band_cover)
                 ):
                     groups[-1] += band
-                    cover = joined
+                    if joined != cover:
+                        cover, all_open = joined, None
                     simple[-1] = False
                     continue
             groups.append(list(band))
             firsts.append(k)
             simple.append(len(band_cover) == 1)
-            cover = band_cover
+            cover, all_open = band_cover, None
         heads = [k in alone for k in firsts]
         return list(zip(groups, simple, heads, strict=True))
 
@@ -550,11 +599,16 @@ class _Cutter:
         """A band's coverage without the boxes that straddle a gutter, where it has only a few."""
         if len(band) == 1:  # most bands of a text layer: one line
             (i,) = band
-            return [(self.lefts[i], self.rights[i])]
-        crossing = sum(1 for i in band if i in self.straddlers) if self.straddlers else 0
+            return [self.spans[i]]
+        crossing = len(self.straddlers.intersection(band)) if self.straddlers else 0
         if 0 < crossing <= MAX_STRADDLERS and crossing < len(band):
             return self._coverage([i for i in band if i not in self.straddlers])
-        return self._coverage(band)
+        # A block is cut again inside the block around it, mostly into the same bands.
+        key = tuple(band)
+        cover = self.band_covers.get(key)
+        if cover is None:
+            cover = self.band_covers[key] = self._coverage(band)
+        return cover
 
     def _find_straddlers(self, items: list[int]) -> tuple[set[int], list[tuple[float, float]]]:
         """The region's gutters, and the boxes that straddle one: few cross it, and they do not span the region.
@@ -567,13 +621,21 @@ class _Cutter:
         if len(items) < 2 * (PROSE_LINES if self.coarse else MIN_COLUMN_BOXES):
             return set(), []
         lefts, rights = self.lefts, self.rights
-        x0, x1 = self._extent(items)
         allowed = max(1, int(STRADDLING_SHARE * len(items)))
         found: set[int] = set()
         gutters: list[tuple[float, float]] = []
         side = PROSE_LINES if self.coarse else MIN_COLUMN_BOXES
         ends = sorted(map(rights.__getitem__, items))
         starts = sorted(map(lefts.__getitem__, items))
+        # A gutter lies right of `side` boxes' right edges and left of `side` boxes' left edges:
+        # none where those edges cross (a column of text: its short last lines end right of its
+        # indents), or where more than `allowed` boxes cover all between them (the search costs
+        # more than this look on most regions of a text layer, which have none).
+        first, last = ends[side - 1], starts[-side]
+        if first >= last or sum(1 for i in items if lefts[i] <= first and rights[i] >= last) > allowed:
+            return found, gutters
+        x0, x1 = self._extent(items)
+        widths, span = self.widths, SPAN_SHARE * (x1 - x0)
         for run_lo, run_hi, core_lo, core_hi in _sparse_strips(starts, ends, allowed):
             if run_hi - run_lo < MIN_GUTTER or run_lo <= x0 or run_hi >= x1:
                 continue
@@ -594,9 +656,7 @@ class _Cutter:
             # Boxes wholly left of the gutter, and wholly right of it.
             if bisect_right(ends, lo) < side or len(starts) - bisect_left(starts, hi) < side:
                 continue
-            for i in items:
-                if lefts[i] < hi and rights[i] > lo and self.rects[i][2] - self.rects[i][0] < SPAN_SHARE * (x1 - x0):
-                    found.add(i)
+            found.update([i for i in items if lefts[i] < hi and rights[i] > lo and widths[i] < span])
             gutters.append((lo, hi))
         return found, gutters
 
@@ -633,7 +693,7 @@ class _Cutter:
 
     def _labelled(self, items: list[int]) -> bool:
         """Whether the boxes are mostly labels (shorter than LABEL_LENGTH), not lines of text."""
-        lengths = sorted(len(self.texts[i]) for i in items)
+        lengths = sorted(map(self.lengths.__getitem__, items))
         return lengths[len(lengths) // 2] < LABEL_LENGTH
 
     def _labels(self, items: list[int]) -> list[list[int]]:
@@ -666,16 +726,14 @@ class _Cutter:
 
     def _height(self, items: list[int]) -> float:
         """The median height of the boxes: their type size."""
+        if len(items) == 1:  # most groups of a text layer: a line
+            return self.heights[items[0]]
         heights = sorted(map(self.heights.__getitem__, items))
         return heights[len(heights) // 2]
 
-    def _is_prose(self, column: list[int], region_width: float) -> bool:
-        """A column of text lines: a text column (:meth:`_is_text`) whose boxes are mostly long."""
-        return self._is_text(column, region_width) and not self._short(column)
-
     def _short(self, items: list[int]) -> bool:
         """Whether the boxes are mostly short (cells of a table, labels), not lines of text."""
-        lengths = sorted(len(self.texts[i]) for i in items)
+        lengths = sorted(map(self.lengths.__getitem__, items))
         return lengths[len(lengths) // 2] < MIN_LINE_LENGTH
 
     def _margin_bands(self, bands: list[list[int]]) -> set[int]:
@@ -702,8 +760,9 @@ class _Cutter:
                 # Inside the outermost band, one whose boxes stand apart is a row of columns
                 # (two figure captions side by side), not a footer.
                 outermost = k in (0, len(bands) - 1)
-                whole = outermost or len(self._coverage(bands[k])) == 1
-                if not (small and whole and gap >= (EDGE_GAP if outermost else HEAD_GAP) * self.line and gap > usual):
+                if not (small and gap >= (EDGE_GAP if outermost else HEAD_GAP) * self.line and gap > usual):
+                    break
+                if not outermost and len(self._coverage(bands[k])) > 1:
                     break
                 found.add(k)
                 (self.heads if ends.step > 0 else self.feet).update(bands[k])
@@ -743,7 +802,7 @@ class _Cutter:
         caption reaching into the next column is read after the column)."""
         if not straddling:
             return columns
-        lefts = [min(self.rects[i][0] for i in c) for c in columns]
+        lefts = [min(map(self.x0s.__getitem__, c)) for c in columns]
         after: list[list[int]] = [[] for _ in columns]
         for i in straddling:
             x0 = self.rects[i][0]
@@ -787,32 +846,44 @@ class _Cutter:
         x0, x1 = self._extent(column)
         if x1 - x0 < MIN_COLUMN_SHARE * region_width:
             return False
-        widths = sorted(self.rects[i][2] - self.rects[i][0] for i in column)
+        widths = sorted(map(self.widths.__getitem__, column))
         if widths[len(widths) // 2] >= MIN_COLUMN_FILL * (x1 - x0):
             return True
-        lengths = sorted(len(self.texts[i]) for i in column)
+        lengths = sorted(map(self.lengths.__getitem__, column))
         return lengths[len(lengths) // 2] >= MIN_LINE_LENGTH
 
-    def _is_table(self, columns: list[list[int]]) -> bool:
+    def _is_table(self, columns: list[list[int]], text: list[bool], prose: list[bool]) -> bool:
+        """Whether the columns (each a text column or not, and prose or not) are a table's, read row by row."""
         # Columns of a box or two (a stamp's letters, a stray mark) do not vote where others can.
-        voters = [c for c in columns if len(c) >= MIN_COLUMN_BOXES] or columns
-        width = self._extent([i for c in columns for i in c])
+        voters = [k for k, c in enumerate(columns) if len(c) >= MIN_COLUMN_BOXES] or list(range(len(columns)))
         if len(voters) < TABLE_COLUMNS:
-            texts = [c for c in voters if self._is_text(c, width[1] - width[0])]
+            texts = [k for k in voters if text[k]]
             # Most columns of text, or one of long lines (a title block beside a figure's labels).
-            if 2 * len(texts) > len(voters) or any(not self._short(c) for c in texts):
+            if 2 * len(texts) > len(voters) or any(prose[k] for k in texts):
                 return False
         tolerance = LINE_OVERLAP * self.line
-        centres = [sorted((self.rects[i][1] + self.rects[i][3]) / 2 for i in c) for c in columns]
-        level = total = 0
-        for k, column in enumerate(centres):
-            others = sorted(y for j, c in enumerate(centres) if j != k for y in c)
-            for y in column:
-                total += 1
-                at = bisect_left(others, y - tolerance)
-                if at < len(others) and others[at] <= y + tolerance:
-                    level += 1
-        return level >= ROW_ALIGNED * total
+        # Each box's centre, with its column, in one sorted list: a box sits level with a box of
+        # another column where one lies within the tolerance of it (looked for on both sides).
+        y0s, y1s = self.y0s, self.y1s
+        centres = sorted(((y0s[i] + y1s[i]) / 2, k) for k, c in enumerate(columns) for i in c)
+        last = len(centres) - 1
+        level = 0
+        for at, (y, k) in enumerate(centres):
+            j = at - 1
+            while j >= 0 and centres[j][0] >= y - tolerance:
+                if centres[j][1] != k:
+                    break
+                j -= 1
+            else:
+                j = at + 1
+                while j <= last and centres[j][0] <= y + tolerance:
+                    if centres[j][1] != k:
+                        break
+                    j += 1
+                else:
+                    continue
+            level += 1
+        return level >= ROW_ALIGNED * len(centres)
 
     def _margins_last(self, columns: list[list[int]]) -> list[list[int]]:
         """Narrow outer columns beside a much wider one (margin notes) moved after the others."""
@@ -890,32 +961,33 @@ def _sparse_strips(starts: list[float], ends: list[float], allowed: int) -> list
 def _displaced(order: list[int], weights: list[int]) -> float:
     """The share of the weight to move to read ``range(n)`` in ``order``: all but a heaviest increasing run.
 
-    A heaviest increasing subsequence of the positions in ``order``, by a Fenwick tree of running
-    maxima over positions: n log n.
+    A heaviest increasing subsequence of the positions in ``order``, taking the boxes in turn and
+    keeping a staircase: positions reached so far, each with the heaviest run ending at or before
+    it (both increasing; a step no heavier than one to its left is dropped). n log n, with the
+    searches and the steps' edits in C (bisect, list slices).
     """
     total = sum(weights)
     if total <= 0:
         return 0.0
-    n = len(order)
-    position = [0] * n
+    position = [0] * len(order)
     for k, i in enumerate(order):
         position[i] = k
-    tree = [0] * (n + 1)
-    best = 0
-    for i in range(n):
+    keys: list[int] = []
+    bests: list[int] = []
+    for p, weight in zip(position, weights, strict=True):
         # The heaviest run ending before this box's position, then this box on it.
-        k, run = position[i], 0
-        while k > 0:
-            run = tree[k] if tree[k] > run else run
-            k -= k & -k
-        run += weights[i]
-        best = run if run > best else best
-        k = position[i] + 1
-        while k <= n:
-            if tree[k] < run:
-                tree[k] = run
-            k += k & -k
-    return 1 - best / total
+        at = bisect_left(keys, p)
+        run = (bests[at - 1] if at else 0) + weight
+        end, n = at, len(bests)
+        while end < n and bests[end] <= run:
+            end += 1
+        if end > at:
+            keys[at:end] = [p]
+            bests[at:end] = [run]
+        else:
+            keys.insert(at, p)
+            bests.insert(at, run)
+    return 1 - bests[-1] / total
 
 
 def _keeps_gutters(
@@ -929,9 +1001,34 @@ def _keeps_gutters(
     """
     for lo, hi in gutters:
         if not _open(joined, lo, hi):
+            crossed = 0
             for part in parts:
                 if _open(part, lo, hi):
                     return False
+                crossed += _crosses(part, lo, hi)
+            # A line across the gutter (a centred address) and lines beside it on one side
+            # (a heading over one column): columns start below the line, not above it.
+            if 0 < crossed < len(parts):
+                return False
+    return True
+
+
+def _crosses(cover: list[tuple[float, float]], lo: float, hi: float) -> bool:
+    """Whether an interval of ``cover`` reaches across part of the strip from ``lo`` to ``hi``."""
+    for a, b in cover:  # noqa: SIM110
+        if a < hi and b > lo:
+            return True
+    return False
+
+
+def _within(inner: list[tuple[float, float]], outer: list[tuple[float, float]]) -> bool:
+    """Whether each interval of ``inner`` lies inside one of ``outer``: ``outer`` closed with them is ``outer``."""
+    for a, b in inner:
+        for c, d in outer:
+            if c <= a and b <= d:
+                break
+        else:
+            return False
     return True
 
 
@@ -1024,21 +1121,48 @@ def _centre_y(block: B) -> float:
 
 
 def _group_lines(blocks: list[B]) -> list[list[B]]:
-    """Lines by vertical overlap, top to bottom; each line sorted left to right."""
+    """Lines by vertical overlap, top to bottom; each line sorted left to right.
+
+    A mark (:func:`_is_mark`: a footnote mark, an affiliation's symbol, a reference's superscript
+    that OCR boxed apart from its word) is read in the line it overlaps, at its place from the
+    left, even where it lies inside that line's box.
+    """
     lines: list[list[B]] = []
     line_y0 = line_y1 = 0.0
+    marks_only = False  # the last line holds marks only so far: its span is not yet a line's
     for block in sorted(blocks, key=_centre_y):
         y0, y1 = block.bbox[1], block.bbox[3]
         # Boxes of one line sit side by side: a box above or below one already in the line
         # starts the next line, however much the two overlap vertically (on a skewed scan the
         # box of a full-width line is taller than the line and overlaps the next one).
-        if lines and _overlaps(line_y0, line_y1, y0, y1) and not any(_stacked(block, other) for other in lines[-1]):
+        if (
+            lines
+            and _overlaps(line_y0, line_y1, y0, y1)
+            and not any(_stacked(block, other) and not _mark_of(block, other) for other in lines[-1])
+        ):
             lines[-1].append(block)
-            # Keep the line's own span (its first box) so a slanted line does not swallow the next.
+            # Keep the line's own span (its first box) so a slanted line does not swallow the next;
+            # a mark's span is not a line's (a superscript sits above the baseline).
+            if marks_only and not _is_mark(block):
+                line_y0, line_y1, marks_only = y0, y1, False
             continue
         lines.append([block])
         line_y0, line_y1 = y0, y1
+        marks_only = _is_mark(block)
     return [line if len(line) == 1 else sorted(line, key=_left) for line in lines]
+
+
+def _is_mark(block: B) -> bool:
+    """A box of a character or two (GLYPH_CHARS): a footnote mark, a superscript, a bullet."""
+    return 0 < len(block.text.strip()) <= GLYPH_CHARS
+
+
+def _mark_of(a: B, b: B) -> bool:
+    """Whether one of two boxes that overlap is a mark on the other: smaller type (MARK_SIZE), on its line."""
+    if _is_mark(a) == _is_mark(b):
+        return False
+    mark, word = (a, b) if _is_mark(a) else (b, a)
+    return mark.bbox[3] - mark.bbox[1] < MARK_SIZE * (word.bbox[3] - word.bbox[1])
 
 
 def _left(block: B) -> float:

@@ -317,6 +317,44 @@ def test_block_straddling_two_columns_is_read_by_its_left_edge() -> None:
     assert lines == ["Heading", *names("A", 12), *names("B", 12), "Figure", *names("C", 12)]
 
 
+def test_a_mark_boxed_apart_inside_its_words_box_is_read_on_that_line() -> None:
+    # Given an author line whose box takes in the name's superscript, which OCR also boxed on its
+    # own: smaller, a little above the baseline, and inside the name's box
+    name = box("Jingfeng Yang", 0.28, 0.125, 0.43, height=0.02)
+    mark = box("*", 0.40, 0.1235, 0.41, height=0.007)
+    others = [
+        box("Aditya Gupta†", 0.42, 0.125, 0.56, height=0.02),
+        box("Shyam Upadhyay†", 0.57, 0.1275, 0.74, height=0.02),
+    ]
+    below = box("Georgia Institute of Technology", 0.37, 0.16, 0.64, height=0.02)
+    # When ordered, the mark is read on the name's line, after the name, and the line holds together
+    lines = texts(order_blocks(shuffled([name, mark, *others, below])))
+    assert lines == ["Jingfeng Yang * Aditya Gupta† Shyam Upadhyay†", "Georgia Institute of Technology"]
+
+
+def test_a_box_of_a_character_or_two_in_full_type_is_not_a_mark() -> None:
+    # Given table cells stacked in a column, one of them a short number in the same type
+    cells = [box("Total", 0.1, 0.1, 0.2), box("12", 0.1, 0.11, 0.13)]
+    # When ordered, they are two lines (the boxes overlap: padded OCR boxes), not one
+    assert texts(order_blocks(cells)) == ["Total", "12"]
+
+
+def test_columns_start_under_a_centred_line_not_beside_it() -> None:
+    # Given a title and author block whose last line is centred across the gutter (an address),
+    # then a heading over the left column and a figure's header row at the top of the right column,
+    # then the two columns
+    title = [box("A title over the two columns of the paper", 0.13, 0.08, 0.88, height=0.028)]
+    authors = [box("First Author", 0.3, 0.125, 0.45), box("Second Author", 0.55, 0.125, 0.72)]
+    place = [box("Some Institute of Technology", 0.37, 0.16, 0.64)]
+    address = [box("someone@example.com", 0.37, 0.19, 0.64)]
+    heading = [box("Abstract", 0.26, 0.25, 0.35)]
+    header = [box("Title", 0.65, 0.266, 0.69), box("Length", 0.73, 0.268, 0.78)]
+    cols = prose("L", 0.14, 0.46, 0.26, 16) + prose("R", 0.55, 0.88, 0.26, 16)
+    # When ordered, the heading is read at the top of the left column, the header row at the top of the right
+    lines = heads(order_blocks(shuffled(title + authors + place + address + heading + header + cols)))
+    assert lines == ["A", "First", "Some", "someone@example.com", "Abstract", *names("L", 16), "Title", *names("R", 16)]
+
+
 def test_two_columns_on_a_skewed_scan() -> None:
     # Turned by 0.7 degrees: each column's left edge drifts right going down, and the lines slope.
     slope = 0.012
