@@ -290,6 +290,74 @@ class _OpenVinoModel:
         return self._request.get_output_tensor().data.copy()
 
 
+# rapidocr turns every crop at least this much taller than wide a quarter turn anticlockwise before
+# recognition, which sets upright a line that runs down the page and turns one that runs up it (an
+# arXiv stamp, a thumb tab, a print slug) upside down.
+TALL = 1.5
+
+
+def is_tall(box: npt.NDArray[np.float32]) -> bool:
+    """Whether rapidocr turns this detected box (four corners) before recognition, as it decides."""
+    width = int(max(np.linalg.norm(box[0] - box[1]), np.linalg.norm(box[2] - box[3])))
+    height = int(max(np.linalg.norm(box[0] - box[3]), np.linalg.norm(box[1] - box[2])))
+    return width > 0 and height / width >= TALL
+
+
+@dataclass
+class Piece:
+    """A recognised box in pixels; ``upward`` for text that runs up the page, ``downward`` down it."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    text: str
+    score: float
+    run: str = ""  # "", "upward" or "downward"
+
+
+def join_vertical_runs(pieces: list[Piece]) -> list[Piece]:
+    """Join the pieces of one line of text that runs up or down the page into one, in its own order.
+
+    Detection cuts such a line where its words stand apart ("arXiv:1601.03642v1 [cs.CV]", "12 Jan",
+    "2016"); read top to bottom, a line that runs up the page would come out backwards. Pieces join
+    when they run the same way, share most of their width, and the gap between them is under twice
+    that width (the line's height).
+    """
+    # A tall box of a character or two is a digit or a mark standing alone (a column of "1"s in a
+    # table), not a piece of a line.
+    joining = [piece for piece in pieces if piece.run and len(piece.text.strip()) >= 3]
+    out = [piece for piece in pieces if not (piece.run and len(piece.text.strip()) >= 3)]
+    for run in ("upward", "downward"):
+        column: list[Piece] = []
+        for piece in sorted((p for p in joining if p.run == run), key=lambda p: p.y0):
+            last = column[-1] if column else None
+            width = min(piece.x1 - piece.x0, last.x1 - last.x0) if last else 0.0
+            overlap = min(piece.x1, last.x1) - max(piece.x0, last.x0) if last else 0.0
+            if last and overlap >= width / 2 and piece.y0 - last.y1 <= 2 * max(width, 1.0):
+                column.append(piece)
+                continue
+            if column:
+                out.append(_joined(column, run))
+            column = [piece]
+        if column:
+            out.append(_joined(column, run))
+    return out
+
+
+def _joined(column: list[Piece], run: str) -> Piece:
+    ordered = column[::-1] if run == "upward" else column
+    return Piece(
+        min(p.x0 for p in column),
+        column[0].y0,
+        max(p.x1 for p in column),
+        max(p.y1 for p in column),
+        " ".join(p.text for p in ordered),
+        sum(p.score for p in column) / len(column),
+        run,
+    )
+
+
 class RapidOcrEngine:
     """rapidocr 3.x on CPU with the PP-OCRv6 small models packed in its wheel (no download).
 
@@ -355,6 +423,7 @@ class RapidOcrEngine:
         started = time.perf_counter()
         try:
             self._ocr = RapidOCR(params=params)
+            self._read_both_ways()
             self._warm_up()
             self._renew_sessions(spinning)
         except PermanentError:
@@ -397,6 +466,41 @@ class RapidOcrEngine:
                 stage.session = _KeptClasses(holder, kept)
         self._warm_up()
 
+    def _read_both_ways(self) -> None:
+        """Read each tall crop turned both ways and keep the reading the model is surer of, noting
+        which crops read upward (turned the other way from rapidocr's turn); :meth:`read` uses it."""
+        ocr: Any = self._ocr
+        crop_text_regions, recognize_txt = ocr.crop_text_regions, ocr.recognize_txt
+        tall: list[bool] = []
+        self._runs: list[str] = []
+
+        def crop(img: Any, boxes: Any) -> Any:
+            tall[:] = [is_tall(box) for box in boxes]
+            return crop_text_regions(img, boxes)
+
+        def recognize(crops: list[Any]) -> Any:
+            result = recognize_txt(crops)
+            turned = [i for i, is_it in enumerate(tall) if is_it and i < len(crops)]
+            runs = [""] * len(crops)
+            # Where most lines are tall the page itself lies on its side, and is read again turned.
+            if turned and 2 * len(turned) < len(crops):
+                for i in turned:
+                    runs[i] = "downward"
+                other = recognize_txt([np.ascontiguousarray(np.rot90(crops[i], 2)) for i in turned])
+                texts, scores = list(result.txts), list(result.scores)
+                for j, i in enumerate(turned):
+                    if other.scores[j] > scores[i]:
+                        texts[i], scores[i], runs[i] = other.txts[j], other.scores[j], "upward"
+                result.txts, result.scores = tuple(texts), scores
+            self._runs = [
+                run
+                for run, text, score in zip(runs, result.txts, result.scores, strict=True)
+                if text.strip() and score >= ocr.text_score
+            ]
+            return result
+
+        ocr.crop_text_regions, ocr.recognize_txt = crop, recognize
+
     def _warm_up(self) -> None:
         """Read a small image with a word on it, so detection and recognition both load now."""
         import cv2
@@ -419,10 +523,25 @@ class RapidOcrEngine:
         scores = getattr(result, "scores", None)
         if boxes is None or texts is None or scores is None:
             return PageText(text="", blocks=[], confidence=0.0)
-        blocks = [
-            _box_to_block(text, [float(p[0]) for p in box], [float(p[1]) for p in box], float(score), width, height)
-            for box, text, score in zip(boxes, texts, scores, strict=True)
+        # The runs were noted for the readings rapidocr keeps, in its order; where they do not line
+        # up (rapidocr filtered otherwise), every piece stands alone.
+        runs = self._runs if len(self._runs) == len(texts) else [""] * len(texts)
+        pieces = [
+            Piece(
+                min(float(p[0]) for p in box),
+                min(float(p[1]) for p in box),
+                max(float(p[0]) for p in box),
+                max(float(p[1]) for p in box),
+                text,
+                float(score),
+                run,
+            )
+            for box, text, score, run in zip(boxes, texts, scores, runs, strict=True)
             if text.strip()
+        ]
+        blocks = [
+            _box_to_block(p.text, [p.x0, p.x1], [p.y0, p.y1], p.score, width, height)
+            for p in join_vertical_runs(pieces)
         ]
         return page_text_from_blocks(blocks)
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from rapidfuzz.distance import Levenshtein
 
@@ -109,3 +110,51 @@ def test_a_latin_reading_reads_an_english_page_as_the_whole_model_does(corpus: P
     assert len(read_latin.text) > 500
     # Scores over fewer classes: a line's confidence can only rise.
     assert read_latin.confidence >= read_whole.confidence - 1e-6
+
+
+def test_a_box_is_tall_as_rapidocr_turns_it() -> None:
+    def box(width: float, height: float) -> np.ndarray:
+        return np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float32)
+
+    assert engines.is_tall(box(20, 60))
+    assert engines.is_tall(box(20, 30))
+    assert not engines.is_tall(box(20, 29))
+    assert not engines.is_tall(box(300, 30))
+
+
+def _piece(x0: float, y0: float, x1: float, y1: float, text: str, run: str = "") -> engines.Piece:
+    return engines.Piece(x0, y0, x1, y1, text, 0.9, run)
+
+
+def test_the_pieces_of_a_line_running_up_the_page_join_bottom_first() -> None:
+    body = _piece(100, 100, 900, 130, "a line of the body")
+    pieces = [
+        _piece(20, 100, 50, 160, "2016", "upward"),
+        _piece(21, 175, 49, 230, "12 Jan", "upward"),
+        _piece(20, 245, 52, 700, "arXiv:1601.03642v1 [cs.CV]", "upward"),
+        body,
+    ]
+    joined = engines.join_vertical_runs(pieces)
+    assert body in joined
+    stamp = next(p for p in joined if p.run)
+    assert stamp.text == "arXiv:1601.03642v1 [cs.CV] 12 Jan 2016"
+    assert (stamp.x0, stamp.y0, stamp.x1, stamp.y1) == (20, 100, 52, 700)
+    assert len(joined) == 2
+
+
+def test_a_line_running_down_the_page_joins_top_first() -> None:
+    pieces = [_piece(20, 300, 50, 500, "Chapter 3", "downward"), _piece(20, 100, 50, 280, "Maintenance", "downward")]
+    assert [p.text for p in engines.join_vertical_runs(pieces)] == ["Maintenance Chapter 3"]
+
+
+def test_vertical_pieces_apart_or_running_other_ways_or_too_short_stay_apart() -> None:
+    pieces = [
+        _piece(20, 100, 50, 300, "left margin", "upward"),
+        _piece(950, 100, 980, 300, "right margin", "upward"),  # another column
+        _piece(20, 500, 50, 700, "far below", "upward"),  # a gap of many widths
+        _piece(20, 310, 50, 480, "the other way", "downward"),
+        # A column of digits in a table: tall boxes of one character each.
+        _piece(600, 100, 612, 120, "1", "downward"),
+        _piece(600, 130, 612, 150, "1", "downward"),
+    ]
+    assert sorted(p.text for p in engines.join_vertical_runs(pieces)) == sorted(p.text for p in pieces)
