@@ -99,14 +99,14 @@ def main() -> None:
             got = total[0] / total[1]
             theirs = tesseract[f"layout/{name}-scan.pdf"]
             kind = "held out" if name in HELD_OUT else "tuning"
-            print(f"| {name} | {entry['class'][-1]} | {kind} | {got:.3f} | {theirs:.3f} |")
+            print(f"| {name} | {entry['class'][-1]} | {kind} | {got:.4f} | {theirs:.3f} |")
             by_class.setdefault(entry["class"][-1], []).append((got, theirs))
             by_set.setdefault(kind, []).append((got, theirs))
         print("\n| class / set | mean CER | tesseract mean |\n|---|---|---|")
         for key, scores in [*sorted(by_class.items()), *sorted(by_set.items())]:
             mean = sum(g for g, _ in scores) / len(scores)
             reference = sum(t for _, t in scores) / len(scores)
-            print(f"| {key} | {mean:.3f} | {reference:.3f} |")
+            print(f"| {key} | {mean:.4f} | {reference:.4f} |")
         if pages:
             print(f"\nordering {order_s / pages * 1e3:.2f} ms a page (CPU), OCR {ocr_s / pages:.1f} s a page")
 
