@@ -43,8 +43,9 @@ box read on the turned-upright image back to the page.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from itertools import islice, pairwise
+from math import inf
 from operator import add, lt, sub
 from statistics import median
 from typing import NamedTuple, Protocol, TypeVar
@@ -272,7 +273,10 @@ def _may_have_columns(rects: list[Rect]) -> bool:
     allowed = max(1, int(STRADDLING_SHARE * len(rects)))
     ends = sorted([x1 - SHRINK for _, _, x1, _ in rects])
     starts = sorted([x0 + SHRINK for x0, _, _, _ in rects])
-    for run_lo, run_hi, core_lo, core_hi in _sparse_strips(starts, ends, allowed):
+    # A strip with PROSE_LINES boxes wholly on each side reaches the PROSE_LINES-th right edge
+    # from the left and the PROSE_LINES-th left edge from the right.
+    within = (ends[PROSE_LINES - 1], starts[-PROSE_LINES])
+    for run_lo, run_hi, core_lo, core_hi in _sparse_strips(starts, ends, allowed, within):
         if run_hi - run_lo < MIN_GUTTER:
             continue
         if bisect_right(ends, core_hi) >= PROSE_LINES and len(starts) - bisect_left(starts, core_lo) >= PROSE_LINES:
@@ -636,7 +640,7 @@ class _Cutter:
             return found, gutters
         x0, x1 = self._extent(items)
         widths, span = self.widths, SPAN_SHARE * (x1 - x0)
-        for run_lo, run_hi, core_lo, core_hi in _sparse_strips(starts, ends, allowed):
+        for run_lo, run_hi, core_lo, core_hi in _sparse_strips(starts, ends, allowed, (first, last)):
             if run_hi - run_lo < MIN_GUTTER or run_lo <= x0 or run_hi >= x1:
                 continue
             # The gutter: MIN_GUTTER wide at least, inside the sparse strip and over its least
@@ -903,15 +907,22 @@ class _Cutter:
         return body + ([columns[0]] if first else []) + ([columns[-1]] if last else [])
 
 
-def _sparse_strips(starts: list[float], ends: list[float], allowed: int) -> list[tuple[float, float, float, float]]:
+def _sparse_strips(
+    starts: list[float], ends: list[float], allowed: int, within: tuple[float, float] | None = None
+) -> Iterator[tuple[float, float, float, float]]:
     """Candidate gutters: each x-interval covered by at most ``allowed`` boxes, with its least covered part.
 
     ``starts`` and ``ends`` are the boxes' left and right edges, each list sorted (how many
     boxes cover a point needs only how many start and how many end before it).
 
-    As (interval start, end, least covered part's start, end). The least covered part
-    locates the gutter: around a gutter that a title crosses, the interval also takes in
+    As (interval start, end, least covered part's start, end), left to right. The least covered
+    part locates the gutter: around a gutter that a title crosses, the interval also takes in
     the ragged ends of the column's lines, and those lines must stay on their side.
+
+    ``within``: only the intervals that reach from ``within[0]`` or further right to
+    ``within[1]`` or further left (the same intervals as the whole search finds, no others).
+    A gutter with enough boxes wholly on each side lies between the edges those boxes need,
+    so the sweep starts and stops there, not at the page's edges.
     """
     # The box edges in x order, as indices: starts below len(starts), ends above (sorting floats
     # by key is quicker than sorting pairs, and two sorted runs merge in one pass). Edges at one
@@ -919,14 +930,28 @@ def _sparse_strips(starts: list[float], ends: list[float], allowed: int) -> list
     n = len(starts)
     xs = starts + ends
     order = sorted(range(2 * n), key=xs.__getitem__)
+    reach, stop = within if within is not None else (-inf, inf)
+    # Start where no interval can be open: after the last segment covered more than `allowed`
+    # times that ends at or before `reach` (its depth counted from the sorted edges), or at the
+    # first edge.
+    depth = 0
+    first = bisect_left(order, reach, key=xs.__getitem__) if reach > -inf else 0
+    at = min(first, 2 * n - 1) - 1 if n else -1  # a segment ends at the edge after `at`
+    while at >= 0:
+        x = xs[order[at]]
+        if xs[order[at + 1]] > x:
+            covered = bisect_right(starts, x) - bisect_right(ends, x)
+            if covered > allowed:
+                depth = covered
+                break
+        at -= 1
     # One pass over the elementary segments between consecutive box edges (depth: how many boxes
     # cover one), keeping the current run's longest stretch at its least depth so far: a page's
     # strips are looked for on every region, and a list of segments walked twice costs more.
-    cores: list[tuple[float, float, float, float]] = []
-    depth = least = 0
+    least = 0
     start = end = lo = best_lo = best_hi = 0.0
     in_run = at_least = False  # in a run of sparse segments; in a stretch of it at its least depth
-    for k, k_next in pairwise(order):
+    for k, k_next in pairwise(islice(order, at + 1, None)):
         depth += 1 if k < n else -1
         x, next_x = xs[k], xs[k_next]
         if next_x <= x:
@@ -949,13 +974,15 @@ def _sparse_strips(starts: list[float], ends: list[float], allowed: int) -> list
         if in_run:
             if at_least and end - lo > best_hi - best_lo:
                 best_lo, best_hi = lo, end
-            cores.append((start, end, best_lo, best_hi))
+            if end >= reach and start <= stop:
+                yield start, end, best_lo, best_hi
             in_run = False
-    if in_run:
+        elif x > stop:
+            return  # every interval from here on starts right of `stop`
+    if in_run and end >= reach and start <= stop:
         if at_least and end - lo > best_hi - best_lo:
             best_lo, best_hi = lo, end
-        cores.append((start, end, best_lo, best_hi))
-    return cores
+        yield start, end, best_lo, best_hi
 
 
 def _displaced(order: list[int], weights: list[int]) -> float:
