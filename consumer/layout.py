@@ -100,6 +100,8 @@ HEAD_BOXES = 4
 # and is read in the column of its left edge.
 SPAN_SHARE = 0.6
 # A strip crossed by at most this share of a region's boxes may be a gutter they straddle.
+# The gutter search jumps ahead where more than this many boxes above that share cover the sweep.
+SWEEP_SKIP = 8
 STRADDLING_SHARE = 0.1
 # A box across a gutter starting this close to a column's left edge is read in that column.
 STRADDLE_ALIGN = 0.02
@@ -951,34 +953,48 @@ def _sparse_strips(
     least = 0
     start = end = lo = best_lo = best_hi = 0.0
     in_run = at_least = False  # in a run of sparse segments; in a stretch of it at its least depth
-    for k, k_next in pairwise(islice(order, at + 1, None)):
-        depth += 1 if k < n else -1
-        x, next_x = xs[k], xs[k_next]
-        if next_x <= x:
-            continue
-        if depth <= allowed:
-            if not in_run or depth < least:
-                if not in_run:
-                    in_run, start = True, x
-                least, lo, at_least = depth, x, True
-                best_lo = best_hi = x  # no stretch yet: any is longer
-            elif depth == least:
-                if not at_least:
-                    lo, at_least = x, True
-            elif at_least:
-                if x - lo > best_hi - best_lo:
-                    best_lo, best_hi = lo, x
-                at_least = False
-            end = next_x
-            continue
-        if in_run:
-            if at_least and end - lo > best_hi - best_lo:
-                best_lo, best_hi = lo, end
-            if end >= reach and start <= stop:
-                yield start, end, best_lo, best_hi
-            in_run = False
-        elif x > stop:
-            return  # every interval from here on starts right of `stop`
+    resume: int | None = at  # the edge the sweep goes on after
+    while resume is not None:
+        edges, resume = islice(order, resume + 1, None), None
+        for k, k_next in pairwise(edges):
+            depth += 1 if k < n else -1
+            x, next_x = xs[k], xs[k_next]
+            if next_x <= x:
+                continue
+            if depth <= allowed:
+                if not in_run or depth < least:
+                    if not in_run:
+                        in_run, start = True, x
+                    least, lo, at_least = depth, x, True
+                    best_lo = best_hi = x  # no stretch yet: any is longer
+                elif depth == least:
+                    if not at_least:
+                        lo, at_least = x, True
+                elif at_least:
+                    if x - lo > best_hi - best_lo:
+                        best_lo, best_hi = lo, x
+                    at_least = False
+                end = next_x
+                continue
+            if in_run:
+                if at_least and end - lo > best_hi - best_lo:
+                    best_lo, best_hi = lo, end
+                if end >= reach and start <= stop:
+                    yield start, end, best_lo, best_hi
+                in_run = False
+            elif x > stop:
+                return  # every interval from here on starts right of `stop`
+            if depth - allowed > SWEEP_SKIP:
+                # Deep inside a column: the depth falls to `allowed` no sooner than the
+                # (depth - allowed)-th right edge from here, so the sweep goes on from there, its
+                # depth counted from the sorted edges (a column's lines are most of a sweep).
+                target = ends[bisect_right(ends, x) + depth - allowed - 1]
+                if target > stop:
+                    return
+                if target > next_x:
+                    resume = bisect_left(order, target, key=xs.__getitem__) - 1
+                    depth = bisect_left(starts, target) - bisect_left(ends, target)
+                    break
     if in_run and end >= reach and start <= stop:
         if at_least and end - lo > best_hi - best_lo:
             best_lo, best_hi = lo, end
