@@ -557,7 +557,28 @@ class _Cutter:
         cover: list[tuple[float, float]] = []
         gutters = self.gutters
         all_open: bool | None = None  # whether every gutter is open in ``cover``; None: not yet known
+        # Whether ``cover`` leaves every gutter open and MIN_GUTTER at least between its intervals:
+        # then a band joins where each of its boxes lies inside one interval, as its coverage
+        # would (boxes closed together across such a gap would be MIN_GUTTER apart at least).
+        spread: bool | None = None
         for k, band in enumerate(bands):
+            if (
+                len(cover) > 1
+                and spread is not False
+                and groups
+                and k not in alone
+                and k - 1 not in alone
+                and self._inside(band, cover)
+            ):
+                if spread is None:
+                    if all_open is None:
+                        all_open = all(_open(cover, lo, hi) for lo, hi in gutters)
+                    spread = all_open and _spread(cover)
+                if spread:
+                    # Most bands of a block of columns, without their coverage.
+                    groups[-1] += band
+                    simple[-1] = False
+                    continue
             band_cover = self._band_coverage(band)
             if (
                 len(cover) == 1
@@ -569,7 +590,7 @@ class _Cutter:
                 groups.append(list(band))
                 firsts.append(k)
                 simple.append(True)
-                cover, all_open = band_cover, None
+                cover, all_open, spread = band_cover, None, None
                 continue
             if groups and k not in alone and k - 1 not in alone:
                 if len(cover) > 1 and _within(band_cover, cover):
@@ -591,15 +612,31 @@ class _Cutter:
                 ):
                     groups[-1] += band
                     if joined != cover:
-                        cover, all_open = joined, None
+                        cover, all_open, spread = joined, None, None
                     simple[-1] = False
                     continue
             groups.append(list(band))
             firsts.append(k)
             simple.append(len(band_cover) == 1)
-            cover, all_open = band_cover, None
+            cover, all_open, spread = band_cover, None, None
         heads = [k in alone for k in firsts]
         return list(zip(groups, simple, heads, strict=True))
+
+    def _inside(self, band: list[int], cover: list[tuple[float, float]]) -> bool:
+        """Whether each box of the band that its coverage takes (:meth:`_band_coverage`) lies inside ``cover``."""
+        if len(band) > 1 and self.straddlers:
+            crossing = len(self.straddlers.intersection(band))
+            if 0 < crossing <= MAX_STRADDLERS and crossing < len(band):
+                band = [i for i in band if i not in self.straddlers]
+        spans = self.spans
+        for i in band:
+            lo, hi = spans[i]
+            for a, b in cover:
+                if a <= lo and hi <= b:
+                    break
+            else:
+                return False
+        return True
 
     def _band_coverage(self, band: list[int]) -> list[tuple[float, float]]:
         """A band's coverage without the boxes that straddle a gutter, where it has only a few."""
@@ -678,7 +715,12 @@ class _Cutter:
         # footnotes has more lines of them than of text.
         text = self._height([i for g in groups[: len(groups) // 2 + 1] for i in g])
         k = len(groups)
-        while k > 1 and self._height(groups[k - 1]) < FOOTNOTE_SIZE * text:
+        # Most groups of a text layer are a line: its box's height, without a call.
+        heights, smaller = self.heights, FOOTNOTE_SIZE * text
+        while k > 1:
+            group = groups[k - 1]
+            if not (heights[group[0]] if len(group) == 1 else self._height(group)) < smaller:
+                break
             k -= 1
         out: list[list[int]] = []
         foot = [i for g in groups[k:] for i in g]
@@ -756,7 +798,7 @@ class _Cutter:
         bottoms = [max(map(y1s, band)) for band in bands]
         # Set off: by more than lines are from each other (a text layer's lines have gaps between
         # them, padded OCR boxes touch).
-        gaps = sorted(top - bottom for bottom, top in zip(bottoms, tops[1:], strict=False))
+        gaps = sorted([top - bottom for bottom, top in zip(bottoms, tops[1:], strict=False)])
         usual = SET_OFF * gaps[len(gaps) // 2] if gaps else 0.0
         for ends in (range(len(bands) - 1), range(len(bands) - 1, 0, -1)):
             for k in ends:
@@ -782,11 +824,12 @@ class _Cutter:
         starts = [lo for lo, _ in cover]
         columns: list[list[int]] = [[] for _ in cover]
         straddling: list[int] = []
+        straddlers, lefts = self.straddlers, self.lefts
         for i in items:
-            if i in self.straddlers:
+            if i in straddlers:
                 straddling.append(i)
             else:
-                columns[max(0, bisect_right(starts, self.lefts[i]) - 1)].append(i)
+                columns[max(0, bisect_right(starts, lefts[i]) - 1)].append(i)
         columns = [c for c in columns if c]
         joined: list[list[int]] = []
         pending: list[int] = []
@@ -1072,6 +1115,17 @@ def _within(inner: list[tuple[float, float]], outer: list[tuple[float, float]]) 
                 break
         else:
             return False
+    return True
+
+
+def _spread(cover: list[tuple[float, float]]) -> bool:
+    """Whether each interval of ``cover`` starts MIN_GUTTER or more right of all before it (as in :func:`_close`)."""
+    hi = cover[0][1]
+    for a, b in islice(cover, 1, None):
+        if a - hi < MIN_GUTTER:
+            return False
+        if b > hi:
+            hi = b
     return True
 
 
