@@ -529,8 +529,29 @@ class _Cutter:
         return bands
 
     def _coverage(self, items: list[int]) -> list[tuple[float, float]]:
-        """The x-intervals the narrowed boxes cover, gaps under MIN_GUTTER closed, left to right."""
-        return _close(list(map(self.spans.__getitem__, items)))
+        """The x-intervals the narrowed boxes cover, gaps under MIN_GUTTER closed, left to right.
+
+        As :func:`_close` over the boxes' spans, sorted by their left edges alone (floats sort
+        quicker than pairs): spans that start level all join the interval the first of them
+        joins or starts, whatever their order, so the intervals are the same.
+        """
+        lefts, rights = self.lefts, self.rights
+        order = sorted(items, key=lefts.__getitem__)
+        out: list[tuple[float, float]] = []
+        if not order:
+            return out
+        lo, hi = lefts[order[0]], rights[order[0]]
+        for i in islice(order, 1, None):
+            a = lefts[i]
+            if a - hi < MIN_GUTTER:
+                b = rights[i]
+                if b > hi:
+                    hi = b
+                continue
+            out.append((lo, hi))
+            lo, hi = a, rights[i]
+        out.append((lo, hi))
+        return out
 
     def _column_coverage(self, items: list[int]) -> list[tuple[float, float]]:
         """The coverage of the boxes that make the columns: all but those that straddle a gutter."""
