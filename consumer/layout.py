@@ -578,23 +578,24 @@ class _Cutter:
         cover: list[tuple[float, float]] = []
         gutters = self.gutters
         all_open: bool | None = None  # whether every gutter is open in ``cover``; None: not yet known
-        # Whether ``cover`` leaves every gutter open and MIN_GUTTER at least between its intervals:
-        # then a band joins where each of its boxes lies inside one interval, as its coverage
-        # would (boxes closed together across such a gap would be MIN_GUTTER apart at least).
+        # Whether ``cover``, which leaves every gutter open, has MIN_GUTTER at least between its
+        # intervals: then a band joins where each of its boxes lies inside one interval, as its
+        # coverage would (boxes closed together across such a gap would be MIN_GUTTER apart).
         spread: bool | None = None
         for k, band in enumerate(bands):
+            # Tried once a band has joined the cover as it is (below): where bands change the
+            # cover one after another (a form's nested blocks), the look would be wasted.
             if (
-                len(cover) > 1
+                all_open
                 and spread is not False
+                and len(cover) > 1
                 and groups
                 and k not in alone
                 and k - 1 not in alone
                 and self._inside(band, cover)
             ):
                 if spread is None:
-                    if all_open is None:
-                        all_open = all(_open(cover, lo, hi) for lo, hi in gutters)
-                    spread = all_open and _spread(cover)
+                    spread = _spread(cover)
                 if spread:
                     # Most bands of a block of columns, without their coverage.
                     groups[-1] += band
