@@ -43,8 +43,9 @@ box read on the turned-upright image back to the page.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from itertools import islice, pairwise
+from math import inf
 from operator import add, lt, sub
 from statistics import median
 from typing import NamedTuple, Protocol, TypeVar
@@ -99,6 +100,8 @@ HEAD_BOXES = 4
 # and is read in the column of its left edge.
 SPAN_SHARE = 0.6
 # A strip crossed by at most this share of a region's boxes may be a gutter they straddle.
+# The gutter search jumps ahead where more than this many boxes above that share cover the sweep.
+SWEEP_SKIP = 8
 STRADDLING_SHARE = 0.1
 # A box across a gutter starting this close to a column's left edge is read in that column.
 STRADDLE_ALIGN = 0.02
@@ -272,7 +275,10 @@ def _may_have_columns(rects: list[Rect]) -> bool:
     allowed = max(1, int(STRADDLING_SHARE * len(rects)))
     ends = sorted([x1 - SHRINK for _, _, x1, _ in rects])
     starts = sorted([x0 + SHRINK for x0, _, _, _ in rects])
-    for run_lo, run_hi, core_lo, core_hi in _sparse_strips(starts, ends, allowed):
+    # A strip with PROSE_LINES boxes wholly on each side reaches the PROSE_LINES-th right edge
+    # from the left and the PROSE_LINES-th left edge from the right.
+    within = (ends[PROSE_LINES - 1], starts[-PROSE_LINES])
+    for run_lo, run_hi, core_lo, core_hi in _sparse_strips(starts, ends, allowed, within):
         if run_hi - run_lo < MIN_GUTTER:
             continue
         if bisect_right(ends, core_hi) >= PROSE_LINES and len(starts) - bisect_left(starts, core_lo) >= PROSE_LINES:
@@ -523,8 +529,29 @@ class _Cutter:
         return bands
 
     def _coverage(self, items: list[int]) -> list[tuple[float, float]]:
-        """The x-intervals the narrowed boxes cover, gaps under MIN_GUTTER closed, left to right."""
-        return _close(list(map(self.spans.__getitem__, items)))
+        """The x-intervals the narrowed boxes cover, gaps under MIN_GUTTER closed, left to right.
+
+        As :func:`_close` over the boxes' spans, sorted by their left edges alone (floats sort
+        quicker than pairs): spans that start level all join the interval the first of them
+        joins or starts, whatever their order, so the intervals are the same.
+        """
+        lefts, rights = self.lefts, self.rights
+        order = sorted(items, key=lefts.__getitem__)
+        out: list[tuple[float, float]] = []
+        if not order:
+            return out
+        lo, hi = lefts[order[0]], rights[order[0]]
+        for i in islice(order, 1, None):
+            a = lefts[i]
+            if a - hi < MIN_GUTTER:
+                b = rights[i]
+                if b > hi:
+                    hi = b
+                continue
+            out.append((lo, hi))
+            lo, hi = a, rights[i]
+        out.append((lo, hi))
+        return out
 
     def _column_coverage(self, items: list[int]) -> list[tuple[float, float]]:
         """The coverage of the boxes that make the columns: all but those that straddle a gutter."""
@@ -551,7 +578,29 @@ class _Cutter:
         cover: list[tuple[float, float]] = []
         gutters = self.gutters
         all_open: bool | None = None  # whether every gutter is open in ``cover``; None: not yet known
+        # Whether ``cover``, which leaves every gutter open, has MIN_GUTTER at least between its
+        # intervals: then a band joins where each of its boxes lies inside one interval, as its
+        # coverage would (boxes closed together across such a gap would be MIN_GUTTER apart).
+        spread: bool | None = None
         for k, band in enumerate(bands):
+            # Tried once a band has joined the cover as it is (below): where bands change the
+            # cover one after another (a form's nested blocks), the look would be wasted.
+            if (
+                all_open
+                and spread is not False
+                and len(cover) > 1
+                and groups
+                and k not in alone
+                and k - 1 not in alone
+                and self._inside(band, cover)
+            ):
+                if spread is None:
+                    spread = _spread(cover)
+                if spread:
+                    # Most bands of a block of columns, without their coverage.
+                    groups[-1] += band
+                    simple[-1] = False
+                    continue
             band_cover = self._band_coverage(band)
             if (
                 len(cover) == 1
@@ -563,7 +612,7 @@ class _Cutter:
                 groups.append(list(band))
                 firsts.append(k)
                 simple.append(True)
-                cover, all_open = band_cover, None
+                cover, all_open, spread = band_cover, None, None
                 continue
             if groups and k not in alone and k - 1 not in alone:
                 if len(cover) > 1 and _within(band_cover, cover):
@@ -585,15 +634,31 @@ class _Cutter:
                 ):
                     groups[-1] += band
                     if joined != cover:
-                        cover, all_open = joined, None
+                        cover, all_open, spread = joined, None, None
                     simple[-1] = False
                     continue
             groups.append(list(band))
             firsts.append(k)
             simple.append(len(band_cover) == 1)
-            cover, all_open = band_cover, None
+            cover, all_open, spread = band_cover, None, None
         heads = [k in alone for k in firsts]
         return list(zip(groups, simple, heads, strict=True))
+
+    def _inside(self, band: list[int], cover: list[tuple[float, float]]) -> bool:
+        """Whether each box of the band that its coverage takes (:meth:`_band_coverage`) lies inside ``cover``."""
+        if len(band) > 1 and self.straddlers:
+            crossing = len(self.straddlers.intersection(band))
+            if 0 < crossing <= MAX_STRADDLERS and crossing < len(band):
+                band = [i for i in band if i not in self.straddlers]
+        spans = self.spans
+        for i in band:
+            lo, hi = spans[i]
+            for a, b in cover:
+                if a <= lo and hi <= b:
+                    break
+            else:
+                return False
+        return True
 
     def _band_coverage(self, band: list[int]) -> list[tuple[float, float]]:
         """A band's coverage without the boxes that straddle a gutter, where it has only a few."""
@@ -636,7 +701,7 @@ class _Cutter:
             return found, gutters
         x0, x1 = self._extent(items)
         widths, span = self.widths, SPAN_SHARE * (x1 - x0)
-        for run_lo, run_hi, core_lo, core_hi in _sparse_strips(starts, ends, allowed):
+        for run_lo, run_hi, core_lo, core_hi in _sparse_strips(starts, ends, allowed, (first, last)):
             if run_hi - run_lo < MIN_GUTTER or run_lo <= x0 or run_hi >= x1:
                 continue
             # The gutter: MIN_GUTTER wide at least, inside the sparse strip and over its least
@@ -672,7 +737,12 @@ class _Cutter:
         # footnotes has more lines of them than of text.
         text = self._height([i for g in groups[: len(groups) // 2 + 1] for i in g])
         k = len(groups)
-        while k > 1 and self._height(groups[k - 1]) < FOOTNOTE_SIZE * text:
+        # Most groups of a text layer are a line: its box's height, without a call.
+        heights, smaller = self.heights, FOOTNOTE_SIZE * text
+        while k > 1:
+            group = groups[k - 1]
+            if not (heights[group[0]] if len(group) == 1 else self._height(group)) < smaller:
+                break
             k -= 1
         out: list[list[int]] = []
         foot = [i for g in groups[k:] for i in g]
@@ -750,7 +820,7 @@ class _Cutter:
         bottoms = [max(map(y1s, band)) for band in bands]
         # Set off: by more than lines are from each other (a text layer's lines have gaps between
         # them, padded OCR boxes touch).
-        gaps = sorted(top - bottom for bottom, top in zip(bottoms, tops[1:], strict=False))
+        gaps = sorted([top - bottom for bottom, top in zip(bottoms, tops[1:], strict=False)])
         usual = SET_OFF * gaps[len(gaps) // 2] if gaps else 0.0
         for ends in (range(len(bands) - 1), range(len(bands) - 1, 0, -1)):
             for k in ends:
@@ -776,11 +846,12 @@ class _Cutter:
         starts = [lo for lo, _ in cover]
         columns: list[list[int]] = [[] for _ in cover]
         straddling: list[int] = []
+        straddlers, lefts = self.straddlers, self.lefts
         for i in items:
-            if i in self.straddlers:
+            if i in straddlers:
                 straddling.append(i)
             else:
-                columns[max(0, bisect_right(starts, self.lefts[i]) - 1)].append(i)
+                columns[max(0, bisect_right(starts, lefts[i]) - 1)].append(i)
         columns = [c for c in columns if c]
         joined: list[list[int]] = []
         pending: list[int] = []
@@ -903,15 +974,22 @@ class _Cutter:
         return body + ([columns[0]] if first else []) + ([columns[-1]] if last else [])
 
 
-def _sparse_strips(starts: list[float], ends: list[float], allowed: int) -> list[tuple[float, float, float, float]]:
+def _sparse_strips(
+    starts: list[float], ends: list[float], allowed: int, within: tuple[float, float] | None = None
+) -> Iterator[tuple[float, float, float, float]]:
     """Candidate gutters: each x-interval covered by at most ``allowed`` boxes, with its least covered part.
 
     ``starts`` and ``ends`` are the boxes' left and right edges, each list sorted (how many
     boxes cover a point needs only how many start and how many end before it).
 
-    As (interval start, end, least covered part's start, end). The least covered part
-    locates the gutter: around a gutter that a title crosses, the interval also takes in
+    As (interval start, end, least covered part's start, end), left to right. The least covered
+    part locates the gutter: around a gutter that a title crosses, the interval also takes in
     the ragged ends of the column's lines, and those lines must stay on their side.
+
+    ``within``: only the intervals that reach from ``within[0]`` or further right to
+    ``within[1]`` or further left (the same intervals as the whole search finds, no others).
+    A gutter with enough boxes wholly on each side lies between the edges those boxes need,
+    so the sweep starts and stops there, not at the page's edges.
     """
     # The box edges in x order, as indices: starts below len(starts), ends above (sorting floats
     # by key is quicker than sorting pairs, and two sorted runs merge in one pass). Edges at one
@@ -919,43 +997,73 @@ def _sparse_strips(starts: list[float], ends: list[float], allowed: int) -> list
     n = len(starts)
     xs = starts + ends
     order = sorted(range(2 * n), key=xs.__getitem__)
+    reach, stop = within if within is not None else (-inf, inf)
+    # Start where no interval can be open: after the last segment covered more than `allowed`
+    # times that ends at or before `reach` (its depth counted from the sorted edges), or at the
+    # first edge.
+    depth = 0
+    first = bisect_left(order, reach, key=xs.__getitem__) if reach > -inf else 0
+    at = min(first, 2 * n - 1) - 1 if n else -1  # a segment ends at the edge after `at`
+    while at >= 0:
+        x = xs[order[at]]
+        if xs[order[at + 1]] > x:
+            covered = bisect_right(starts, x) - bisect_right(ends, x)
+            if covered > allowed:
+                depth = covered
+                break
+        at -= 1
     # One pass over the elementary segments between consecutive box edges (depth: how many boxes
     # cover one), keeping the current run's longest stretch at its least depth so far: a page's
     # strips are looked for on every region, and a list of segments walked twice costs more.
-    cores: list[tuple[float, float, float, float]] = []
-    depth = least = 0
+    least = 0
     start = end = lo = best_lo = best_hi = 0.0
     in_run = at_least = False  # in a run of sparse segments; in a stretch of it at its least depth
-    for k, k_next in pairwise(order):
-        depth += 1 if k < n else -1
-        x, next_x = xs[k], xs[k_next]
-        if next_x <= x:
-            continue
-        if depth <= allowed:
-            if not in_run or depth < least:
-                if not in_run:
-                    in_run, start = True, x
-                least, lo, at_least = depth, x, True
-                best_lo = best_hi = x  # no stretch yet: any is longer
-            elif depth == least:
-                if not at_least:
-                    lo, at_least = x, True
-            elif at_least:
-                if x - lo > best_hi - best_lo:
-                    best_lo, best_hi = lo, x
-                at_least = False
-            end = next_x
-            continue
-        if in_run:
-            if at_least and end - lo > best_hi - best_lo:
-                best_lo, best_hi = lo, end
-            cores.append((start, end, best_lo, best_hi))
-            in_run = False
-    if in_run:
+    resume: int | None = at  # the edge the sweep goes on after
+    while resume is not None:
+        edges, resume = islice(order, resume + 1, None), None
+        for k, k_next in pairwise(edges):
+            depth += 1 if k < n else -1
+            x, next_x = xs[k], xs[k_next]
+            if next_x <= x:
+                continue
+            if depth <= allowed:
+                if not in_run or depth < least:
+                    if not in_run:
+                        in_run, start = True, x
+                    least, lo, at_least = depth, x, True
+                    best_lo = best_hi = x  # no stretch yet: any is longer
+                elif depth == least:
+                    if not at_least:
+                        lo, at_least = x, True
+                elif at_least:
+                    if x - lo > best_hi - best_lo:
+                        best_lo, best_hi = lo, x
+                    at_least = False
+                end = next_x
+                continue
+            if in_run:
+                if at_least and end - lo > best_hi - best_lo:
+                    best_lo, best_hi = lo, end
+                if end >= reach and start <= stop:
+                    yield start, end, best_lo, best_hi
+                in_run = False
+            elif x > stop:
+                return  # every interval from here on starts right of `stop`
+            if depth - allowed > SWEEP_SKIP:
+                # Deep inside a column: the depth falls to `allowed` no sooner than the
+                # (depth - allowed)-th right edge from here, so the sweep goes on from there, its
+                # depth counted from the sorted edges (a column's lines are most of a sweep).
+                target = ends[bisect_right(ends, x) + depth - allowed - 1]
+                if target > stop:
+                    return
+                if target > next_x:
+                    resume = bisect_left(order, target, key=xs.__getitem__) - 1
+                    depth = bisect_left(starts, target) - bisect_left(ends, target)
+                    break
+    if in_run and end >= reach and start <= stop:
         if at_least and end - lo > best_hi - best_lo:
             best_lo, best_hi = lo, end
-        cores.append((start, end, best_lo, best_hi))
-    return cores
+        yield start, end, best_lo, best_hi
 
 
 def _displaced(order: list[int], weights: list[int]) -> float:
@@ -1029,6 +1137,17 @@ def _within(inner: list[tuple[float, float]], outer: list[tuple[float, float]]) 
                 break
         else:
             return False
+    return True
+
+
+def _spread(cover: list[tuple[float, float]]) -> bool:
+    """Whether each interval of ``cover`` starts MIN_GUTTER or more right of all before it (as in :func:`_close`)."""
+    hi = cover[0][1]
+    for a, b in islice(cover, 1, None):
+        if a - hi < MIN_GUTTER:
+            return False
+        if b > hi:
+            hi = b
     return True
 
 

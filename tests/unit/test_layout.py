@@ -455,5 +455,12 @@ def test_gutter_search_finds_what_counting_cover_by_hand_finds() -> None:
             if a < b:
                 edges.append((a, b))
         allowed = rng.randint(0, 4)
-        got = _sparse_strips(sorted(a for a, _ in edges), sorted(b for _, b in edges), allowed)
-        assert got == _strips_by_hand(edges, allowed), (case, edges, allowed)
+        starts, ends = sorted(a for a, _ in edges), sorted(b for _, b in edges)
+        want = _strips_by_hand(edges, allowed)
+        assert list(_sparse_strips(starts, ends, allowed)) == want, (case, edges, allowed)
+        # Bounded: the same intervals, those that reach into the bounds.
+        reach, stop = sorted(rng.randint(0, grid) / grid for _ in range(2))
+        if rng.random() < 0.3:
+            reach, stop = stop, reach
+        bounded = list(_sparse_strips(starts, ends, allowed, (reach, stop)))
+        assert bounded == [s for s in want if s[1] >= reach and s[0] <= stop], (case, edges, allowed, reach, stop)
