@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
-from itertools import islice, pairwise
+from itertools import accumulate, islice, pairwise
 from math import inf
 from operator import add, lt, sub
 from statistics import median
@@ -1069,21 +1069,28 @@ def _sparse_strips(
 def _displaced(order: list[int], weights: list[int]) -> float:
     """The share of the weight to move to read ``range(n)`` in ``order``: all but a heaviest increasing run.
 
-    A heaviest increasing subsequence of the positions in ``order``, taking the boxes in turn and
-    keeping a staircase: positions reached so far, each with the heaviest run ending at or before
-    it (both increasing; a step no heavier than one to its left is dropped). n log n, with the
-    searches and the steps' edits in C (bisect, list slices).
+    ``order`` is mostly stretches of consecutive boxes (a region keeps the layer's order inside).
+    Any other box comes before or after all of a stretch both in the layer and in ``order``, so a
+    heaviest run takes a stretch whole or not at all: the run is looked for over the stretches,
+    each weighing its boxes' sum. A heaviest increasing subsequence of the stretches' positions,
+    taking them in the layer's order and keeping a staircase: positions reached so far, each with
+    the heaviest run ending at or before it (both increasing; a step no heavier than one to its
+    left is dropped). n log n, with the searches and the steps' edits in C (bisect, list slices).
     """
     total = sum(weights)
     if total <= 0:
         return 0.0
-    position = [0] * len(order)
-    for k, i in enumerate(order):
-        position[i] = k
+    # Where a stretch starts in ``order``: its first box does not follow the box before it.
+    firsts = [0, *(k for k, step in enumerate(map(sub, islice(order, 1, None), order), 1) if step != 1)]
+    sums = [0, *accumulate(weights)]
+    stretches = sorted(
+        (order[k], k, sums[order[end - 1] + 1] - sums[order[k]])
+        for k, end in zip(firsts, [*islice(firsts, 1, None), len(order)], strict=True)
+    )
     keys: list[int] = []
     bests: list[int] = []
-    for p, weight in zip(position, weights, strict=True):
-        # The heaviest run ending before this box's position, then this box on it.
+    for _, p, weight in stretches:
+        # The heaviest run ending before this stretch's position, then this stretch on it.
         at = bisect_left(keys, p)
         run = (bests[at - 1] if at else 0) + weight
         end, n = at, len(bests)
