@@ -182,6 +182,9 @@ DUPLICATE_OVERLAP = 0.5
 Rect = tuple[float, float, float, float]
 # A gutter: the x-interval of a strip between columns.
 Gutter = tuple[float, float]
+# Bands joined into one block: its boxes, whether it is one band of one piece, whether it is a
+# running head or footer, and its bands.
+Group = tuple[list[int], bool, bool, list[list[int]]]
 
 
 def order_blocks(blocks: list[B]) -> list[list[B]]:
@@ -450,12 +453,19 @@ class _Cutter:
         self.band_covers: dict[tuple[int, ...], list[tuple[float, float]]] = {}
 
     def region(
-        self, items: list[int], *, page: bool = False, joined_by: tuple[set[int], list[Gutter]] | None = None
+        self,
+        items: list[int],
+        *,
+        page: bool = False,
+        joined_by: tuple[set[int], list[Gutter]] | None = None,
+        bands: list[list[int]] | None = None,
     ) -> list[list[int]]:
         """The regions of ``items`` in reading order (:func:`regions`), ``page`` if they are the whole page.
 
         ``joined_by`` are the straddlers and gutters that joined ``items`` into one block of the
         region around them: where these boxes have the same, their bands join into one block again.
+        ``bands`` are the bands that block was joined from: the bands :meth:`_bands` cuts it into
+        (whole bands, consecutive and in the order of their tops, cut again make the same bands).
         """
         if len(items) < 2:
             return [items]
@@ -463,8 +473,9 @@ class _Cutter:
         if self.coarse and not page and not self.gutters:
             # No gutter for columns of text to stand by: a text layer reads the region in one
             # piece, but for its heading, its footnotes and a figure's labels (band by band).
-            bands = self._bands(items)
-            return self._with_footnotes(bands) if len(bands) > 1 else self._labels(items)
+            if bands is None:
+                bands = self._bands(items)
+            return self._with_footnotes(bands) if len(bands) > 1 else self._labels(items, bands)
         if (
             joined_by is not None
             and self.gutters == joined_by[1]
@@ -472,16 +483,16 @@ class _Cutter:
         ):
             # The same bands, joined by the same test: one block (cutting into bands and joining
             # them again is most of the cost of a dense page's block of columns).
-            groups = [(items, False, False)]
+            groups: list[Group] = [(items, False, False, [])]  # one group: cut into columns below
         else:
-            groups = self._blocks(self._bands(items), page)
+            groups = self._blocks(self._bands(items) if bands is None else bands, page)
         if len(groups) > 1:
             out: list[list[int]] = []
             flat: list[list[int]] = []
             joined = (self.straddlers, self.gutters)  # the recursion below resets both
-            for group, simple, alone in groups:
+            for group, simple, alone, joined_from in groups:
                 # A band of one piece (a line, or lines without a gutter) needs no more cutting.
-                parts = [group] if simple else self.region(group, joined_by=joined)
+                parts = [group] if simple else self.region(group, joined_by=joined, bands=joined_from)
                 if self.coarse and len(parts) == 1 and not alone:
                     # Read in one piece with its neighbours: one column's lines, a formula's parts.
                     flat.append(parts[0])
@@ -492,7 +503,7 @@ class _Cutter:
             return out + self._with_footnotes(flat)
         columns = self._columns(items)
         if len(columns) < 2:
-            return self._labels(items)
+            return self._labels(items, bands)
         # Which columns are text, and which of those prose (mostly long lines): asked by the table
         # test and, on a text layer, by the test for columns of text.
         x0, x1 = self._extent(items)
@@ -500,12 +511,12 @@ class _Cutter:
         prose = [t and not self._short(c) for c, t in zip(columns, text, strict=True)]
         if self._is_table(columns, text, prose):
             # Row by row: for a text layer, each band (a row) in the layer's order.
-            return self._bands(items) if self.coarse else [items]
+            return (self._bands(items) if bands is None else bands) if self.coarse else [items]
         if self.coarse:
             if sum(1 for c, p in zip(columns, prose, strict=True) if p and len(c) >= PROSE_LINES) < 2:
                 # Side by side but not columns of text (a form, subfigures with captions): the
                 # layer's own order is as good as any, but for a figure's labels.
-                return self._labels(items)
+                return self._labels(items, bands)
             self.columns_of_text = True
         columns = self._margins_last(columns)
         out = []
@@ -561,19 +572,20 @@ class _Cutter:
                 return self._coverage(kept)
         return self._coverage(items)
 
-    def _blocks(self, bands: list[list[int]], page: bool) -> list[tuple[list[int], bool, bool]]:
+    def _blocks(self, bands: list[list[int]], page: bool) -> list[Group]:
         """Consecutive bands joined where they leave a common gutter: each group is cut on its own.
 
         A band whose only boxes across the group's gutters straddle them (reach a little into the
         next column, not across both) joins too: those boxes are read in the column of their
         left edge. A band that spans the gutter breaks the columns. Each group comes with whether
-        it is simple (one band of one piece) and whether it is a running head or footer.
+        it is simple (one band of one piece), whether it is a running head or footer, and its bands.
         """
         if len(bands) == 1:
-            return [(bands[0], False, False)]
+            return [(bands[0], False, False, bands)]
         alone = self._margin_bands(bands) if page else set()
         groups: list[list[int]] = []
         firsts: list[int] = []  # each group's first band
+        members: list[list[list[int]]] = []  # each group's bands
         simple: list[bool] = []
         cover: list[tuple[float, float]] = []
         gutters = self.gutters
@@ -585,22 +597,20 @@ class _Cutter:
         for k, band in enumerate(bands):
             # Tried once a band has joined the cover as it is (below): where bands change the
             # cover one after another (a form's nested blocks), the look would be wasted.
-            if (
-                all_open
-                and spread is not False
-                and len(cover) > 1
-                and groups
-                and k not in alone
-                and k - 1 not in alone
-                and self._inside(band, cover)
-            ):
-                if spread is None:
-                    spread = _spread(cover)
-                if spread:
-                    # Most bands of a block of columns, without their coverage.
-                    groups[-1] += band
-                    simple[-1] = False
-                    continue
+            # A box of the band outside ``cover``: then its coverage is not within ``cover`` either.
+            outside = False
+            if all_open and spread is not False and len(cover) > 1 and groups and k not in alone and k - 1 not in alone:
+                if self._inside(band, cover):
+                    if spread is None:
+                        spread = _spread(cover)
+                    if spread:
+                        # Most bands of a block of columns, without their coverage.
+                        groups[-1] += band
+                        members[-1].append(band)
+                        simple[-1] = False
+                        continue
+                else:
+                    outside = True
             band_cover = self._band_coverage(band)
             if (
                 len(cover) == 1
@@ -610,18 +620,20 @@ class _Cutter:
             ):
                 # Most bands of one column: one piece over one piece, nothing to join.
                 groups.append(list(band))
+                members.append([band])
                 firsts.append(k)
                 simple.append(True)
                 cover, all_open, spread = band_cover, None, None
                 continue
             if groups and k not in alone and k - 1 not in alone:
-                if len(cover) > 1 and _within(band_cover, cover):
+                if len(cover) > 1 and not outside and _within(band_cover, cover):
                     # Most bands of a block of columns: inside the block's cover, which they leave
                     # as it is; they join where it leaves every gutter open (nothing to close).
                     if all_open is None:
                         all_open = all(_open(cover, lo, hi) for lo, hi in gutters)
                     if all_open:
                         groups[-1] += band
+                        members[-1].append(band)
                         simple[-1] = False
                         continue
                 joined = _close(cover + band_cover) if len(band_cover) > 1 else _insert(cover, band_cover[0])
@@ -633,20 +645,22 @@ class _Cutter:
                     and _keeps_gutters(joined, gutters, cover, band_cover)
                 ):
                     groups[-1] += band
+                    members[-1].append(band)
                     if joined != cover:
                         cover, all_open, spread = joined, None, None
                     simple[-1] = False
                     continue
             groups.append(list(band))
+            members.append([band])
             firsts.append(k)
             simple.append(len(band_cover) == 1)
             cover, all_open, spread = band_cover, None, None
         heads = [k in alone for k in firsts]
-        return list(zip(groups, simple, heads, strict=True))
+        return list(zip(groups, simple, heads, members, strict=True))
 
     def _inside(self, band: list[int], cover: list[tuple[float, float]]) -> bool:
         """Whether each box of the band that its coverage takes (:meth:`_band_coverage`) lies inside ``cover``."""
-        if len(band) > 1 and self.straddlers:
+        if len(band) > 1 and self.straddlers and not self.straddlers.isdisjoint(band):
             crossing = len(self.straddlers.intersection(band))
             if 0 < crossing <= MAX_STRADDLERS and crossing < len(band):
                 band = [i for i in band if i not in self.straddlers]
@@ -665,7 +679,8 @@ class _Cutter:
         if len(band) == 1:  # most bands of a text layer: one line
             (i,) = band
             return [self.spans[i]]
-        crossing = len(self.straddlers.intersection(band)) if self.straddlers else 0
+        straddlers = self.straddlers
+        crossing = len(straddlers.intersection(band)) if straddlers and not straddlers.isdisjoint(band) else 0
         if 0 < crossing <= MAX_STRADDLERS and crossing < len(band):
             return self._coverage([i for i in band if i not in self.straddlers])
         # A block is cut again inside the block around it, mostly into the same bands.
@@ -697,7 +712,7 @@ class _Cutter:
         # indents), or where more than `allowed` boxes cover all between them (the search costs
         # more than this look on most regions of a text layer, which have none).
         first, last = ends[side - 1], starts[-side]
-        if first >= last or sum(1 for i in items if lefts[i] <= first and rights[i] >= last) > allowed:
+        if first >= last or len([i for i in items if lefts[i] <= first and rights[i] >= last]) > allowed:
             return found, gutters
         x0, x1 = self._extent(items)
         widths, span = self.widths, SPAN_SHARE * (x1 - x0)
@@ -721,7 +736,10 @@ class _Cutter:
             # Boxes wholly left of the gutter, and wholly right of it.
             if bisect_right(ends, lo) < side or len(starts) - bisect_left(starts, hi) < side:
                 continue
-            found.update([i for i in items if lefts[i] < hi and rights[i] > lo and widths[i] < span])
+            # The boxes across it are those not wholly left of it, less those wholly right of it:
+            # where none cross (most gutters of a form), no box needs looking at.
+            if lo >= hi or bisect_left(starts, hi) > bisect_right(ends, lo):
+                found.update([i for i in items if lefts[i] < hi and rights[i] > lo and widths[i] < span])
             gutters.append((lo, hi))
         return found, gutters
 
@@ -766,11 +784,11 @@ class _Cutter:
         lengths = sorted(map(self.lengths.__getitem__, items))
         return lengths[len(lengths) // 2] < LABEL_LENGTH
 
-    def _labels(self, items: list[int]) -> list[list[int]]:
+    def _labels(self, items: list[int], bands: list[list[int]] | None = None) -> list[list[int]]:
         """A region as read from a text layer: in one piece, or band by band where it is mostly short
-        boxes (a figure's labels and its caption)."""
+        boxes (a figure's labels and its caption); ``bands``: its bands where they are known."""
         if self.coarse and self._labelled(items):
-            return self._bands(items)
+            return self._bands(items) if bands is None else bands
         return [items]
 
     def _labels_apart(self, groups: list[list[int]]) -> list[list[int]]:
@@ -1114,8 +1132,13 @@ def _keeps_gutters(
     heading over one column leaves a wider gap than the gutter, and the column's lines under it
     narrow the gap back to the gutter, which stays open.
     """
+    last = len(joined)
     for lo, hi in gutters:
-        if not _open(joined, lo, hi):
+        # As _open(joined, lo, hi), inline: most joins leave every gutter open.
+        for k in range(1, last):
+            if joined[k - 1][1] < hi and joined[k][0] > lo:
+                break
+        else:
             crossed = 0
             for part in parts:
                 if _open(part, lo, hi):
