@@ -445,9 +445,13 @@ class _Cutter:
         dys = [shrink if shrink < 0.4 * h else 0.4 * h for h in self.heights]
         self.tops: list[float] = list(map(add, y0s, dys))
         self.bottoms: list[float] = list(map(sub, y1s, dys))
-        centres = [(x0 + x1) / 2 for x0, x1 in zip(x0s, x1s, strict=True)]
-        self.lefts: list[float] = [c if c < x0 + SHRINK else x0 + SHRINK for x0, c in zip(x0s, centres, strict=True)]
-        self.rights: list[float] = [c if c > x1 - SHRINK else x1 - SHRINK for x1, c in zip(x1s, centres, strict=True)]
+        # Each box's narrowed sides, stopped at its centre (a box narrower than twice SHRINK).
+        self.lefts: list[float] = [
+            c if (c := (x0 + x1) / 2) < (a := x0 + SHRINK) else a for x0, x1 in zip(x0s, x1s, strict=True)
+        ]
+        self.rights: list[float] = [
+            c if (c := (x0 + x1) / 2) > (b := x1 - SHRINK) else b for x0, x1 in zip(x0s, x1s, strict=True)
+        ]
         # Each box's narrowed span, as a band's coverage takes it; bands' coverages met so far.
         self.spans: list[tuple[float, float]] = list(zip(self.lefts, self.rights, strict=True))
         self.band_covers: dict[tuple[int, ...], list[tuple[float, float]]] = {}
@@ -712,7 +716,17 @@ class _Cutter:
         # indents), or where more than `allowed` boxes cover all between them (the search costs
         # more than this look on most regions of a text layer, which have none).
         first, last = ends[side - 1], starts[-side]
-        if first >= last or len([i for i in items if lefts[i] <= first and rights[i] >= last]) > allowed:
+        if first >= last:
+            return found, gutters
+        # The boxes across all between them are at least those starting left of it and ending
+        # right of it less all the others (a column: most of its lines), and at most the fewer of
+        # the two: counted one by one only where those bounds leave it open.
+        n = len(items)
+        left_of, right_of = bisect_right(starts, first), n - bisect_left(ends, last)
+        if left_of + right_of - n > allowed or (
+            min(left_of, right_of) > allowed
+            and len([i for i in items if lefts[i] <= first and rights[i] >= last]) > allowed
+        ):
             return found, gutters
         x0, x1 = self._extent(items)
         widths, span = self.widths, SPAN_SHARE * (x1 - x0)
@@ -833,9 +847,11 @@ class _Cutter:
         page number under the left column is not read with that column.
         """
         found: set[int] = set()
-        y0s, y1s = self.y0s.__getitem__, self.y1s.__getitem__
-        tops = [min(map(y0s, band)) for band in bands]
-        bottoms = [max(map(y1s, band)) for band in bands]
+        # Most bands of a text layer are a line: its box's top and bottom, without a call.
+        y0s, y1s = self.y0s, self.y1s
+        top, bottom = y0s.__getitem__, y1s.__getitem__
+        tops = [y0s[band[0]] if len(band) == 1 else min(map(top, band)) for band in bands]
+        bottoms = [y1s[band[0]] if len(band) == 1 else max(map(bottom, band)) for band in bands]
         # Set off: by more than lines are from each other (a text layer's lines have gaps between
         # them, padded OCR boxes touch).
         gaps = sorted([top - bottom for bottom, top in zip(bottoms, tops[1:], strict=False)])
