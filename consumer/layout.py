@@ -236,9 +236,11 @@ def layer_order(boxes: Sequence[tuple[str, Rect, float]]) -> list[int] | None:
         return None
     rects = [boxes[i][1] for i in placed]
     texts = [boxes[i][0] for i in placed]
-    if rects[0][1] < FOOT_ZONE and not _may_have_columns(rects):
+    edges = _page_edges(rects)
+    if rects[0][1] < FOOT_ZONE and not _may_have_columns(*edges):
         return None  # most pages: one column, read from its top; nothing to find
     cut = _Cutter(texts, coarse=True)
+    cut.page_edges = edges
     found = _layout_with(cut, rects, straight=True)
     order: list[int] | None = None
     if cut.columns_of_text:
@@ -271,13 +273,21 @@ def _increasing(order: list[int]) -> bool:
     return all(map(lt, order, islice(order, 1, None)))
 
 
-def _may_have_columns(rects: list[Rect]) -> bool:
-    """Whether a strip of the page that few boxes cross has PROSE_LINES boxes wholly on each side."""
-    if len(rects) < 2 * PROSE_LINES:
+def _page_edges(rects: list[Rect]) -> tuple[list[float], list[float], list[float], list[float]]:
+    """The boxes' left and right edges moved in by SHRINK, as they are and sorted."""
+    lefts = [x0 + SHRINK for x0, _, _, _ in rects]
+    rights = [x1 - SHRINK for _, _, x1, _ in rects]
+    return lefts, rights, sorted(lefts), sorted(rights)
+
+
+def _may_have_columns(lefts: list[float], rights: list[float], starts: list[float], ends: list[float]) -> bool:
+    """Whether a strip of the page that few boxes cross has PROSE_LINES boxes wholly on each side.
+
+    The boxes' edges are as :func:`_page_edges` gives them.
+    """
+    if len(lefts) < 2 * PROSE_LINES:
         return False
-    allowed = max(1, int(STRADDLING_SHARE * len(rects)))
-    ends = sorted([x1 - SHRINK for _, _, x1, _ in rects])
-    starts = sorted([x0 + SHRINK for x0, _, _, _ in rects])
+    allowed = max(1, int(STRADDLING_SHARE * len(lefts)))
     # A strip with PROSE_LINES boxes wholly on each side reaches the PROSE_LINES-th right edge
     # from the left and the PROSE_LINES-th left edge from the right.
     within = (ends[PROSE_LINES - 1], starts[-PROSE_LINES])
@@ -427,6 +437,8 @@ class _Cutter:
         self.heads: set[int] = set()
         self.feet: set[int] = set()
         self.columns_of_text = False
+        # The page's edges as :func:`_page_edges` gives them, where they were taken for a first look.
+        self.page_edges: tuple[list[float], list[float], list[float], list[float]] | None = None
         self.reset([], 0.0)
 
     def reset(self, rects: Sequence[Rect], line_height: float) -> None:
@@ -709,8 +721,13 @@ class _Cutter:
         found: set[int] = set()
         gutters: list[tuple[float, float]] = []
         side = PROSE_LINES if self.coarse else MIN_COLUMN_BOXES
-        ends = sorted(map(rights.__getitem__, items))
-        starts = sorted(map(lefts.__getitem__, items))
+        edges = self.page_edges
+        if edges is not None and len(items) == len(lefts) and edges[0] == lefts and edges[1] == rights:
+            # All the page's boxes, none narrower than twice SHRINK: the edges of the first look.
+            starts, ends = edges[2], edges[3]
+        else:
+            ends = sorted(map(rights.__getitem__, items))
+            starts = sorted(map(lefts.__getitem__, items))
         # A gutter lies right of `side` boxes' right edges and left of `side` boxes' left edges:
         # none where those edges cross (a column of text: its short last lines end right of its
         # indents), or where more than `allowed` boxes cover all between them (the search costs
@@ -885,7 +902,8 @@ class _Cutter:
             if i in straddlers:
                 straddling.append(i)
             else:
-                columns[max(0, bisect_right(starts, lefts[i]) - 1)].append(i)
+                k = bisect_right(starts, lefts[i]) - 1
+                columns[k if k > 0 else 0].append(i)
         columns = [c for c in columns if c]
         joined: list[list[int]] = []
         pending: list[int] = []
