@@ -39,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from consumer.layout import UPRIGHT_CONFIDENCE, blocks_to_text, detect_rotation, order_blocks, rotate_box
+from consumer.marks import MARK_SCORE, LineMark, line_marks, with_mark
 from schemas.errors import ErrorCode, PermanentError, RetryableError
 from schemas.fields import clean_text
 from schemas.messages import Block, Engine, page_fraction
@@ -474,29 +475,37 @@ class RapidOcrEngine:
         tall: list[bool] = []
         self._runs: list[str] = []
 
+        marks: list[LineMark | None] = []
+
         def crop(img: Any, boxes: Any) -> Any:
             tall[:] = [is_tall(box) for box in boxes]
+            # The model drops most list marks (squares, boxes, large discs): they are found on the page.
+            marks[:] = line_marks(img, boxes, tall)
             return crop_text_regions(img, boxes)
 
         def recognize(crops: list[Any]) -> Any:
             result = recognize_txt(crops)
             turned = [i for i, is_it in enumerate(tall) if is_it and i < len(crops)]
             runs = [""] * len(crops)
+            texts, scores = list(result.txts), list(result.scores)
             # Where most lines are tall the page itself lies on its side, and is read again turned.
             if turned and 2 * len(turned) < len(crops):
                 for i in turned:
                     runs[i] = "downward"
                 other = recognize_txt([np.ascontiguousarray(np.rot90(crops[i], 2)) for i in turned])
-                texts, scores = list(result.txts), list(result.scores)
                 for j, i in enumerate(turned):
                     if other.scores[j] > scores[i]:
                         texts[i], scores[i], runs[i] = other.txts[j], other.scores[j], "upward"
-                result.txts, result.scores = tuple(texts), scores
-            self._runs = [
-                run
-                for run, text, score in zip(runs, result.txts, result.scores, strict=True)
-                if text.strip() and score >= ocr.text_score
-            ]
+            for i, mark in enumerate(marks[: len(crops)]):
+                if mark is None or runs[i]:
+                    continue
+                if mark.role == "opens":
+                    texts[i] = with_mark(texts[i], mark.char)
+                else:  # a mark boxed by itself: its shape, not the model's reading, says what it is
+                    texts[i] = mark.char if mark.role == "alone" else ""
+                    scores[i] = max(scores[i], MARK_SCORE)
+            result.txts, result.scores = tuple(texts), scores
+            self._runs = [run for run, score in zip(runs, result.scores, strict=True) if score >= ocr.text_score]
             return result
 
         ocr.crop_text_regions, ocr.recognize_txt = crop, recognize

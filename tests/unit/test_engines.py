@@ -254,3 +254,35 @@ def test_rapidocr_reads_a_margin_line_whichever_way_it_runs(rapidocr: RapidOcrEn
     # Cut by detection where its words stand apart, read the right way up and joined in its own order.
     stamp = next(b.text for b in result.blocks if "arXiv" in b.text)
     assert Levenshtein.normalized_distance(stamp, "arXiv:2401.01234v2 [cs.CL] 12 Jan 2024") < 0.1
+
+
+def _list_page() -> np.ndarray:
+    """A bulleted list whose marks are drawn shapes: a filled square, a box, a large disc, and a line
+    without one."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    page = Image.new("RGB", (1000, 700), "white")
+    draw = ImageDraw.Draw(page)
+    font = ImageFont.load_default(size=26)
+    items = ("Check the brake pads", "Rotate the tires now", "Inspect all fluid levels", "Replace the cabin filter")
+    for i, (words, mark) in enumerate(zip(items, ("square", "box", "disc", None), strict=True)):
+        y = 150 + 60 * i
+        if mark == "square":
+            draw.rectangle((160, y + 8, 178, y + 26), fill="black")
+        elif mark == "box":
+            draw.rectangle((160, y + 8, 178, y + 26), outline="black", width=2)
+        elif mark == "disc":
+            draw.ellipse((160, y + 8, 178, y + 26), fill="black")
+        draw.text((196, y), words, fill="black", font=font)
+    return np.asarray(page)
+
+
+@pytest.mark.ocr
+def test_rapidocr_keeps_the_marks_of_a_list(rapidocr: RapidOcrEngine) -> None:
+    lines = [line for line in rapidocr.read(_list_page()).text.splitlines() if line]
+    marks = [line.split(" ", 1)[0] for line in lines]
+    # The model reads the box itself, as one box sign or the other; the rest it drops.
+    assert marks[0] == "■" and marks[1] in ("☐", "□") and marks[2] == "●"
+    assert lines[:2] == ["■ Check the brake pads", f"{marks[1]} Rotate the tires now"]
+    assert lines[3] == "Replace the cabin filter"
+    assert len(lines) == 4
