@@ -117,8 +117,15 @@ _NOT_NAME = re.compile(rf"[{_CONTROLS}\ud800-\udfff]")
 _CUT = "…"
 
 
-def _clean(pattern: re.Pattern[str], text: str, max_length: int | None) -> str:
+# The controls that are whitespace (vertical tab, form feed, the information separators, next
+# line): a text layer uses them between words, so in text they read as the space they stand for.
+_WHITESPACE_CONTROLS = str.maketrans(dict.fromkeys("\x0b\x0c\x1c\x1d\x1e\x1f\x85", " "))
+
+
+def _clean(pattern: re.Pattern[str], text: str, max_length: int | None, spaces: bool = False) -> str:
     if pattern.search(text) is not None:
+        if spaces:
+            text = text.translate(_WHITESPACE_CONTROLS)
         text = pattern.sub(REPLACEMENT, text)
     if max_length is not None and len(text) > max_length:
         # A mark that something was cut, within the limit.
@@ -144,12 +151,14 @@ def clean_text(text: str, max_length: int | None = None) -> str:
     """``text`` as :data:`Text` and :data:`PageText` fields take it.
 
     Each character they refuse (C0 controls but tab, LF and CR; DEL; C1
-    controls; lone surrogates) becomes U+FFFD, one for one, so the length and
-    every offset into the text stay as they were. With ``max_length`` a longer
-    text is cut, ending in ``…``. For text pagewire did not write itself and
-    must not refuse: a PDF's text layer, OCR output, an exception's message.
+    controls; lone surrogates) becomes U+FFFD, or a space where it is
+    whitespace (vertical tab, form feed, the separators U+001C to U+001F,
+    U+0085), one for one, so the length and every offset into the text stay
+    as they were. With ``max_length`` a longer text is cut, ending in ``…``.
+    For text pagewire did not write itself and must not refuse: a PDF's text
+    layer, OCR output, an exception's message.
     """
-    return _clean(_NOT_TEXT, text, max_length)
+    return _clean(_NOT_TEXT, text, max_length, spaces=True)
 
 
 def clean_name(text: str, max_length: int | None = NAME_MAX_CHARS) -> str:

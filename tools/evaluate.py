@@ -62,6 +62,7 @@ from rapidfuzz.distance import Levenshtein
 from consumer.engines import ALPHABETS, Image, OcrEngine, PageText, make_engine, read_each
 from consumer.pdf import PDFIUM_LOCK, PageSource, PdfDocument
 from consumer.reading import Engines, takes_text_layer
+from schemas.fields import clean_text
 from schemas.messages import Engine, JobOptions
 from tools.engine_loop import read_page
 
@@ -150,8 +151,10 @@ class Score:
 
 
 def score_page(got: str, want: str, seconds: float = 0.0, cpu_seconds: float = 0.0) -> Score:
-    """Score one page's text against its expected text."""
-    got_n, want_n = normalise(got), normalise(want)
+    """Score one page's text against its expected text, as pagewire's text fields can carry it:
+    a control character the expected text holds (a symbol font's glyph a layer maps to one) is
+    U+FFFD there, or a space where it is whitespace (:func:`schemas.fields.clean_text`)."""
+    got_n, want_n = normalise(got), normalise(clean_text(want))
     got_words, want_words = got_n.split(), want_n.split()
     found = sum((Counter(got_words) & Counter(want_words)).values())
     return Score(

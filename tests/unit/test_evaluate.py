@@ -34,6 +34,12 @@ def test_score_page_exact_and_reordered() -> None:
     assert swapped.word_recall == 1.0
 
 
+def test_score_page_reads_the_expected_text_as_a_text_field_carries_it() -> None:
+    # A symbol font's glyph a layer maps to a control character: pagewire gives U+FFFD, or a space.
+    assert score_page("proof. \ufffd Lemma 2 x y", "proof. \x04 Lemma 2\x0cx\x1cy").edits == 0
+    assert score_page("proof. Lemma 2", "proof. \x04 Lemma 2").edits == 2
+
+
 def test_score_page_counts_words_as_a_multiset() -> None:
     score = score_page("the cat", "the the cat sat")
     assert (score.words, score.words_found) == (4, 2)

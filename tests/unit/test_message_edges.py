@@ -417,8 +417,11 @@ def test_json_schema_and_pydantic_agree_on_hostile_strings(name: str, path: Path
 
 
 def test_clean_text_replaces_one_for_one() -> None:
-    assert clean_text("a\x00b\x7fc\x85d\ud800e") == "a\ufffdb\ufffdc\ufffdd\ufffde"
+    assert clean_text("a\x00b\x7fc\x04d\ud800e") == "a\ufffdb\ufffdc\ufffdd\ufffde"
     assert clean_text("tab\tlf\ncr\r") == "tab\tlf\ncr\r"
+    # The controls that are whitespace read as the space they stand for.
+    assert clean_text("vt\x0bff\x0cfs\x1cus\x1fnel\x85.") == "vt ff fs us nel ."
+    assert clean_name("fs\x1c") == f"fs{REPLACEMENT}"
     assert clean_name("tab\tlf\n") == f"tab{REPLACEMENT}lf{REPLACEMENT}"
     text = "x" * 10
     assert clean_text(text) is text
