@@ -78,7 +78,7 @@ def _shape(mask: npt.NDArray[np.bool_], letter: float) -> str | None:
     if fill >= 0.72 and inner_ink >= 0.9:
         tip = max(1, min(height, width) // 6)
         if np.mean([corner.mean() for corner in _corners(mask, tip)]) < 0.25:
-            return LARGE_DISC if height >= 0.8 * letter > 0 else DISC
+            return LARGE_DISC if height >= letter > 0 else DISC
     patch = max(2, min(height, width) // 5)
     corners_inked = sum(bool(corner.any()) for corner in _corners(mask, patch))
     if inner_ink > 0.15 or corners_inked < 4 or min(height, width) < 6:
@@ -120,8 +120,9 @@ def line_marks(
     """The list mark of each text line of ``page`` (its detection box, four corners), or None;
     lines where ``skip`` is true (those that run up or down the page) are not looked at.
 
-    A line's mark is looked for from a line height and a half before its box
-    (detection often leaves a mark out, or cuts it) to a few heights into it.
+    A line's mark is looked for from three line heights before its box
+    (detection often leaves a mark out, or cuts it, and a hanging indent sets
+    it a tab before the words) to a few heights into it.
     What other lines' boxes hold there (the end of a neighbouring column's
     line, the lines above and below) is not a mark and is left out, except a
     box that holds a mark alone: that mark goes to the line it opens.
@@ -173,7 +174,7 @@ def _region(page: npt.NDArray[np.uint8], box: npt.NDArray[np.float32]) -> tuple[
     top, bottom = max(0, int(box[1])), min(page.shape[0], int(np.ceil(box[3])))
     if bottom - top < 8:
         return None
-    return max(0, int(box[0]) - (3 * (bottom - top)) // 2), top, bottom
+    return max(0, int(box[0]) - 3 * (bottom - top)), top, bottom
 
 
 def leading_mark(crop: npt.NDArray[np.uint8], covered: Sequence[Rectangle] = ()) -> str | None:
@@ -199,7 +200,7 @@ def _find(crop: npt.NDArray[np.uint8], covered: Sequence[Rectangle], end: int) -
     if height < 8:
         return None
     # The mark is near the start: looking at a few heights' worth of columns keeps it cheap.
-    grey = grey[:, : 6 * height]
+    grey = grey[:, : 8 * height]
     paper, darkest = np.percentile(grey, 90), np.percentile(grey, 1)
     if paper - darkest < _MIN_CONTRAST:
         return None

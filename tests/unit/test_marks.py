@@ -157,6 +157,15 @@ def _box(x0: int, x1: int, y: int) -> np.ndarray:
     return np.array([[x0, y], [x1, y], [x1, y + HEIGHT], [x0, y + HEIGHT]], dtype=np.float32)
 
 
+def test_a_mark_a_tab_before_its_line_is_found() -> None:
+    # A hanging indent: the disc two line heights before the words, which detection boxed alone.
+    page = np.full((100, 400), 255, dtype=np.uint8)
+    rows, cols = np.ogrid[:7, :7]
+    page[20 + TOP + 4 : 20 + TOP + 11, 40:47][(rows - 3) ** 2 + (cols - 3) ** 2 <= 12] = 0
+    _letters(page[20 : 20 + HEIGHT], 100)
+    assert line_marks(page, [_box(96, 190, 20)], [False]) == [LineMark(DISC, "opens")]
+
+
 def test_a_mark_boxed_by_itself_goes_to_the_line_it_opens() -> None:
     page = np.full((100, 400), 255, dtype=np.uint8)
     page[20 + TOP : 20 + TOP + LETTER, 40 : 40 + LETTER] = 0
