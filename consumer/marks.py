@@ -5,8 +5,8 @@ the glyphs lists are marked with (a hollow or filled square, a check box, a
 large disc) or reads them as a stray bracket, so a bulleted list comes out as
 bare lines. Such a mark is easy to see where letters are not: one blob, square
 in its proportions, about as tall as the letters, alone in its columns, with
-a word's space after it. :func:`leading_mark` finds it in a line's crop and
-names it; :func:`with_mark` puts it in front of the line's text.
+a word's space after it. :func:`line_marks` finds it for each line of a page
+and names it; :func:`with_mark` puts it in front of the line's text.
 """
 
 from __future__ import annotations
