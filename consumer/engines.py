@@ -468,8 +468,10 @@ class RapidOcrEngine:
         self._warm_up()
 
     def _read_both_ways(self) -> None:
-        """Read each tall crop turned both ways and keep the reading the model is surer of, noting
-        which crops read upward (turned the other way from rapidocr's turn); :meth:`read` uses it."""
+        """Hook rapidocr's cropping and recognition: read each tall crop turned both ways and keep
+        the reading the model is surer of, noting which crops read upward (turned the other way from
+        rapidocr's turn; :meth:`read` uses it), and open each line with the list mark found before
+        it on the page (:func:`consumer.marks.line_marks`)."""
         ocr: Any = self._ocr
         crop_text_regions, recognize_txt = ocr.crop_text_regions, ocr.recognize_txt
         tall: list[bool] = []
