@@ -67,7 +67,7 @@ def _corners(mask: npt.NDArray[np.bool_], size: int) -> list[npt.NDArray[np.bool
 
 def _shape(mask: npt.NDArray[np.bool_], letter: float) -> str | None:
     """The mark a blob's own pixels (its bounding box) draw, or None where it is none of them;
-    ``letter`` is the height of the letters after it (0: none), which tells a large disc."""
+    ``letter`` is the height of the tall letters after it (0: none): a disc as tall is a large one."""
     height, width = mask.shape
     fill = float(mask.mean())
     if fill >= 0.9:
@@ -78,7 +78,7 @@ def _shape(mask: npt.NDArray[np.bool_], letter: float) -> str | None:
     if fill >= 0.72 and inner_ink >= 0.9:
         tip = max(1, min(height, width) // 6)
         if np.mean([corner.mean() for corner in _corners(mask, tip)]) < 0.25:
-            return LARGE_DISC if height >= letter > 0 else DISC
+            return LARGE_DISC if height >= 0.9 * letter > 0 else DISC
     patch = max(2, min(height, width) // 5)
     corners_inked = sum(bool(corner.any()) for corner in _corners(mask, patch))
     if inner_ink > 0.15 or corners_inked < 4 or min(height, width) < 6:
@@ -219,13 +219,16 @@ def _find(crop: npt.NDArray[np.uint8], covered: Sequence[Rectangle], end: int) -
         return None  # something shares its columns: part of a letter, or a mark with a label on it
     if not 0.75 <= width / tall <= 4 / 3 or tall < 4:
         return None
-    letter = 0.0
+    letter = tallest = 0.0
     if others:
         median = float(np.median([b[3] for b in others if b[3] >= 0.3 * height] or [0]))
         letters = [b for b in others if 0.5 * median <= b[3] <= 1.6 * median]
         if not letters or others[0] is not letters[0]:
             return None  # what follows is not a letter: a figure, a rule, a speck
         letter = float(np.median([b[3] for b in letters]))
+        # Capitals and ascenders, not the median letter, tell a large disc: beside a line of
+        # mostly small letters a small disc looks large.
+        tallest = float(np.percentile([b[3] for b in letters], 80))
         letter_top = min(b[1] for b in letters)
         letter_bottom = max(b[1] + b[3] for b in letters)
         band = letter_bottom - letter_top
@@ -238,7 +241,7 @@ def _find(crop: npt.NDArray[np.uint8], covered: Sequence[Rectangle], end: int) -
             return None
     elif tall < 0.3 * height:
         return None
-    char = _shape(ink[top : top + tall, left:right], letter)
+    char = _shape(ink[top : top + tall, left:right], tallest)
     if char is None:
         return None
     return _Found(char, left, right, alone=not others or others[0][0] >= end)
