@@ -130,18 +130,23 @@ def line_marks(
     corners = np.asarray([[b[:, 0].min(), b[:, 1].min(), b[:, 0].max(), b[:, 1].max()] for b in boxes])
     regions = [None if skipped else _region(page, box) for box, skipped in zip(corners, skip, strict=True)]
 
+    def near(index: int, region: tuple[int, int, int]) -> npt.NDArray[np.bool_]:
+        """The other boxes that reach into a line's region before its box starts."""
+        left, top, bottom = region
+        start = corners[index][0]
+        found = (corners[:, 0] < int(start)) & (corners[:, 2] > left) & (corners[:, 1] < bottom) & (corners[:, 3] > top)
+        found[index] = False
+        return found
+
     def look(index: int, lone: npt.NDArray[np.bool_]) -> _Found | None:
         region = regions[index]
         if region is None:
             return None
         left, top, bottom = region
         start, end = int(corners[index][0]), int(np.ceil(corners[index][2]))
-        near = (corners[:, 0] < start) & (corners[:, 2] > left) & (corners[:, 1] < bottom) & (corners[:, 3] > top)
-        near &= ~lone
-        near[index] = False
         covered = [
             (max(0, int(x0) - left), max(0, int(y0) - top), min(start, int(np.ceil(x1))) - left, int(np.ceil(y1)) - top)
-            for x0, y0, x1, y1 in corners[near]
+            for x0, y0, x1, y1 in corners[near(index, region) & ~lone]
         ]
         right = min(page.shape[1], start + 4 * (bottom - top))
         return _find(page[top:bottom, left:right], covered, end - left)
@@ -150,9 +155,11 @@ def line_marks(
     found = [look(index, nobody) for index in range(len(corners))]
     lone = np.array([f is not None and f.alone for f in found], dtype=bool)
     if lone.any():
-        # A line beside a lone mark looks again with that box's pixels in view.
+        # A line beside a lone mark looks again with that box's pixels in view; the others would
+        # see what they saw.
         for index in np.flatnonzero(~lone):
-            if regions[index] is not None:
+            region = regions[index]
+            if region is not None and (near(int(index), region) & lone).any():
                 found[index] = look(int(index), lone)
     marks: list[LineMark | None] = [
         None if f is None else LineMark(f.char, "alone" if f.alone else "opens") for f in found
