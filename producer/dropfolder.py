@@ -43,8 +43,8 @@ object it:
    the claim done.
 
 A watcher that dies mid-object leaves an unfinished claim; once it is older
-than ``claim_timeout_s`` another watcher (or the same one restarted) takes it
-over and redoes the steps, each of which is idempotent. The one window where a
+than ``claim_timeout_s`` another watcher of the same inbox (or the same one
+restarted) takes it over and redoes the steps, each of which is idempotent. The one window where a
 second ``JobRequest`` can go out is between the broker's confirm and the
 ``published_at`` update (milliseconds) when the recorder has not yet written
 the job row; it carries the same job id, so it is still one job.
@@ -412,14 +412,23 @@ class Claims:
             won = (await conn.execute(stmt)).scalar_one_or_none()
         return Claim(obj, job_id, published=False) if won else None
 
-    async def take_over_stale(self, limit: int = 100) -> list[Claim]:
-        """Unfinished claims older than the timeout, now this watcher's (a watcher died mid-object)."""
+    async def take_over_stale(self, bucket: str, inbox_prefix: str, limit: int = 100) -> list[Claim]:
+        """Unfinished claims older than the timeout in this inbox, now this watcher's (a watcher died mid-object).
+
+        Watchers of other inboxes share the table; their claims are theirs to finish, with their own
+        prefixes and job options.
+        """
         c = dropfolder_claims.c
         now = datetime.now(UTC)
         # One UPDATE: two watchers sweeping at once cannot both take the same row.
         stale = (
             select(c.bucket, c.key, c.etag, c.last_modified)
-            .where(c.done_at.is_(None), c.claimed_at < now - self.timeout)
+            .where(
+                c.bucket == bucket,
+                c.key.startswith(inbox_prefix, autoescape=True),
+                c.done_at.is_(None),
+                c.claimed_at < now - self.timeout,
+            )
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
@@ -493,7 +502,7 @@ class Watcher:
     async def scan(self) -> ScanReport:
         """One pass: stale claims first, then every ready object in the inbox."""
         report = ScanReport()
-        for claim in await self.claims.take_over_stale():
+        for claim in await self.claims.take_over_stale(self.settings.bucket, self.settings.inbox_prefix):
             log.warning(
                 "taking over the unfinished claim of s3://%s/%s (job %s)", claim.obj.bucket, claim.obj.key, claim.job_id
             )

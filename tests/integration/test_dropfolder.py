@@ -288,6 +288,41 @@ async def test_a_restart_between_publish_and_move_republishes_nothing(folder: Fo
     assert folder.metadata(request.source.key)[META_JOB_ID] == request.job_id
 
 
+async def test_a_watcher_leaves_the_stale_claims_of_another_inbox_alone(folder: Folder, db: AsyncEngine) -> None:
+    # Given a watcher that died mid-object, leaving a stale claim in its inbox
+    key = folder.put("theirs.pdf", small_pdf(3))
+    # and a watcher of another inbox in the same bucket and database, whose prefix would match
+    # the first one's keys if it were a LIKE pattern ('_' against '-')
+    other_root = folder.root.replace("-", "_")
+    other = DropFolderSettings.from_variables(
+        dict(folder.env, PAGEWIRE_INBOX_PREFIX=f"{other_root}inbox/", PAGEWIRE_PROCESSED_PREFIX=f"{other_root}done/")
+    )
+    connection = await aio_pika.connect_robust(folder.settings.amqp_url.get_secret_value())
+    try:
+        publisher = await Publisher.open(connection, folder.settings.topology)
+        first = watcher(folder.settings, db, publisher)
+
+        def crash(bucket: str, key: str) -> None:
+            raise RuntimeError("killed between publish and delete")
+
+        first.inbox.delete = crash  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError):
+            await first.scan()
+        await asyncio.sleep(folder.settings.claim_timeout_s + 0.5)
+
+        # When the other inbox's watcher scans
+        elsewhere = await watcher(other, db, publisher).scan()
+        # Then it took nothing over: the object and its claim wait for their own inbox's watcher
+        assert elsewhere.handled == {}
+        assert folder.keys("inbox") == [key]
+        mine = await watcher(folder.settings, db, publisher).scan()
+    finally:
+        await connection.close()
+    assert mine.handled == {"processed": 1}
+    assert folder.keys("inbox") == []
+    assert len(folder.keys("processed")) == 1
+
+
 async def test_a_restart_between_copy_and_publish_publishes_the_same_job_once(folder: Folder, db: AsyncEngine) -> None:
     # Given a watcher that copied the object to processed/ and died before publishing
     folder.put("scan.pdf", small_pdf(2))
