@@ -5,13 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shlex
+import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from producer.output import EXIT_UNREACHABLE
 from schemas.settings import ClientSettings
 from tools import devstack
+
+
+def _stack_failed(exc: devstack.DevStackError) -> int:
+    # What failed to start is the user's next step (a port, a missing package, a role's log), not a traceback.
+    print(f"pagewire: the local stack: {exc}", file=sys.stderr)
+    return EXIT_UNREACHABLE
 
 
 def _print_status(console: Console, state_dir: Path) -> bool:
@@ -25,7 +33,14 @@ def _print_status(console: Console, state_dir: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Dispatch ``pagewire dev up|down|status|env``."""
+    """Dispatch ``pagewire dev up|down|status|env``; a part that cannot start is one line on stderr."""
+    try:
+        return _run(args)
+    except devstack.DevStackError as exc:
+        return _stack_failed(exc)
+
+
+def _run(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir)
     console = Console(stderr=True)
     if args.action == "up":
@@ -53,8 +68,11 @@ async def demo(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     state_dir = Path(args.state_dir)
-    with console.status("starting the local stack (S3, migrations, planner, worker, recorder)"):
-        state = await asyncio.to_thread(devstack.dev_up, state_dir)
+    try:
+        with console.status("starting the local stack (S3, migrations, planner, worker, recorder)"):
+            state = await asyncio.to_thread(devstack.dev_up, state_dir)
+    except devstack.DevStackError as exc:
+        return _stack_failed(exc)
     _print_status(console, state_dir)
     if args.file:
         name, data = Path(args.file).name, await asyncio.to_thread(Path(args.file).read_bytes)
