@@ -1,9 +1,9 @@
 """Small PDFs made on the spot: the demo's sample and the tests' inputs.
 
 pdfium writes them, so nothing binary is checked in and a reader sees what a
-test feeds the service. ``mixed_sample`` has a born-digital page and the same
-kind of page as an image only (a "scan"), so one job shows both paths of
-``auto``: the text layer, and OCR.
+test feeds the service. ``mixed_sample`` has a born-digital page and a page
+that is an image only (a "scan"), so one job shows both paths of ``auto``:
+the text layer, and OCR.
 """
 
 from __future__ import annotations
@@ -29,6 +29,13 @@ DEMO_TEXT = [
     "Consumers render pages with pdfium and read them with OCR,",
     "or take the text layer where a page already has one.",
     "Every page goes out as an event; PostgreSQL keeps the status.",
+]
+
+SCAN_TEXT = [
+    "This page is an image only: it has no text layer.",
+    "pagewire rendered it with pdfium and read it by OCR,",
+    "rapidocr on a CPU or nemotron-ocr on a GPU,",
+    "then put the lines it found in reading order.",
 ]
 
 
@@ -148,8 +155,8 @@ def long_text_pdf(pages: int) -> bytes:
 
 
 def mixed_sample() -> bytes:
-    """Page 1 born-digital, page 2 the same kind of text as an image only."""
-    return concat(text_pdf([lines(DEMO_TEXT)], font_size=14.0), scanned_pdf([lines(DEMO_TEXT[::-1])]))
+    """Page 1 born-digital, page 2 an image only, with text of its own so that the OCR path shows."""
+    return concat(text_pdf([lines(DEMO_TEXT)], font_size=14.0), scanned_pdf([lines(SCAN_TEXT)]))
 
 
 def zero_page_pdf() -> bytes:
