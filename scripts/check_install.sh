@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs pagewire as the images do (a wheel, runtime dependencies only, no extras) into a fresh
-# venv and runs it from outside the source tree: --version, --help of every subcommand (each
-# under half a second, so no command imports what it does not run), and `migrate
-# --create-database` against a database that does not exist yet. A development install hides
-# what only the dev extra brings and what only the source tree holds; this does not.
+# Installs pagewire as the images do (a wheel built from their build context, runtime
+# dependencies only, no extras) into a fresh venv and runs it from outside the source tree:
+# --version, --help of every subcommand (`pagewire --help` under half a second, so it imports
+# nothing a subcommand needs), and `migrate --create-database` against a database that does not
+# exist yet. A development install hides what only the dev extra brings and what only the source
+# tree holds; this does not.
 #
 #   scripts/check_install.sh            (PostgreSQL on PAGEWIRE_DATABASE_URL's server, or 127.0.0.1:5432)
 set -euo pipefail
@@ -22,8 +23,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "install-check: building the wheel" >&2
-"$python" -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir "$work/dist" "$repo" >/dev/null
+# Built from the images' build context (what .dockerignore lets through, the rest of the tree
+# left out), so this wheel is the one the Dockerfiles install.
+echo "install-check: building the wheel from the images' build context" >&2
+mkdir "$work/context"
+sed -n 's|^!||p' "$repo/.dockerignore" | while read -r path; do
+    cp -r "$repo/${path%/}" "$work/context/"
+done
+find "$work/context" -name '__pycache__' -prune -exec rm -rf {} +
+"$python" -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir "$work/dist" "$work/context" >/dev/null
 "$python" -m venv "$work/venv"
 echo "install-check: installing it without extras into a fresh venv" >&2
 "$work/venv/bin/python" -m pip install --quiet --disable-pip-version-check "$work"/dist/pagewire-*.whl

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -512,7 +513,11 @@ def test_dockerfiles_parse_and_keep_their_promises(name: str) -> None:
     assert ("USER", f"{UID}:{UID}") in final_stage, "runs as the uid the manifests expect, not root"
     assert ("ENTRYPOINT", '["pagewire"]') in final_stage, "one image, every role by subcommand"
     assert ("EXPOSE", str(metrics.DEFAULT_PORT)) in final_stage
-    assert any(op == "COPY" and value.startswith("alembic/") for op, value in final_stage), "migrate needs alembic/"
+    # pagewire is installed as its wheel (the migrations inside it), not run from copied sources
+    assert ("COPY", ". ./") in instructions
+    assert any(op == "RUN" and value.split()[:4] == ["pip", "install", "--no-deps", "."] for op, value in instructions)
+    assert [value for op, value in final_stage if op == "COPY"] == ["--from=builder /opt/venv /opt/venv"]
+    assert "PYTHONPATH" not in parser.envs, "an installed package needs no source tree on the path"
     env = parser.envs
     assert env["PAGEWIRE_METRICS_PORT"] == str(metrics.DEFAULT_PORT)
     assert_settings_names(WorkerSettings, {k for k in env if k.startswith(("PAGEWIRE_", "NEMOTRON_"))}, name)
@@ -523,15 +528,31 @@ def test_dockerfiles_parse_and_keep_their_promises(name: str) -> None:
             == compose()["services"]["worker-gpu"]["environment"]["NEMOTRON_OCR_MODEL_DIR"]
         )
 
-    # Whatever the Dockerfile copies from the context, .dockerignore lets through
-    allowed = {
-        line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines() if line.startswith("!")
-    }
+    # Whatever the Dockerfile copies from the context by name, .dockerignore lets through
+    allowed = image_context()
     for op, value in instructions:
-        if op == "COPY" and not value.startswith("--from"):
+        if op == "COPY" and not value.startswith("--from") and value != ". ./":
             source = value.split()[0].rstrip("/")
             assert source in allowed, f"{name} copies {source}, which .dockerignore leaves out"
             assert (ROOT / source).exists(), source
+
+
+def image_context() -> set[str]:
+    """What .dockerignore lets into the images' build context (an allow-list: ``*``, then ``!path``)."""
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "*" in lines, ".dockerignore is an allow-list"
+    return {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+
+
+def test_the_build_context_holds_everything_the_wheel_is_built_from() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    setuptools = project["tool"]["setuptools"]
+    sources = {
+        setuptools["package-dir"].get(package, package.replace(".", "/")).split("/")[0]
+        for package in setuptools["packages"]
+    }
+    needed = {"pyproject.toml", project["project"]["readme"], *sources}
+    assert needed <= image_context(), sorted(needed - image_context())
 
 
 # --- dashboard ------------------------------------------------------------------------
