@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
 from adapters.logs import configure_logging
 from pagewire import __version__
 from producer import cli
-from producer.output import EXIT_JOB_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from producer.output import EXIT_JOB_FAILED, EXIT_OF_CODE, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, sentence
 from schemas.errors import ConfigurationError, PagewireError
 
 EPILOG = """\
@@ -105,7 +108,7 @@ async def _demo(args: argparse.Namespace) -> int:
 # command start fast, and an install without the development extra runs every role: each module's
 # add_parser registers the real subcommand; the others are listed by name and help text alone.
 LAZY_COMMANDS: dict[str, tuple[str, str]] = {
-    "dropfolder": ("producer.dropfolder", "watch an S3 prefix and make a job of every PDF put there"),
+    "dropfolder": ("producer.dropfolder", "watch an S3 prefix and make a job of every PDF or image put there"),
     "jobs": ("producer.jobs", "recent jobs, newest first"),
     "gc": ("producer.jobs", "delete finished jobs' sources and results by age, count and size"),
     "http": ("producer.web.command", "serve the HTTP API and the live status page"),
@@ -158,14 +161,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         ("worker", _worker, 60.0, "run an OCR worker: one page task at a time (prefetch=1)"),
         ("recorder", _recorder, 30.0, "run the recorder: events into PostgreSQL, results into S3"),
     ):
-        p = sub.add_parser(name, help=text, description=text.capitalize() + ". Stops cleanly on SIGTERM.")
+        p = sub.add_parser(name, help=text, description=sentence(text) + ". Stops cleanly on SIGTERM.")
         p.add_argument(
             "--grace", type=float, default=grace, help=f"seconds to finish work in hand on SIGTERM ({grace:g})"
         )
         p.set_defaults(func=func)
 
     p = sub.add_parser("migrate", help="create or upgrade the status tables", description="Run the Alembic migrations.")
-    p.add_argument("--revision", default="head")
+    p.add_argument(
+        "--revision", default="head", help="the Alembic revision to upgrade to (head: the newest; see alembic/versions)"
+    )
     p.add_argument("--create-database", action="store_true", help="create the database first if it does not exist")
     p.set_defaults(func=_migrate)
 
@@ -221,22 +226,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(result)
     except PagewireError as exc:
         print(f"pagewire: {exc.code}: {exc.message}", file=sys.stderr)
-        return EXIT_NOT_FOUND if exc.code in ("job_not_found", "result_not_ready") else EXIT_JOB_FAILED
+        return EXIT_OF_CODE.get(exc.code, EXIT_JOB_FAILED)
     except ConfigurationError as exc:
         print(f"pagewire: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        # The reader went away (``| head``): nothing more to say, and nowhere to say it.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    except TimeoutError:  # before OSError, whose subclass it is
+        print("pagewire: timed out", file=sys.stderr)
+        return EXIT_JOB_FAILED
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        # A local file named on the command line; the services' own failures come as ConnectionError.
+        print(f"pagewire: {exc.filename}: {exc.strerror}" if exc.filename else f"pagewire: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (ConnectionError, OSError) as exc:
         print(f"pagewire: cannot reach a service: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
-    except TimeoutError:
-        print("pagewire: timed out", file=sys.stderr)
-        return EXIT_JOB_FAILED
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
         # pydantic is imported here, not at the top: every command would pay for it at start.
         from pydantic import ValidationError
+        from pydantic_settings import SettingsError
 
+        if isinstance(exc, SettingsError):
+            print(f"pagewire: settings: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         if not isinstance(exc, ValidationError):
             raise
         first = exc.errors()[0]

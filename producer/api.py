@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from adapters.amqp import Publisher, connect
 from adapters.storage import Storage
 from producer.images import ImageLimits, image_kind, image_to_pdf
-from schemas.errors import ErrorCode, PermanentError
+from schemas.errors import ConfigurationError, ErrorCode, PermanentError
 from schemas.fields import clean_name
 from schemas.messages import (
     TERMINAL_EVENTS,
@@ -50,7 +50,7 @@ from schemas.messages import (
 from schemas.names import HIGH_PRIORITY
 from schemas.s3keys import source_key
 from schemas.settings import ClientSettings
-from schemas.tables import TERMINAL_JOB_STATUSES, PageStatus, jobs, pages
+from schemas.tables import TERMINAL_JOB_STATUSES, PageStatus, job_tombstones, jobs, pages
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +176,12 @@ class Client:
         ``pdf`` is a path, the bytes, or a binary file open for reading (sent from where it stands).
 
         With ``idempotency_key`` the job id is derived from the key: submitting
-        twice gives one job, planned once. ``filename`` (a path's own name by
-        default) is kept in ``metadata``, for the status page and ``pagewire jobs``.
+        twice gives one job, planned once, and the second time nothing is
+        uploaded or queued. ``filename`` (a path's own name by default) is kept
+        in ``metadata``, for the status page and ``pagewire jobs``. A ``job_id``
+        that names a job already (or a deleted one) raises ``ConfigurationError``.
         """
+        derived = job_id is None and idempotency_key is not None
         job_id = job_id or (idempotent_job_id(idempotency_key) if idempotency_key else str(uuid.uuid4()))
         options = options or JobOptions()
         filename = filename or (pdf.name if isinstance(pdf, Path) else None)
@@ -194,6 +197,13 @@ class Client:
             submitted_by=submitted_by,
             metadata=metadata,
         )
+        taken = await self._taken(job_id)
+        if taken == "job" and derived:
+            return request
+        if taken:
+            # Uploading would overwrite the source of a job that exists, or of one whose id stays buried.
+            what = "exists already" if taken == "job" else "was deleted, and its id is not used again"
+            raise ConfigurationError(f"job {job_id!r} {what}: choose another job id")
         if isinstance(pdf, Path):
             with await asyncio.to_thread(pdf.open, "rb") as file:
                 etag = await self._store(file, request.source, filename, options.dpi)
@@ -202,6 +212,14 @@ class Client:
         request = request.model_copy(update={"source": request.source.model_copy(update={"etag": etag})})
         await self.publish(request)
         return request
+
+    async def _taken(self, job_id: str) -> str | None:
+        """``"job"`` where a job has this id, ``"tombstone"`` where a deleted or expired one had it, else None."""
+        async with self.db.connect() as conn:
+            if (await conn.execute(select(jobs.c.job_id).where(jobs.c.job_id == job_id))).first():
+                return "job"
+            query = select(job_tombstones.c.job_id).where(job_tombstones.c.job_id == job_id)
+            return "tombstone" if (await conn.execute(query)).first() else None
 
     async def _store(self, pdf: bytes | BinaryIO, source: Source, filename: str | None, dpi: int) -> str:
         """Put a document where ``source`` says, an image made a PDF first; returns the object's etag.
@@ -314,15 +332,20 @@ class Client:
     async def result(self, job_id: str, fmt: str = "md") -> bytes:
         """The assembled result file of a finished job."""
         async with self.db.connect() as conn:
-            query = select(jobs.c.result_bucket, jobs.c.result_keys, jobs.c.expired_at).where(jobs.c.job_id == job_id)
+            query = select(jobs.c.status, jobs.c.result_bucket, jobs.c.result_keys, jobs.c.expired_at).where(
+                jobs.c.job_id == job_id
+            )
             row = (await conn.execute(query)).first()
-        if row is not None and row.expired_at is not None:
+        if row is None:
+            raise PermanentError(ErrorCode.JOB_NOT_FOUND, f"no job {job_id!r}")
+        if row.expired_at is not None:
             raise PermanentError(
                 ErrorCode.RESULT_NOT_READY,
                 f"job {job_id!r} expired at {row.expired_at:%Y-%m-%d %H:%M}: retention deleted its results",
             )
-        if row is None or not row.result_keys or fmt not in row.result_keys:
-            raise PermanentError(ErrorCode.RESULT_NOT_READY, f"job {job_id!r} has no {fmt} result (yet)")
+        if not row.result_keys or fmt not in row.result_keys:
+            when = f"it ended {row.status}" if row.status in TERMINAL_JOB_STATUSES else f"it is {row.status}: not yet"
+            raise PermanentError(ErrorCode.RESULT_NOT_READY, f"job {job_id!r} has no {fmt} result: {when}")
         return await asyncio.to_thread(self.storage.get_bytes, row.result_bucket, row.result_keys[fmt])
 
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from producer.output import EXIT_JOB_FAILED, EXIT_OK, jsonable
+from producer.output import EXIT_JOB_FAILED, EXIT_NOT_FOUND, EXIT_OK, FINAL_EVENTS, err_console, jsonable, seconds
 
 if TYPE_CHECKING:
     from producer.api import Client
@@ -44,19 +44,28 @@ def open_client(settings: ClientSettings) -> Client | HttpClient:
     return Client(settings)
 
 
-async def _queue(client: Client | HttpClient, args: argparse.Namespace) -> list[JobRequest]:
-    from rich.console import Console
+def _check_files(args: argparse.Namespace) -> None:
+    """Refuse the command before connecting to anything: a missing or unreadable file queues none of the others."""
+    from schemas.errors import ConfigurationError
 
+    if args.job_id and len(args.files) > 1:
+        raise ConfigurationError("--job-id names one job: give it one file")
+    for path in args.files:
+        with Path(path).open("rb"):
+            pass
+
+
+async def _queue(client: Client | HttpClient, args: argparse.Namespace) -> list[JobRequest]:
     from schemas.messages import Engine, JobOptions
 
     options = JobOptions(engine=Engine(args.engine), dpi=args.dpi, first_page=args.first_page, last_page=args.last_page)
-    err = Console(stderr=True)
+    err = err_console()
     requests = []
     for path in args.files:
         request = await client.submit(
             Path(path),
             options=options,
-            job_id=args.job_id if len(args.files) == 1 else None,
+            job_id=args.job_id,
             priority=args.priority,
             idempotency_key=args.idempotency_key,
             deadline=datetime.now(UTC) + timedelta(seconds=args.deadline) if args.deadline else None,
@@ -79,7 +88,7 @@ async def _report(
         else:
             detail = f"{row['pages_ok']}/{row['total_pages']} pages"
             if row["error_code"]:
-                detail = f"{row['error_code']}: {row['error_message']}"
+                detail += f"; {row['error_code']}" + (f": {row['error_message']}" if row["error_message"] else "")
             print(request.job_id, row["status"], detail)
         if finals.get(request.job_id) != "JobCompleted" or row["status"] != "completed":
             worst = EXIT_JOB_FAILED
@@ -92,10 +101,49 @@ def _print_ids(args: argparse.Namespace, requests: list[JobRequest]) -> int:
     return EXIT_OK
 
 
+async def _ended(client: Client | HttpClient, job_ids: list[str], *, known: bool) -> dict[str, dict[str, Any]]:
+    """The status rows of the jobs among ``job_ids`` that have ended already (a job submitted again with its
+    idempotency key, a job watched after it ended): their terminal events went out before anyone listened.
+
+    ``known``: every job must exist (``job_not_found`` otherwise); a job just submitted may not have a row yet.
+    """
+    from schemas.errors import ErrorCode, PagewireError
+
+    ended = {}
+    for job_id in job_ids:
+        try:
+            row = await client.status(job_id)
+        except PagewireError as exc:
+            if known or exc.code != ErrorCode.JOB_NOT_FOUND:
+                raise
+            continue
+        if row["status"] in FINAL_EVENTS:
+            ended[job_id] = row
+    return ended
+
+
+async def _gave_up(client: Client | HttpClient, args: argparse.Namespace, requests: list[JobRequest]) -> int:
+    """``--wait`` ran past ``--timeout``: each job's row as it stands (its id on stdout), and why on stderr."""
+    from schemas.errors import PagewireError
+
+    for request in requests:
+        try:
+            row = await client.status(request.job_id)
+        except PagewireError:
+            row = {"job_id": request.job_id, "status": None}
+        if args.json:
+            print(json.dumps({k: jsonable(v) for k, v in row.items()}))
+        else:
+            print(request.job_id, row["status"])
+    print(f"pagewire: gave up waiting after {args.timeout:g} s; the jobs go on", file=sys.stderr)
+    return EXIT_NOT_FOUND
+
+
 async def _submit(args: argparse.Namespace) -> int:
     from producer.api import Client
     from producer.progress import follow
 
+    _check_files(args)
     settings = client_settings(args)
     client = open_client(settings)
     if not isinstance(client, Client):
@@ -106,14 +154,21 @@ async def _submit(args: argparse.Namespace) -> int:
             if not args.wait:
                 return _print_ids(args, requests)
             names = {r.job_id: Path(p).name for r, p in zip(requests, args.files, strict=True)}
-            finals = await asyncio.wait_for(client.follow(names, quiet=args.json), args.timeout)
+            try:
+                finals = await asyncio.wait_for(client.follow(names, quiet=args.json), args.timeout)
+            except TimeoutError:
+                return await _gave_up(client, args, requests)
             return await _report(client, args, requests, finals)
     async with client, client.subscribe() as events:  # subscribed first: no event is missed
         requests = await _queue(client, args)
         if not args.wait:
             return _print_ids(args, requests)
         names = {r.job_id: Path(p).name for r, p in zip(requests, args.files, strict=True)}
-        finals = await asyncio.wait_for(follow(events, names, quiet=args.json), args.timeout)
+        ended = await _ended(client, list(names), known=False)
+        try:
+            finals = await asyncio.wait_for(follow(events, names, quiet=args.json, ended=ended), args.timeout)
+        except TimeoutError:
+            return await _gave_up(client, args, requests)
         return await _report(client, args, requests, finals)
 
 
@@ -171,13 +226,15 @@ async def _watch(args: argparse.Namespace) -> int:
     if not isinstance(client, Client):
         async with client:
             if args.job:
+                await client.status(args.job)  # job_not_found before following a stream that would never end
                 finals = await client.follow({args.job: args.job}, quiet=False)
                 return EXIT_OK if finals.get(args.job) == "JobCompleted" else EXIT_JOB_FAILED
             await client.print_events(as_json=args.json)
         return EXIT_OK
-    async with client, client.subscribe() as events:
+    async with client, client.subscribe() as events:  # subscribed first: an end after the look below is seen
         if args.job:
-            finals = await follow(events, {args.job: args.job}, quiet=False)
+            ended = await _ended(client, [args.job], known=True)
+            finals = await follow(events, {args.job: args.job}, quiet=False, ended=ended)
             return EXIT_OK if finals.get(args.job) == "JobCompleted" else EXIT_JOB_FAILED
         await print_events(events, as_json=args.json)
     return EXIT_OK
@@ -206,9 +263,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--idempotency-key", help="the same key gives the same job: a second submit with it is not read again"
     )
-    p.add_argument("--deadline", type=float, metavar="SECONDS", help="drop work still to do this many seconds from now")
+    p.add_argument(
+        "--deadline", type=seconds, metavar="SECONDS", help="drop work still to do this many seconds from now"
+    )
     p.add_argument("--wait", action="store_true", help="follow the job with a progress bar until it ends")
-    p.add_argument("--timeout", type=float, default=3600, help="with --wait: give up after this many seconds")
+    p.add_argument("--timeout", type=seconds, default=3600, help="with --wait: give up after this many seconds")
     p.add_argument("--json", action="store_true", help="print JSON (the job id; with --wait, the status row)")
     p.set_defaults(func=_submit)
 

@@ -771,8 +771,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``pagewire dropfolder`` to the CLI's subparsers."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "dropfolder",
-        help="watch an S3 prefix and make a job of every PDF put there",
-        description="Watch PAGEWIRE_INBOX_PREFIX (inbox/): each new PDF becomes one job and moves to processed/"
+        help="watch an S3 prefix and make a job of every PDF or image put there",
+        description="Watch PAGEWIRE_INBOX_PREFIX (inbox/): each new PDF (or PNG, JPEG, TIFF image) becomes one job"
+        " and moves to processed/"
         " (refused objects to failed/). Stops cleanly on SIGTERM.",
     )
     parser.add_argument("--once", action="store_true", help="scan once, print what was done as JSON, and exit")

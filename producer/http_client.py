@@ -33,8 +33,8 @@ from typing import Any, cast
 import httpx
 
 from producer.api import STATUS_FIELDS
-from producer.output import LIST_FIELDS, job_bars
-from schemas.errors import ErrorCode, PermanentError
+from producer.output import FINAL_EVENTS, LABELS, LIST_FIELDS, job_bars
+from schemas.errors import ConfigurationError, ErrorCode, PermanentError
 from schemas.fields import clean_name
 from schemas.messages import JobOptions, JobRequest, Source, idempotent_job_id
 from schemas.s3keys import source_key
@@ -44,10 +44,8 @@ from schemas.tables import TERMINAL_JOB_STATUSES
 log = logging.getLogger(__name__)
 
 _TIMES = frozenset({"created_at", "started_at", "finished_at", "expired_at"})
-_LABELS = {"JobCompleted": "[green]done", "JobFailed": "[red]failed", "JobCancelled": "cancelled"}
 FOLLOW_ATTEMPTS = 30
 """Times following a job starts again after its stream broke off, a second apart."""
-_FINAL_EVENT = {"completed": "JobCompleted", "completed_with_errors": "JobCompleted", "cancelled": "JobCancelled"}
 
 
 class GatewayError(PermanentError):
@@ -131,8 +129,10 @@ class HttpClient:
         a second submit with the key finds the job there (``job_exists``) and
         returns it. ``deadline`` and ``metadata`` have no form field: refused.
         """
-        if deadline is not None or metadata:
-            raise PermanentError(ErrorCode.INVALID_OPTIONS, "deadline and metadata cannot be sent through the gateway")
+        if deadline is not None:
+            raise ConfigurationError("a deadline cannot be sent through the gateway: it has no field for one")
+        if metadata:
+            raise ConfigurationError("metadata cannot be sent through the gateway: it has no field for it")
         options = options or JobOptions()
         job_id = job_id or (idempotent_job_id(idempotency_key) if idempotency_key else None)
         name = filename or (pdf.name if isinstance(pdf, Path) else "upload.pdf")
@@ -251,8 +251,8 @@ class HttpClient:
                             elif event == "page":
                                 progress.update(bar, completed=data.get("pages_done") or 0)
                             elif event in ("complete", "error"):
-                                finals[job_id] = _FINAL_EVENT.get(str(data.get("status")), "JobFailed")
-                                progress.update(bar, description=f"{name} {_LABELS[finals[job_id]]}")
+                                finals[job_id] = FINAL_EVENTS.get(str(data.get("status")), "JobFailed")
+                                progress.update(bar, description=f"{name} {LABELS[finals[job_id]]}")
                                 if finals[job_id] == "JobFailed" and not quiet:
                                     progress.console.print(
                                         f"[red]{name}: {data.get('error_code')}: {data.get('message')}"

@@ -54,7 +54,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from adapters.signals import Stopper
 from adapters.storage import Storage
-from producer.output import EXIT_OK, EXIT_USAGE, LIST_FIELDS, jsonable
+from producer.output import EXIT_OK, EXIT_USAGE, LIST_FIELDS, integer, jsonable, seconds
 from schemas.messages import OutputFormat
 from schemas.s3keys import source_key
 from schemas.settings import ClientSettings, Settings
@@ -75,6 +75,14 @@ def parse_duration(value: str | float | int) -> float:
     if match is None:
         raise ValueError(f"not a duration: {value!r} (try 90s, 15m, 1h, 2d, 1w)")
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def duration(text: str) -> float:
+    """An argparse type: :func:`parse_duration`, refused as a usage error."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -436,8 +444,8 @@ def add_parser(subparsers: Any) -> None:
         help="only this status (repeatable or comma-separated): queued, running, completed,"
         " completed_with_errors, failed, cancelled, expired",
     )
-    p.add_argument("--since", metavar="AGE", help="only jobs created within AGE: 90s, 15m, 1h, 2d, 1w")
-    p.add_argument("--limit", type=int, default=20, metavar="N", help="at most N jobs (20)")
+    p.add_argument("--since", type=duration, metavar="AGE", help="only jobs created within AGE: 90s, 15m, 1h, 2d, 1w")
+    p.add_argument("--limit", type=integer(1), default=20, metavar="N", help="at most N jobs (20)")
     p.add_argument("--json", action="store_true", help="one JSON object per job and line")
     p.set_defaults(func=_jobs_command)
 
@@ -448,9 +456,13 @@ def add_parser(subparsers: Any) -> None:
         " stays as a tombstone (expired_at). Limits: PAGEWIRE_RETENTION_MAX_AGE/_JOBS/_BYTES or the flags.",
     )
     p.add_argument("--dry-run", action="store_true", help="show what would expire, delete nothing")
-    p.add_argument("--max-age", metavar="AGE", help="expire jobs finished longer ago than AGE (30d, 12h, ...)")
-    p.add_argument("--max-jobs", type=int, metavar="N", help="keep the newest N finished jobs")
-    p.add_argument("--max-bytes", type=int, metavar="BYTES", help="keep the newest jobs whose objects fit in BYTES")
-    p.add_argument("--every", type=float, metavar="S", help="run every S seconds until SIGTERM")
+    p.add_argument(
+        "--max-age", type=duration, metavar="AGE", help="expire jobs finished longer ago than AGE (30d, 12h, ...)"
+    )
+    p.add_argument("--max-jobs", type=integer(0), metavar="N", help="keep the newest N finished jobs")
+    p.add_argument(
+        "--max-bytes", type=integer(0), metavar="BYTES", help="keep the newest jobs whose objects fit in BYTES"
+    )
+    p.add_argument("--every", type=seconds, metavar="S", help="run every S seconds until SIGTERM")
     p.add_argument("--json", action="store_true", help="print each run's report as one JSON line")
     p.set_defaults(func=_gc_command)

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
 from producer.api import Subscription
-from producer.output import job_bars
-from schemas.messages import TERMINAL_EVENTS, JobStarted, PageCompleted, PageFailed
+from producer.output import FINAL_EVENTS, LABELS, job_bars
+from schemas.messages import TERMINAL_EVENTS, Event, JobStarted, PageCompleted, PageFailed
 
 
-async def follow(events: Subscription, names: dict[str, str], *, quiet: bool) -> dict[str, str]:
-    """Show a bar per job until every job in ``names`` has ended; returns job id -> terminal event type."""
-    finals: dict[str, str] = {}
+async def follow(
+    events: Subscription, names: dict[str, str], *, quiet: bool, ended: dict[str, dict[str, Any]] | None = None
+) -> dict[str, str]:
+    """Show a bar per job until every job in ``names`` has ended; returns job id -> terminal event type.
+
+    ``ended``: the status rows of jobs that had ended before ``events`` was subscribed to; their
+    terminal events went out before, so they are shown as they ended and not waited for.
+    """
+    ended = ended or {}
+    finals = {job_id: FINAL_EVENTS[row["status"]] for job_id, row in ended.items()}
     seen: dict[str, set[int]] = {job_id: set() for job_id in names}
     with job_bars(quiet=quiet) as progress:
         bars = {job_id: progress.add_task(name, total=None) for job_id, name in names.items()}
-        async for event in events.for_jobs(set(names)):
+        for job_id, row in ended.items():
+            label = f"{names[job_id]} {LABELS[finals[job_id]]}"
+            progress.update(bars[job_id], description=label, total=row["total_pages"], completed=row["pages_done"])
+        waiting = set(names) - set(finals)
+        async for event in events.for_jobs(waiting) if waiting else _nothing():
             bar = bars[event.job_id]
             if isinstance(event, JobStarted):
                 progress.update(bar, total=event.total_pages)
@@ -22,11 +36,15 @@ async def follow(events: Subscription, names: dict[str, str], *, quiet: bool) ->
                 progress.update(bar, completed=len(seen[event.job_id]))
             elif isinstance(event, TERMINAL_EVENTS):
                 finals[event.job_id] = event.type
-                label = {"JobCompleted": "[green]done", "JobFailed": "[red]failed", "JobCancelled": "cancelled"}
-                progress.update(bar, description=f"{names[event.job_id]} {label[event.type]}")
+                progress.update(bar, description=f"{names[event.job_id]} {LABELS[event.type]}")
                 if event.type == "JobFailed" and not quiet:
                     progress.console.print(f"[red]{names[event.job_id]}: {event.error_code}: {event.message}")
     return finals
+
+
+async def _nothing() -> AsyncIterator[Event]:
+    return
+    yield
 
 
 async def print_events(events: Subscription, *, as_json: bool) -> None:

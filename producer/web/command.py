@@ -8,6 +8,8 @@ import re
 import sys
 from typing import Any
 
+from producer.output import integer, sentence
+
 _SECRET_IN_QUERY = re.compile(r"(?i)\b(token|api_key)=[^&\s]*")
 
 
@@ -58,9 +60,9 @@ async def serve(args: argparse.Namespace) -> int:
 def add_parser(subparsers: Any) -> None:
     """Add ``pagewire http [--host H] [--port P]`` to the ``pagewire`` command."""
     text = "serve the HTTP API and the live status page"
-    p = subparsers.add_parser("http", help=text, description=text.capitalize() + " (see docs/http.md).")
+    p = subparsers.add_parser("http", help=text, description=sentence(text) + " (see docs/http.md).")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="port to bind (8080)")
+    p.add_argument("--port", type=integer(0, 65535), default=8080, help="port to bind (8080; 0: any free port)")
     p.add_argument(
         "--no-auth",
         action="store_true",
