@@ -21,7 +21,7 @@ import hmac
 import json
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -99,8 +99,12 @@ class Caller:
 
 
 def open_caller(limits: Limits) -> Caller:
-    """The caller of a gateway run without keys: it sees every job, as everyone could anyway."""
-    return Caller(None, Role.ADMIN, limits)
+    """The caller of a gateway run without keys: it sees every job and may ask for any priority.
+
+    With no keys there is no one to keep out of the high lane (anyone may
+    call as anyone), so only the stream and upload limits of ``limits`` apply.
+    """
+    return Caller(None, Role.ADMIN, replace(limits, max_priority=MAX_PRIORITY))
 
 
 class Keyring:

@@ -21,7 +21,15 @@ from producer.web.errors import ApiError
 from producer.web.gateway import CallerDep, GatewayDep, JobIdPath, links, owned_job, submit_upload
 from producer.web.models import ERRORS, DeepSeekAccepted, DeepSeekMetadata
 from producer.web.uploads import read_document
-from producer.web.views import API_KEY, DEEPSEEK, ENDED_WITH_RESULT, deepseek_status, filename_of
+from producer.web.views import (
+    API_KEY,
+    DEEPSEEK,
+    ENDED_WITH_RESULT,
+    attachment,
+    deepseek_status,
+    download_name,
+    filename_of,
+)
 from schemas.errors import ErrorCode
 from schemas.fields import clean_name
 from schemas.messages import Engine, JobOptions
@@ -77,13 +85,9 @@ async def download(job_id: JobIdPath, gw: GatewayDep, caller: CallerDep) -> Resp
     """The Markdown result as a file (DeepSeek-OCR's download); 400 while the job is not completed."""
     row = await _ended(gw, caller, job_id)
     body = await gw.client.result(job_id, "md")
-    name = (filename_of(row) or job_id).replace('"', "")
-    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name  # report.pdf -> report.md
-    return Response(
-        body,
-        media_type="text/markdown; charset=utf-8",
-        headers={"Content-Disposition": f'attachment; filename="{stem}.md"'},
-    )
+    name = download_name(filename_of(row) or "") or job_id
+    stem = name.rsplit(".", 1)[0] if "." in name else name  # report.pdf -> report.md
+    return Response(body, media_type="text/markdown; charset=utf-8", headers=attachment(f"{stem}.md"))
 
 
 @router.get(

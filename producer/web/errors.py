@@ -51,6 +51,27 @@ ERROR_STATUS: dict[str, int] = {
     ErrorCode.STORAGE_UNAVAILABLE: 503,
 }
 
+# Status and code of each status Starlette and FastAPI raise by themselves (routing, static files,
+# reading a body). They raise 400 only for a body they cannot parse (a multipart body without its
+# boundary, more files or fields than a route takes, a form that does not decode): that is
+# malformed_message, answered 422 like JSON that does not parse, so a client meets one answer for both.
+FRAMEWORK_ERRORS: dict[int, tuple[int, str]] = {
+    400: (422, ErrorCode.MALFORMED_MESSAGE),
+    401: (401, HttpErrorCode.UNAUTHORIZED),
+    404: (404, HttpErrorCode.NOT_FOUND),
+    405: (405, HttpErrorCode.METHOD_NOT_ALLOWED),
+    413: (413, ErrorCode.MESSAGE_TOO_LARGE),
+}
+
+
+def framework_error(status: int) -> tuple[int, str]:
+    """The status and code to answer for an ``HTTPException`` of ``status`` that Starlette or FastAPI raised."""
+    if status in FRAMEWORK_ERRORS:
+        return FRAMEWORK_ERRORS[status]
+    # Any other refusal still blames the request, and any other failure the gateway: never a wrong
+    # "not_found", which sends a client looking for a route that is there.
+    return status, ErrorCode.MALFORMED_MESSAGE if status < 500 else ErrorCode.INTERNAL_ERROR
+
 
 class ApiError(HTTPException):
     """An error answer with a stable code; raise it anywhere in a request."""
@@ -81,8 +102,8 @@ def add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        code = {404: HttpErrorCode.NOT_FOUND, 405: HttpErrorCode.METHOD_NOT_ALLOWED}.get(exc.status_code)
-        return error_response(exc.status_code, code or HttpErrorCode.NOT_FOUND, str(exc.detail))
+        status, code = framework_error(exc.status_code)
+        return error_response(status, code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

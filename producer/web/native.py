@@ -55,7 +55,7 @@ from producer.web.models import (
 )
 from producer.web.slimgest import service_status
 from producer.web.uploads import dpi_of, read_document
-from producer.web.views import with_client_fields
+from producer.web.views import attachment, with_client_fields
 from schemas.errors import ErrorCode
 from schemas.fields import NAME_MAX_CHARS, NAME_PATTERN
 from schemas.messages import Engine, JobRequest
@@ -250,7 +250,7 @@ async def job_result(
     await owned_job(gw, caller, job_id)
     body = await gw.client.result(job_id, format)
     media = "text/markdown; charset=utf-8" if format == "md" else "application/json"
-    headers = {"Content-Disposition": f'attachment; filename="{job_id}.{format}"'} if download else None
+    headers = attachment(f"{job_id}.{format}") if download else None
     return Response(body, media_type=media, headers=headers)
 
 

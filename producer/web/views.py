@@ -15,12 +15,18 @@ download; ``processing`` still for the moment between the end and the
 result files being written); every other job, and every list, keeps
 pagewire's words.
 ``pagewire_status`` always carries pagewire's word.
+
+A download's name comes from the job's file name, which a client chose:
+:func:`attachment` is the one way a route names a download.
 """
 
 from __future__ import annotations
 
 import posixpath
+import re
+import unicodedata
 from typing import Any
+from urllib.parse import quote
 
 from schemas.tables import JobStatus
 
@@ -45,6 +51,39 @@ def filename_of(row: dict[str, Any]) -> str | None:
         return posixpath.basename(str(metadata["dropfolder_key"]))
     key = row.get("source_key")
     return posixpath.basename(key) if key else None
+
+
+def download_name(name: str) -> str:
+    """``name`` fit to name a download: its last part, without control or format characters; may be empty.
+
+    Only the last part of a path, of either kind of separator: a browser that
+    took ``../../etc/x.md`` at its word would write outside its downloads
+    folder. Format characters go too: a right-to-left override (U+202E)
+    between ``report`` and ``fdp.exe`` shows the name as ``reportexe.pdf``.
+    Dots and spaces at the ends go, so that nothing is left of ``..``, and no
+    name is hidden.
+    """
+    base = re.split(r"[/\\]", name)[-1]
+    kept = "".join(c for c in base if unicodedata.category(c) not in ("Cc", "Cf"))
+    return kept.strip(" .")
+
+
+def attachment(filename: str) -> dict[str, str]:
+    """The ``Content-Disposition`` header of a download named ``filename`` (cleaned by :func:`download_name`).
+
+    HTTP headers are Latin-1 at best, so a name beyond ASCII goes twice
+    (RFC 6266): ``filename`` with an ASCII stand-in for older clients, and
+    ``filename*`` in UTF-8, percent-encoded (RFC 5987), which the others prefer.
+    """
+    name = download_name(filename) or "download"
+    # Accents dropped (é -> e), then whatever is not printable ASCII, or would need escaping in a
+    # quoted string, or could be read as a percent-escape, becomes "_": 報告.pdf -> __.pdf, not .pdf.
+    bare = "".join(c for c in unicodedata.normalize("NFKD", name) if not unicodedata.combining(c))
+    fallback = re.sub(r'[^\x20-\x7e]|["\\%]', "_", bare)
+    value = f'attachment; filename="{fallback}"'
+    if fallback != name:
+        value += f"; filename*=UTF-8''{quote(name, safe='')}"
+    return {"Content-Disposition": value}
 
 
 def is_deepseek(row: dict[str, Any]) -> bool:

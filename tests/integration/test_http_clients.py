@@ -134,6 +134,31 @@ async def test_a_deepseek_client_creates_polls_downloads_and_lists(gateway: Gate
         assert set(listed["jobs"][0]) >= DEEPSEEK_JOB_FIELDS
 
 
+async def test_a_download_is_named_by_the_files_base_name_only(gateway: Gateway) -> None:
+    pdf = text_pdf([lines(["A page with a name."])])
+    async with gateway.client() as http:
+        # Given files uploaded under a path and under a name beyond ASCII
+        job_ids = []
+        for name in ("../../etc/x.pdf", "résumé ñ.pdf"):
+            created = await http.post(
+                "/jobs/create", files={"file": (name, pdf, "application/pdf")}, data={"engine": "text"}
+            )
+            assert created.status_code == 200, created.text
+            job_ids.append(created.json()["job_id"])
+            assert (await poll_like_deepseek(http, job_ids[-1]))["status"] == "completed"
+
+        # When their Markdown is downloaded
+        path, accented = [await http.get(f"/jobs/{job_id}/download") for job_id in job_ids]
+        result = await http.get(f"/jobs/{job_ids[0]}/result", params={"download": "true"})
+
+    # Then the name is the file's own, with no directory, in ASCII and in UTF-8
+    assert path.headers["content-disposition"] == 'attachment; filename="x.md"'
+    assert accented.headers["content-disposition"] == (
+        "attachment; filename=\"resume n.md\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20%C3%B1.md"
+    )
+    assert result.headers["content-disposition"] == f'attachment; filename="{job_ids[0]}.md"'
+
+
 @pytest.mark.ocr
 async def test_a_deepseek_client_gets_400_before_the_end_and_cancels_with_delete(gateway: Gateway) -> None:
     scan = scanned_pdf([lines([f"Scanned page {n}, to be cancelled."]) for n in range(1, 5)])

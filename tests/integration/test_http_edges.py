@@ -70,3 +70,25 @@ async def test_hostile_strings_and_ids_are_refused_at_the_door(gateway: Gateway)
                 break
             await asyncio.sleep(0.1)
         assert status == "completed"
+
+
+async def test_a_multipart_body_that_does_not_parse_is_malformed(gateway: Gateway) -> None:
+    pdf = text_pdf([lines(["one page"])])
+    async with gateway.client() as http:
+        # When a multipart body has no boundary, or carries more files than the route takes
+        no_boundary = {"content-type": "multipart/form-data"}
+        garbage = await http.post("/jobs", content=b"garbage", headers=no_boundary)
+        garbage_deepseek = await http.post("/jobs/create", content=b"garbage", headers=no_boundary)
+        two_files = await http.post(
+            "/jobs", files=[("file", ("a.pdf", pdf, "application/pdf")), ("file", ("b.pdf", pdf, "application/pdf"))]
+        )
+        # and, beside them, a route that is not there and a method a route does not take
+        no_route = await http.get("/no-such-route")
+        wrong_method = await http.put("/health")
+
+    # Then the body is malformed_message (a 422, as for JSON that does not parse), not "not_found"
+    for response in (garbage, garbage_deepseek, two_files):
+        assert response.status_code == 422, response.text
+        assert response.json()["error_code"] == "malformed_message", response.text
+    assert (no_route.status_code, no_route.json()["error_code"]) == (404, "not_found")
+    assert (wrong_method.status_code, wrong_method.json()["error_code"]) == (405, "method_not_allowed")

@@ -393,12 +393,13 @@ async def test_run_open_on_purpose_everything_answers_without_a_key(stack: Stack
     with running_gateway(stack, keys=[], no_auth=True, args=("--no-auth",)) as gateway:
         async with gateway.client() as http:
             job_id = await upload(http, "open")
+            top = await upload(http, "top", priority="9")  # no key, so no key's cap on priority
             items = await until_done(http, job_id)
             legacy = await http.post("/process-pdf", files={"file": ("l.pdf", pdf("legacy"), "application/pdf")})
             listed_ids = await listed(http)
         log = gateway.log()
 
-    assert items[-1][0] == "complete" and job_id in listed_ids
+    assert items[-1][0] == "complete" and {job_id, top} <= listed_ids
     assert legacy.status_code == 200 and legacy.json()["pdfs"][0]["status"] == "completed"
     assert "WITHOUT API keys" in log
 

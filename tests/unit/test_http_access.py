@@ -9,7 +9,18 @@ import logging
 import pytest
 from pydantic import ValidationError
 
-from producer.web.access import ALL_JOBS, ApiKey, Caller, Keyring, Limits, Role, Slots, StreamTokens, TokenError
+from producer.web.access import (
+    ALL_JOBS,
+    ApiKey,
+    Caller,
+    Keyring,
+    Limits,
+    Role,
+    Slots,
+    StreamTokens,
+    TokenError,
+    open_caller,
+)
 from producer.web.command import RedactQuery
 from producer.web.events import EventHub, Inbox
 from producer.web.gateway import HttpSettings, NoKeysError, check_auth
@@ -76,6 +87,12 @@ def test_a_keyring_names_the_caller_with_its_limits() -> None:
     assert ops is not None and ops.admin and ops.limits.max_priority == 9
     assert batch is not None and batch.limits == Limits(1, 2, 8)
     assert ring.named("ops") == ops and ring.named("gone") is None
+
+
+def test_a_gateway_run_open_takes_any_priority_and_keeps_its_other_limits() -> None:
+    caller = open_caller(Limits(max_priority=4, max_streams=16, max_uploads=8))
+
+    assert caller.admin and caller.limits == Limits(9, 16, 8)
 
 
 def test_a_submit_key_sees_its_own_jobs_and_an_admin_every_job() -> None:
