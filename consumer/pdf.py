@@ -48,7 +48,7 @@ from pydantic import TypeAdapter
 
 from consumer.layout import layer_order, rotate_box
 from schemas.errors import ErrorCode, PermanentError
-from schemas.fields import clean_text
+from schemas.fields import REPLACEMENT, clean_text
 from schemas.messages import Block
 
 __all__ = [
@@ -62,6 +62,7 @@ __all__ = [
     "has_real_text",
     "inspect_pdf",
     "judge_page",
+    "layer_text",
 ]
 
 PDFIUM_LOCK = threading.Lock()
@@ -266,10 +267,53 @@ def _is_bad_char(c: str) -> bool:
     return c in "\ufffd\ufffe" or unicodedata.category(c) in ("Cc", "Co", "Cn", "Cs")
 
 
-def _normalise_text(text: str) -> str:
-    # pdfium ends lines with CRLF and, rarely, a bare CR; the corpus expected
-    # text (and everything downstream) uses plain LF.
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+def layer_text(text: str) -> str:
+    """pdfium's text of a page as pagewire gives it: line ends as LF, hyphens at line ends as drawn.
+
+    Where a word is hyphenated at the end of a line, pdfium gives U+FFFE in place of the hyphen,
+    and no line end after it ("taki\\ufffemata"): the reader sees "taki-" end the line and "mata"
+    open the next, so the text says "taki-\\nmata". pdfium puts U+FFFE there only where it would
+    otherwise have ended the line, so the line end is put back, not guessed. U+FFFE and U+FFFF are
+    non-characters, which no text should carry: any other becomes U+FFFD. ``pagewire eval`` reads
+    the corpus's expected texts (pdfium's text, kept as it came) through it too, so they compare alike.
+    """
+    # pdfium ends lines with CRLF and, rarely, a bare CR; everything downstream uses plain LF.
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if _HYPHEN in text:
+        # One at the very end ends no line: what followed it was put earlier (runs in reading order).
+        text = _HYPHEN_AT_LINE_END.sub("-\n", text).replace(_HYPHEN, "-")
+    return text.replace("\uffff", REPLACEMENT)
+
+
+# pdfium's mark for a hyphen that ends a line inside a word, in its page text.
+_HYPHEN = "\ufffe"
+# A mark, with the line end that may follow it where runs were put in reading order.
+_HYPHEN_AT_LINE_END = re.compile("\ufffe(?:\n|(?=.))")
+# The same hyphen in the text inside a box: pdfium gives it as U+0002 there, at the end of its line.
+_BOXED_HYPHEN = re.compile("\x02(?=[\r\n]|$)")
+
+
+def _page_text_unlocked(textpage: pdfium.PdfTextPage) -> str:
+    """The page's text as pdfium gives it, cleaned as text fields take it (one for one). Caller holds the lock.
+
+    Each U+FFFE is pdfium's line-end hyphen (:func:`layer_text`), or else U+FFFD: a font's own code
+    taken for a character (a CID font without a character map) can be U+FFFE too.
+    """
+    text = clean_text(textpage.get_text_range())
+    if _HYPHEN not in text:
+        return text
+    handle, char_index = textpage.raw, pdfium_c.FPDFText_GetCharIndexFromTextIndex
+    foreign = [
+        at
+        for at in (m.start() for m in re.finditer(_HYPHEN, text))
+        if not pdfium_c.FPDFText_IsHyphen(handle, char_index(handle, at))
+    ]
+    if not foreign:
+        return text
+    chars = list(text)
+    for at in foreign:
+        chars[at] = REPLACEMENT
+    return "".join(chars)
 
 
 def _check_header(head: bytes) -> None:
@@ -367,7 +411,8 @@ def inspect_pdf(data: bytes, *, max_pages: int, first_page: int | None = None, l
                 try:
                     textpage = page.get_textpage()
                     try:
-                        sources.append(judge_page(textpage.get_text_range(), _page_content_unlocked(page)))
+                        text = layer_text(_page_text_unlocked(textpage))
+                        sources.append(judge_page(text, _page_content_unlocked(page)))
                     finally:
                         textpage.close()
                 except pdfium.PdfiumError as exc:
@@ -470,7 +515,7 @@ class PdfDocument:
                         )
                     # pdfium can hand back control characters (a NUL among them): no message may carry
                     # them; one for one, so offsets into the text still hold.
-                    raw = clean_text(textpage.get_text_range())
+                    raw = _page_text_unlocked(textpage)
                     boxes, spans = _boxes_unlocked(page, textpage, raw, rotation)
                     text, boxes = _in_reading_order(raw, boxes, spans)
                     content = _page_content_unlocked(page)
@@ -618,7 +663,7 @@ def _boxes_unlocked(
     boxes: list[Box] = []
     spans: list[tuple[Span, Rect]] = []
     for (a0, b0, a1, b1), source, span in _merge_runs(runs):
-        words = source.split()  # line ends are whitespace too
+        words = layer_text(source).split()  # line ends are whitespace too
         if not words:
             continue
         # PDF space has its origin bottom-left; blocks use top-left.
@@ -652,7 +697,9 @@ def _text_in(handle: Any, rect: Rect, buffer: ctypes.Array[ctypes.c_ushort]) -> 
     if copied <= 0:
         return ""
     # pdfium counts the NUL it ends the text with, where there is room for one.
-    return clean_text(ctypes.string_at(buffer, 2 * copied).decode("utf-16-le", "ignore").removesuffix("\x00"))
+    text = ctypes.string_at(buffer, 2 * copied).decode("utf-16-le", "ignore").removesuffix("\x00")
+    # Its line-end hyphen as in the page's text, so a piece of a line is found there.
+    return clean_text(_BOXED_HYPHEN.sub(_HYPHEN, text))
 
 
 def _in_reading_order(raw: str, boxes: list[Box], spans: list[tuple[Span, Rect]]) -> tuple[str, list[Box]]:
@@ -666,12 +713,12 @@ def _in_reading_order(raw: str, boxes: list[Box], spans: list[tuple[Span, Rect]]
     a box's text could not be placed in ``raw``.
     """
     if len(boxes) < 2 or any(span is None for span, _ in spans):
-        return _normalise_text(raw), boxes
+        return layer_text(raw), boxes
     order = layer_order(
         [(text, frame, confidence) for (text, _, confidence), (_, frame) in zip(boxes, spans, strict=True)]
     )
     if order is None:
-        return _normalise_text(raw), boxes
+        return layer_text(raw), boxes
     starts = [span[0] for span, _ in spans if span is not None]
     by_start = sorted(range(len(starts)), key=starts.__getitem__)
     pieces: list[str] = [""] * len(starts)
@@ -692,7 +739,7 @@ def _in_reading_order(raw: str, boxes: list[Box], spans: list[tuple[Span, Rect]]
     text = "".join(parts)
     if not raw.endswith(("\n", "\r")):
         text = text.rstrip("\r\n")  # no line end after the last run where the page had none
-    return _normalise_text(text), [boxes[i] for i in order]
+    return layer_text(text), [boxes[i] for i in order]
 
 
 # A line of pdfium's text: what lies between its line ends (CR LF, or a lone CR or LF).

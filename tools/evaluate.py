@@ -60,7 +60,7 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 
 from consumer.engines import ALPHABETS, Image, OcrEngine, PageText, make_engine, read_each
-from consumer.pdf import PDFIUM_LOCK, PageSource, PdfDocument
+from consumer.pdf import PDFIUM_LOCK, PageSource, PdfDocument, layer_text
 from consumer.reading import Engines, takes_text_layer
 from schemas.fields import clean_text
 from schemas.messages import Engine, JobOptions
@@ -153,8 +153,10 @@ class Score:
 def score_page(got: str, want: str, seconds: float = 0.0, cpu_seconds: float = 0.0) -> Score:
     """Score one page's text against its expected text, as pagewire's text fields can carry it:
     a control character the expected text holds (a symbol font's glyph a layer maps to one) is
-    U+FFFD there, or a space where it is whitespace (:func:`schemas.fields.clean_text`)."""
-    got_n, want_n = normalise(got), normalise(clean_text(want))
+    U+FFFD there, or a space where it is whitespace (:func:`schemas.fields.clean_text`), and
+    pdfium's mark for a hyphen at a line end is the hyphen and the line end
+    (:func:`consumer.pdf.layer_text`)."""
+    got_n, want_n = normalise(got), normalise(layer_text(clean_text(want)))
     got_words, want_words = got_n.split(), want_n.split()
     found = sum((Counter(got_words) & Counter(want_words)).values())
     return Score(

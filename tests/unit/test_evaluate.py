@@ -38,6 +38,8 @@ def test_score_page_reads_the_expected_text_as_a_text_field_carries_it() -> None
     # A symbol font's glyph a layer maps to a control character: pagewire gives U+FFFD, or a space.
     assert score_page("proof. \ufffd Lemma 2 x y", "proof. \x04 Lemma 2\x0cx\x1cy").edits == 0
     assert score_page("proof. Lemma 2", "proof. \x04 Lemma 2").edits == 2
+    # pdfium's mark for a hyphen at a line end: the hyphen and the line end, as the page text gives it.
+    assert score_page("no sea taki-\nmata", "no sea taki\ufffemata").edits == 0
 
 
 def test_score_page_counts_words_as_a_multiset() -> None:

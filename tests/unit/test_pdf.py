@@ -23,6 +23,7 @@ from consumer.pdf import (
     has_real_text,
     inspect_pdf,
     judge_page,
+    layer_text,
 )
 from schemas.errors import ErrorCode, PermanentError
 
@@ -153,6 +154,39 @@ def test_text_layer_equals_expected_text(corpus: Path, name: str) -> None:
             layer = doc.text_layer(page_no)
             assert layer.text == want, f"{name} page {page_no}"
             assert layer.chars >= len(want.replace("\n", ""))
+
+
+def test_a_word_hyphenated_at_a_line_end_reads_as_the_page_shows_it(make_pdf: MakePdf) -> None:
+    # Given a word split across two lines by a hyphen, which pdfium gives as U+FFFE and no line end
+    page = [(72.0, 72.0, "A word set across two lines, hyphen-"), (72.0, 94.0, "ated where the first one ends.")]
+    with PdfDocument(make_pdf([page])) as doc:
+        # When its text layer is read
+        layer = doc.text_layer(1)
+    # Then the text has the hyphen and the line end a reader sees, in the page text and in the blocks
+    assert layer.text == "A word set across two lines, hyphen-\nated where the first one ends."
+    assert [b.text for b in layer.blocks] == ["A word set across two lines, hyphen-", "ated where the first one ends."]
+
+
+def test_hyphenated_words_of_a_corpus_page_read_as_drawn(corpus: Path) -> None:
+    with PdfDocument(corpus / "real" / "minimal-document.pdf") as doc:
+        layer = doc.text_layer(1)
+    assert "no sea taki-\nmata sanctus" in layer.text
+    assert not any(c in "\ufffe\uffff" for c in layer.text + "".join(b.text for b in layer.blocks))
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("one\r\ntwo\rthree", "one\ntwo\nthree"),
+        ("no sea taki\ufffemata sanctus", "no sea taki-\nmata sanctus"),
+        # Runs put in reading order may end a line after the mark already: one line end, not two.
+        ("taki\ufffe\r\nmata", "taki-\nmata"),
+        ("the last run ends taki\ufffe", "the last run ends taki-"),
+        ("a non-character \uffff", "a non-character \ufffd"),
+    ],
+)
+def test_layer_text(text: str, want: str) -> None:
+    assert layer_text(text) == want
 
 
 def test_text_layer_blocks_are_lines_in_page_fractions(make_pdf: MakePdf) -> None:
