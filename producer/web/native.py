@@ -56,7 +56,7 @@ from producer.web.models import (
 from producer.web.slimgest import service_status
 from producer.web.uploads import dpi_of, read_document
 from producer.web.views import attachment, with_client_fields
-from schemas.errors import ErrorCode
+from schemas.errors import ErrorCode, PermanentError
 from schemas.fields import NAME_MAX_CHARS, NAME_PATTERN
 from schemas.messages import Engine, JobRequest
 from schemas.tables import TERMINAL_JOB_STATUSES, JobStatus
@@ -248,7 +248,15 @@ async def job_result(
 ) -> Response:
     """The assembled result: Markdown (one section a page) or JSON (pages, blocks, boxes)."""
     await owned_job(gw, caller, job_id)
-    body = await gw.client.result(job_id, format)
+    try:
+        body = await gw.client.result(job_id, format)
+    except PermanentError as exc:
+        if exc.code != ErrorCode.JOB_NOT_FOUND:
+            raise
+        # Queued here a moment ago, its JobQueued not recorded yet: the job is there, its result is not.
+        raise ApiError(
+            409, ErrorCode.RESULT_NOT_READY, f"job {job_id!r} has no {format} result: not yet", job_id=job_id
+        ) from exc
     media = "text/markdown; charset=utf-8" if format == "md" else "application/json"
     headers = attachment(f"{job_id}.{format}") if download else None
     return Response(body, media_type=media, headers=headers)

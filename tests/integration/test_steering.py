@@ -132,8 +132,10 @@ async def test_the_same_idempotency_key_gives_one_job_planned_once(steady_stack:
     async with Client(steady_stack.settings) as client, client.subscribe() as events:
         first = await client.submit(pdf, options=JobOptions(engine=Engine.TEXT), idempotency_key="invoice-42")
         seen = await follow(client, {first.job_id}, events)
-        # When the same request comes again (a producer's retry)
+        # When the same request comes again: through the client, which finds the job and sends nothing,
+        # and as a producer of its own would retry, publishing the same JobRequest
         second = await client.submit(pdf, options=JobOptions(engine=Engine.TEXT), idempotency_key="invoice-42")
+        await client.publish(first)
         # Every event of the job for some seconds after it: a second plan and its pages would be among them
         later: list[Event] = []
         with contextlib.suppress(TimeoutError):
