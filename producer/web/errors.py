@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from enum import StrEnum
 
 from fastapi import FastAPI, Request
@@ -89,10 +90,13 @@ def validation_error(exc: ValidationError, code: ErrorCode = ErrorCode.INVALID_O
     return ApiError(422, code, f"{where}: {first['msg']}")
 
 
-def error_response(status: int, code: str, message: str, job_id: str | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, job_id: str | None = None, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The JSON error answer; ``headers`` are those the exception carried (a 405's ``Allow``)."""
     body = ErrorBody(error_code=code, message=message, job_id=job_id)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers)
+    headers = {**(headers or {}), **({"WWW-Authenticate": "Bearer"} if status == 401 else {})}
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status, headers=headers or None)
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -103,7 +107,7 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         status, code = framework_error(exc.status_code)
-        return error_response(status, code, str(exc.detail))
+        return error_response(status, code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

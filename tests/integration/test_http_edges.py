@@ -92,3 +92,4 @@ async def test_a_multipart_body_that_does_not_parse_is_malformed(gateway: Gatewa
         assert response.json()["error_code"] == "malformed_message", response.text
     assert (no_route.status_code, no_route.json()["error_code"]) == (404, "not_found")
     assert (wrong_method.status_code, wrong_method.json()["error_code"]) == (405, "method_not_allowed")
+    assert "GET" in wrong_method.headers["allow"], "a 405 names the methods the route takes"
