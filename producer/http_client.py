@@ -35,7 +35,7 @@ import httpx
 from producer.api import STATUS_FIELDS
 from producer.output import FINAL_EVENTS, LABELS, LIST_FIELDS, job_bars
 from schemas.errors import ConfigurationError, ErrorCode, PermanentError
-from schemas.fields import clean_name
+from schemas.fields import clean_name, is_job_id
 from schemas.messages import JobOptions, JobRequest, Source, idempotent_job_id
 from schemas.s3keys import source_key
 from schemas.settings import ClientSettings
@@ -55,6 +55,14 @@ class GatewayError(PermanentError):
         # Codes that only HTTP has (unauthorized, job_exists, ...) are not ErrorCode members; users read the text.
         super().__init__(cast(ErrorCode, code), message)
         self.status = status
+
+
+def _job_path(job_id: str, *rest: str) -> str:
+    """The gateway's path of a job; an id no job can have (``../health``, ``a b``) is no job, as for the
+    direct client, and never a path of its own."""
+    if not is_job_id(job_id):
+        raise PermanentError(ErrorCode.JOB_NOT_FOUND, f"no job {job_id!r}")
+    return "/".join(("/jobs", job_id, *rest))
 
 
 def _row(data: dict[str, Any], fields: Sequence[str]) -> dict[str, Any]:
@@ -169,7 +177,7 @@ class HttpClient:
 
     async def job(self, job_id: str) -> dict[str, Any]:
         """``GET /jobs/{id}`` as it comes."""
-        return dict((await self._call("GET", f"/jobs/{job_id}")).json())
+        return dict((await self._call("GET", _job_path(job_id))).json())
 
     async def status(self, job_id: str) -> dict[str, Any]:
         """The job's status row (the direct client's fields); raises ``PermanentError`` when unknown."""
@@ -186,15 +194,15 @@ class HttpClient:
 
     async def result(self, job_id: str, fmt: str = "md") -> bytes:
         """The assembled result file of a finished job."""
-        return (await self._call("GET", f"/jobs/{job_id}/result", params={"format": fmt})).content
+        return (await self._call("GET", _job_path(job_id, "result"), params={"format": fmt})).content
 
     async def cancel(self, job_id: str, reason: str = "") -> None:
         """Cancel a job (``POST /jobs/{id}/cancel``)."""
-        await self._call("POST", f"/jobs/{job_id}/cancel", json={"reason": reason})
+        await self._call("POST", _job_path(job_id, "cancel"), json={"reason": reason})
 
     async def retry(self, job_id: str) -> list[int]:
         """Queue the pages that failed for good again; returns their numbers."""
-        return [int(p) for p in (await self._call("POST", f"/jobs/{job_id}/retry")).json()["pages"]]
+        return [int(p) for p in (await self._call("POST", _job_path(job_id, "retry"))).json()["pages"]]
 
     async def list_jobs(
         self, *, statuses: Sequence[str] = (), since_s: float | None = None, limit: int = 20
@@ -244,7 +252,7 @@ class HttpClient:
                 bar = progress.add_task(name, total=None)
                 for attempt in range(FOLLOW_ATTEMPTS):
                     try:
-                        async for event, data in self.events(f"/jobs/{job_id}/events?text=false"):
+                        async for event, data in self.events(_job_path(job_id, "events") + "?text=false"):
                             if event == "start":
                                 total, done = data.get("total_pages"), data.get("pages_done") or 0
                                 progress.update(bar, total=total, completed=done)

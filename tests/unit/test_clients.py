@@ -11,6 +11,7 @@ import pytest
 from pagewire.cli import _command_in, parse_args
 from producer.http_client import GatewayError, HttpClient
 from producer.web.views import with_client_fields
+from schemas.errors import ErrorCode, PermanentError
 from schemas.settings import ClientSettings
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -135,3 +136,19 @@ async def test_http_submit_sends_the_file_and_a_repeated_idempotency_key_finds_t
 
     assert first.job_id == again.job_id == idempotent_job_id("k-1")
     assert b'filename="a.pdf"' in sent[0] and idempotent_job_id("k-1").encode() in sent[0]
+
+
+@pytest.mark.parametrize("job_id", ["../health", "bad id!", "a/b", "..", "x" * 65])
+async def test_http_client_an_id_no_job_can_have_is_job_not_found_without_a_request(job_id: str) -> None:
+    asked: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        return httpx.Response(200, json={})
+
+    async with gateway(answer) as client:
+        for call in (client.status(job_id), client.result(job_id), client.cancel(job_id), client.retry(job_id)):
+            with pytest.raises(PermanentError) as raised:
+                await call
+            assert raised.value.code == ErrorCode.JOB_NOT_FOUND
+    assert asked == []
