@@ -211,6 +211,15 @@ async def _cancel(args: argparse.Namespace) -> int:
 async def _retry(args: argparse.Namespace) -> int:
     async with open_client(client_settings(args)) as client:
         queued = await client.retry(args.job)
+        row = await client.status(args.job) if not queued else None
+    if row is not None and row["status"] == "failed":
+        # Failed as a whole (not a PDF, encrypted, ...): no page was read, so none can be read again.
+        print(
+            f"pagewire: job {args.job} failed before any page was read ({row['error_code']}): nothing to retry;"
+            " submit the file again once it is fixed",
+            file=sys.stderr,
+        )
+        return EXIT_JOB_FAILED
     if not queued:
         print(f"job {args.job} has no failed pages", file=sys.stderr)
         return EXIT_OK

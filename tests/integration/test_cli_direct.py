@@ -91,3 +91,18 @@ def test_wait_that_runs_out_names_the_job_and_says_why(stack: Stack, tmp_path: P
     row = json.loads(waited.stdout.splitlines()[-1])
     assert row["job_id"] and row["status"] != "completed"
     assert waited.stderr.strip().splitlines()[-1] == "pagewire: gave up waiting after 0.2 s; the jobs go on"
+
+
+def test_retry_of_a_job_that_failed_as_a_whole_says_there_is_nothing_to_read_again(
+    stack: Stack, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a PDF at all\n")
+    failed = pagewire(stack, "submit", str(notes), "--wait", "--json")
+    assert failed.returncode == 1, failed.stderr
+    row = json.loads(failed.stdout.splitlines()[-1])
+    assert (row["status"], row["error_code"]) == ("failed", "not_a_pdf")
+
+    retried = pagewire(stack, "retry", row["job_id"])
+    assert retried.returncode == 1
+    assert "failed before any page was read (not_a_pdf): nothing to retry" in retried.stderr
