@@ -219,6 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else list(argv))
     if args.command not in ("planner", "worker", "recorder"):
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        # aiormq warns of each channel it closes on a cancelled call (a --wait that timed out): the
+        # command says what happened itself.
+        logging.getLogger("aiormq").setLevel(logging.ERROR)
     try:
         result = args.func(args)
         if asyncio.iscoroutine(result):

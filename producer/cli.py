@@ -86,9 +86,10 @@ async def _report(
         if args.json:
             print(json.dumps({k: jsonable(v) for k, v in row.items()}))
         else:
-            detail = f"{row['pages_ok']}/{row['total_pages']} pages"
-            if row["error_code"]:
-                detail += f"; {row['error_code']}" + (f": {row['error_message']}" if row["error_message"] else "")
+            # A job that failed before it was planned has no page count.
+            pages = f"{row['pages_ok']}/{row['total_pages']} pages" if row["total_pages"] is not None else ""
+            error = f"{row['error_code']}" + (f": {row['error_message']}" if row["error_message"] else "")
+            detail = "; ".join(part for part in (pages, error if row["error_code"] else "") if part)
             print(request.job_id, row["status"], detail)
         if finals.get(request.job_id) != "JobCompleted" or row["status"] != "completed":
             worst = EXIT_JOB_FAILED
@@ -130,7 +131,8 @@ async def _gave_up(client: Client | HttpClient, args: argparse.Namespace, reques
         try:
             row = await client.status(request.job_id)
         except PagewireError:
-            row = {"job_id": request.job_id, "status": None}
+            # Queued (the broker confirmed it), not yet in the tables.
+            row = {"job_id": request.job_id, "status": "queued"}
         if args.json:
             print(json.dumps({k: jsonable(v) for k, v in row.items()}))
         else:

@@ -55,9 +55,23 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "status":
         return 0 if _print_status(console, state_dir) else 1
-    for key, value in sorted(devstack.dev_env(state_dir).items()):
+    env = devstack.dev_env(state_dir)
+    for key, value in sorted({**env, **aws_env(env)}.items()):
         print(f"export {key}={shlex.quote(value)}")
     return 0
+
+
+def aws_env(env: dict[str, str]) -> dict[str, str]:
+    """The AWS variables of the stack's S3, so that ``aws s3 cp`` (and boto3) in the same shell reach it,
+    not AWS; empty where the stack uses AWS S3 itself (no endpoint of its own)."""
+    if "PAGEWIRE_S3_ENDPOINT_URL" not in env:
+        return {}
+    return {
+        "AWS_ENDPOINT_URL": env["PAGEWIRE_S3_ENDPOINT_URL"],
+        "AWS_ACCESS_KEY_ID": env["PAGEWIRE_S3_ACCESS_KEY_ID"],
+        "AWS_SECRET_ACCESS_KEY": env["PAGEWIRE_S3_SECRET_ACCESS_KEY"],
+        "AWS_DEFAULT_REGION": env["PAGEWIRE_S3_REGION"],
+    }
 
 
 async def demo(args: argparse.Namespace) -> int:
@@ -86,7 +100,7 @@ async def demo(args: argparse.Namespace) -> int:
             console.rule("result.md")
             print((await client.result(request.job_id, "md")).decode())
         row = await client.final_status(request.job_id)
-    console.rule("status row (SELECT * FROM job_progress)")
+    console.rule("status row (the job_progress view, with the job's result keys)")
     for key, value in row.items():
         print(f"{key:<17} {value if value is not None else '-'}")
     console.print("\nthe stack keeps running; stop it with: [bold]pagewire dev down[/] (or make down)")

@@ -849,7 +849,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     samples = corpus_samples(args.corpus, generated=_wants_generated(args.classes))
     if args.classes:
-        known = {s.cls for s in samples}
+        known = {s.cls for s in samples} | GENERATED_CLASSES
         missing = [c for c in args.classes if c not in known]
         if missing:
             errors.print(f"unknown classes: {', '.join(missing)}; the corpus has {', '.join(sorted(known))}")
@@ -873,8 +873,12 @@ def run(args: argparse.Namespace) -> int:
     return 1 if args.check and missed else 0
 
 
+# The classes made from corpus pages on the spot (turned, lightened), only where asked for.
+GENERATED_CLASSES = frozenset({"rotated", "born-digital-rotated", "low-contrast"})
+
+
 def _wants_generated(classes: Iterable[str] | None) -> bool:
-    return classes is None or bool({"rotated", "born-digital-rotated", "low-contrast"} & set(classes))
+    return classes is None or bool(GENERATED_CLASSES & set(classes))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,3 +86,54 @@ def test_descriptions_keep_their_capitals(capsys: pytest.CaptureFixture[str]) ->
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert words in capsys.readouterr().out, command
+
+
+class _Rows:
+    """A client whose jobs have ended with the given rows."""
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.row = row
+
+    async def final_status(self, job_id: str) -> dict[str, Any]:
+        return {"job_id": job_id, **self.row}
+
+
+@pytest.mark.parametrize(
+    ("row", "line"),
+    [
+        (
+            {
+                "status": "failed",
+                "total_pages": None,
+                "pages_ok": 0,
+                "error_code": "truncated_pdf",
+                "error_message": "cut",
+            },
+            "j1 failed truncated_pdf: cut",
+        ),
+        (
+            {
+                "status": "completed_with_errors",
+                "total_pages": 2,
+                "pages_ok": 1,
+                "error_code": "page_too_large",
+                "error_message": None,
+            },
+            "j1 completed_with_errors 1/2 pages; page_too_large",
+        ),
+        (
+            {"status": "completed", "total_pages": 3, "pages_ok": 3, "error_code": None, "error_message": None},
+            "j1 completed 3/3 pages",
+        ),
+    ],
+)
+async def test_the_last_line_of_wait_says_what_is_known_and_no_none(
+    row: dict[str, Any], line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from producer.cli import _report
+    from schemas.messages import JobRequest, Source
+
+    request = JobRequest(job_id="j1", source=Source(bucket="pagewire", key="jobs/j1/source.pdf"))
+    final = "JobCompleted" if row["status"].startswith("completed") else "JobFailed"
+    await _report(_Rows(row), argparse.Namespace(json=False), [request], {"j1": final})  # type: ignore[arg-type]
+    assert capsys.readouterr().out.strip() == line

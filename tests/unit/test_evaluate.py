@@ -157,11 +157,14 @@ def test_command_prints_json(corpus: Path, capsys: pytest.CaptureFixture[str]) -
     assert all(goal["met"] for goal in out["goals"])
 
 
-def test_command_refuses_unknown_engines_and_classes(corpus: Path) -> None:
+def test_command_refuses_unknown_engines_and_classes(corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
     assert run(parser.parse_args(["eval", "--corpus", str(corpus), "--engines", "no-such-engine"])) == 2
     assert run(parser.parse_args(["eval", "--corpus", str(corpus), "--classes", "nope", "--quiet"])) == 2
+    # The refusal lists every class --classes takes, the ones made from corpus pages on the spot too
+    said = " ".join(capsys.readouterr().err.split())
+    assert all(name in said for name in ("rotated", "born-digital-rotated", "low-contrast", "scanned-layout-a"))
 
 
 def test_layout_goals_against_tesseract() -> None:
