@@ -132,6 +132,19 @@ class JobRun:
         return [e for e in self.events if e.type == name]
 
 
+def pagewire_command(*args: str, env: dict[str, str], timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    """The ``pagewire`` command as a user runs it: a process of its own, with ``env``'s variables and no
+    other ``PAGEWIRE_*`` of this process."""
+    return subprocess.run(
+        [sys.executable, "-m", "pagewire", *args],
+        cwd=REPO_ROOT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PAGEWIRE_")} | env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 async def run_job(stack: Stack, pdf: bytes, *, options: JobOptions | None = None, wait_s: float = 180.0) -> JobRun:
     """Submit ``pdf`` and follow its events on a separate subscriber queue until the job ends."""
     async with Client(stack.settings) as client, client.subscribe() as events:

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ import pytest
 
 from adapters.storage import Storage
 from schemas.s3keys import source_key
-from tests.integration.stack import REPO_ROOT, Stack, running_stack
+from tests.integration.stack import Stack, pagewire_command, running_stack
 from tools.samples import lines, scanned_pdf, text_pdf
 
 
@@ -29,15 +27,7 @@ def stack(services: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
 
 
 def pagewire(stack: Stack, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAGEWIRE_")} | stack.env
-    return subprocess.run(
-        [sys.executable, "-m", "pagewire", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return pagewire_command(*args, env=stack.env, timeout=timeout)
 
 
 def test_waiting_on_or_watching_a_job_that_has_ended_returns_at_once(stack: Stack, tmp_path: Path) -> None:

@@ -13,9 +13,7 @@ import asyncio
 import base64
 import io
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +24,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from tests.integration.http_gateway import Gateway, read_sse, running_gateway, running_stack
-from tests.integration.stack import REPO_ROOT, Stack
+from tests.integration.stack import Stack, pagewire_command
 from tools.samples import lines, scanned_pdf, text_pdf
 
 DEEPSEEK_ENDED = {"completed", "failed", "cancelled"}
@@ -277,16 +275,8 @@ async def test_an_image_upload_is_read_as_a_page_and_bad_images_get_their_codes(
 
 def pagewire(gateway: Gateway, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """The ``pagewire`` command with only the gateway's URL and key: no broker, database or S3 settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAGEWIRE_")}
-    env.update(PAGEWIRE_API_KEY=gateway.api_key, PAGEWIRE_AMQP_URL="amqp://nobody@127.0.0.1:1/")
-    return subprocess.run(
-        [sys.executable, "-m", "pagewire", "--api", gateway.url, *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    env = {"PAGEWIRE_API_KEY": gateway.api_key, "PAGEWIRE_AMQP_URL": "amqp://nobody@127.0.0.1:1/"}
+    return pagewire_command("--api", gateway.url, *args, env=env, timeout=timeout)
 
 
 def test_the_cli_runs_through_the_gateway(gateway: Gateway, tmp_path: Path) -> None:
@@ -320,13 +310,7 @@ def test_the_cli_runs_through_the_gateway(gateway: Gateway, tmp_path: Path) -> N
     missing = pagewire(gateway, "status", "no-such-job")
     assert missing.returncode == 4 and "job_not_found" in missing.stderr
 
-    unreachable = subprocess.run(
-        [sys.executable, "-m", "pagewire", "--api", "http://127.0.0.1:1", "status", job_id],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    unreachable = pagewire_command("--api", "http://127.0.0.1:1", "status", job_id, env={}, timeout=60)
     assert unreachable.returncode == 3, unreachable.stderr
 
 
