@@ -197,7 +197,7 @@ class Client:
             submitted_by=submitted_by,
             metadata=metadata,
         )
-        taken = await self._taken(job_id)
+        taken = await self.taken(job_id)
         if taken == "job" and derived:
             return request
         if taken:
@@ -213,8 +213,10 @@ class Client:
         await self.publish(request)
         return request
 
-    async def _taken(self, job_id: str) -> str | None:
-        """``"job"`` where a job has this id, ``"tombstone"`` where a deleted or expired one had it, else None."""
+    async def taken(self, job_id: str) -> str | None:
+        """``"job"`` where a job has this id, ``"tombstone"`` where a deleted or expired one had it, else None.
+
+        A tombstoned id stays taken: the recorder drops every event of it."""
         async with self.db.connect() as conn:
             if (await conn.execute(select(jobs.c.job_id).where(jobs.c.job_id == job_id))).first():
                 return "job"

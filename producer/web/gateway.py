@@ -357,12 +357,7 @@ async def claim(gw: Gateway, caller: Caller, job_id: str) -> None:
     The claim is also the ownership record, written before the job exists
     anywhere else, so there is no moment when the job is visible but unowned.
     """
-    # A deleted job's id stays taken: its tombstone makes the recorder drop every event of that id.
-    if (
-        gw.is_recent(job_id)
-        or await store.job_exists(gw.client.db, job_id)
-        or await store.is_buried(gw.client.db, job_id)
-    ):
+    if gw.is_recent(job_id) or await gw.client.taken(job_id):
         raise ApiError(409, HttpErrorCode.JOB_EXISTS, f"job {job_id!r} exists already", job_id=job_id)
     if not await store.claim_job(gw.client.db, job_id, caller.owner):
         raise ApiError(409, HttpErrorCode.JOB_EXISTS, f"job {job_id!r} exists already", job_id=job_id)

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from adapters.storage import Storage
 from producer.jobs import bury
 from schemas.errors import ErrorCode, PermanentError
-from schemas.tables import JobStatus, TombstoneReason, job_owners, job_tombstones, jobs, pages
+from schemas.tables import JobStatus, TombstoneReason, job_owners, jobs, pages
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
@@ -161,13 +161,6 @@ async def job_exists(db: AsyncEngine, job_id: str) -> bool:
     async with db.connect() as conn:
         count = (await conn.execute(select(func.count()).where(jobs.c.job_id == job_id))).scalar_one()
     return bool(count)
-
-
-async def is_buried(db: AsyncEngine, job_id: str) -> bool:
-    """Whether the job was deleted or expired: its id has a tombstone and may not be used again."""
-    async with db.connect() as conn:
-        found = (await conn.execute(select(job_tombstones.c.job_id).where(job_tombstones.c.job_id == job_id))).first()
-    return found is not None
 
 
 async def claim_job(db: AsyncEngine, job_id: str, owner: str | None) -> bool:
