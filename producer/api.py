@@ -106,7 +106,9 @@ class Subscription:
         await self._messages.close()
 
     async def for_jobs(self, job_ids: set[str], *, until_done: bool = True) -> AsyncIterator[Event]:
-        """Events of ``job_ids`` only; with ``until_done``, stop when each has a terminal event."""
+        """Events of ``job_ids`` only; with ``until_done``, stop when each has a terminal event (at once for none)."""
+        if until_done and not job_ids:
+            return
         open_jobs = set(job_ids)
         events = aiter(self)
         try:

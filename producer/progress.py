@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 from producer.api import Subscription
 from producer.output import FINAL_EVENTS, LABELS, job_bars
-from schemas.messages import TERMINAL_EVENTS, Event, JobStarted, PageCompleted, PageFailed
+from schemas.messages import TERMINAL_EVENTS, JobStarted, PageCompleted, PageFailed
 
 
 async def follow(
@@ -26,8 +25,7 @@ async def follow(
         for job_id, row in ended.items():
             label = f"{names[job_id]} {LABELS[finals[job_id]]}"
             progress.update(bars[job_id], description=label, total=row["total_pages"], completed=row["pages_done"])
-        waiting = set(names) - set(finals)
-        async for event in events.for_jobs(waiting) if waiting else _nothing():
+        async for event in events.for_jobs(set(names) - set(finals)):
             bar = bars[event.job_id]
             if isinstance(event, JobStarted):
                 progress.update(bar, total=event.total_pages)
@@ -40,11 +38,6 @@ async def follow(
                 if event.type == "JobFailed" and not quiet:
                     progress.console.print(f"[red]{names[event.job_id]}: {event.error_code}: {event.message}")
     return finals
-
-
-async def _nothing() -> AsyncIterator[Event]:
-    return
-    yield
 
 
 async def print_events(events: Subscription, *, as_json: bool) -> None:
